@@ -1,0 +1,59 @@
+"""Attention backend choice: flash-attn on CUDA when importable, PyTorch SDPA otherwise.
+
+This module is the only one that decides (and the only one that imports ``flash_attn``).
+Tests flip the choice with ``force_backend``. The backend also decides how packed rows are
+isolated: a block-diagonal 4-D mask for SDPA, ``cu_seqlens`` (varlen) for flash-attn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from mm.imports import is_available
+
+SDPA = "sdpa"
+FLASH = "flash_attention_2"
+EAGER = "eager"
+_forced: str | None = os.environ.get("MMPOST_ATTN") or None
+
+
+def flash_attn_usable(device: torch.device | str | None = None) -> bool:
+    """flash-attn is importable and the tensors will live on CUDA."""
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return on_cuda and is_available("flash_attn")
+
+
+def choose_backend(requested: str = "auto", device: torch.device | str | None = None) -> str:
+    """Resolve "auto" (or a forced choice) into a transformers ``attn_implementation`` name."""
+    choice = _forced or requested
+    if choice == "auto":
+        return FLASH if flash_attn_usable(device) else SDPA
+    if choice in ("flash", "flash_attn", FLASH):
+        if not flash_attn_usable(device):
+            raise RuntimeError(
+                "attention backend flash_attention_2 was requested but flash-attn is not importable "
+                "or there is no CUDA device; install 'mmpost[cuda]' on a GPU machine or use attn='sdpa'"
+            )
+        return FLASH
+    if choice in (SDPA, EAGER):
+        return choice
+    raise ValueError(f"unknown attention backend {choice!r}; use auto, sdpa, eager or flash_attention_2")
+
+
+@contextlib.contextmanager
+def force_backend(name: str | None):
+    """Force the backend chosen by ``choose_backend`` inside the block (for tests)."""
+    global _forced
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def uses_varlen(attn_implementation: str) -> bool:
+    """Packed rows are isolated by cu_seqlens (True) or by a block-diagonal mask (False)."""
+    return attn_implementation == FLASH

@@ -1,0 +1,167 @@
+"""Batching encoded samples: padding, or exact packing with per-sample isolation.
+
+Padding: rows are right-padded to the longest sample (a 2-D attention mask).
+
+Packing: several samples are concatenated into rows of at most ``max_tokens``. Each sample
+keeps its own M-RoPE positions (starting at 0) and attends only to itself:
+
+* SDPA / eager: a block-diagonal causal 4-D boolean mask ``[B, 1, L, L]`` (True = attend).
+  Position resets alone do not isolate samples under SDPA.
+* flash-attn: one row and 4-row position ids ``[text; t; h; w]`` whose text row restarts at 0
+  for every sample; transformers derives ``cu_seqlens`` from it and runs varlen kernels.
+
+So a packed row gives the same logits and loss as its samples run one by one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mm.attention import uses_varlen
+from mm.encode import IGNORE, EncodedSample
+
+VISUAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
+
+
+def _visuals(samples: list[EncodedSample]) -> dict:
+    out = {}
+    for k in VISUAL_KEYS:
+        parts = [getattr(s, k) for s in samples if getattr(s, k) is not None]
+        if parts:
+            out[k] = torch.cat(parts)
+    return out
+
+
+def pad_batch(samples: list[EncodedSample], pad_id: int) -> dict:
+    """Right-pad samples into ``[B, L]`` rows with a 2-D attention mask."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    B, L = len(samples), max(len(s) for s in samples)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    types = torch.zeros(B, L, dtype=torch.long)
+    pos = torch.zeros(3, B, L, dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = len(s)
+        ids[i, :n], labels[i, :n], mask[i, :n], types[i, :n] = s.input_ids, s.labels, 1, s.mm_token_type_ids
+        pos[:, i, :n] = s.position_ids
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "position_ids": pos,
+        "mm_token_type_ids": types,
+        **_visuals(samples),
+    }
+
+
+def plan_packs(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group sample indices into rows of at most ``max_tokens`` (first-fit decreasing).
+
+    A sample longer than ``max_tokens`` is an error: the caller should filter or raise the limit.
+    """
+    too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} sample(s) exceed max_tokens={max_tokens} (first: index {too_long[0]}, "
+            f"{lengths[too_long[0]]} tokens); raise max_tokens or lower the visual-token budget"
+        )
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(max_tokens - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def pack_batch(rows: list[list[EncodedSample]], pad_id: int, attn_implementation: str = "sdpa") -> dict:
+    """Concatenate each group of samples into one row, isolated per sample.
+
+    Returns the model kwargs plus ``labels`` and ``seq_ids`` ([B, L]: index of the sample within
+    the batch, -1 on padding) for per-sample losses.
+    """
+    if uses_varlen(attn_implementation):
+        rows = [[s for row in rows for s in row]]  # varlen kernels want one flat row
+    flat = [s for row in rows for s in row]
+    B, L = len(rows), max(sum(len(s) for s in row) for row in rows)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE, dtype=torch.long)
+    types = torch.zeros(B, L, dtype=torch.long)
+    seq = torch.full((B, L), -1, dtype=torch.long)
+    text_pos = torch.zeros(B, L, dtype=torch.long)
+    pos = torch.zeros(3, B, L, dtype=torch.long)
+    k = 0
+    for b, row in enumerate(rows):
+        off = 0
+        for s in row:
+            n = len(s)
+            sl = slice(off, off + n)
+            ids[b, sl], labels[b, sl], types[b, sl] = s.input_ids, s.labels, s.mm_token_type_ids
+            labels[b, off] = IGNORE  # never predict a sample's first token from the previous sample
+            pos[:, b, sl], text_pos[b, sl], seq[b, sl] = s.position_ids, torch.arange(n), k
+            off, k = off + n, k + 1
+    # use_cache=False matters: with a cache, transformers ignores the packed layout of position ids
+    batch = {
+        "input_ids": ids,
+        "labels": labels,
+        "mm_token_type_ids": types,
+        "seq_ids": seq,
+        "use_cache": False,
+        **_visuals(flat),
+    }
+    if uses_varlen(attn_implementation):
+        text_pos[seq < 0] = torch.arange(int((seq < 0).sum()))  # trailing padding forms its own segment
+        batch["position_ids"] = torch.cat([text_pos[None], pos])  # [4, 1, L]
+    else:
+        batch["position_ids"] = pos
+        batch["attention_mask"] = block_causal_mask(seq)
+    return batch
+
+
+def block_causal_mask(seq_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] bool: query i may attend key j iff same sample and j <= i.
+
+    Padding (seq_id -1) attends to itself only, so no row is fully masked (which would give NaN).
+    """
+    L = seq_ids.shape[1]
+    same = seq_ids[:, :, None] == seq_ids[:, None, :]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    pad = seq_ids < 0
+    mask = same & causal & ~pad[:, :, None]
+    mask |= torch.eye(L, dtype=torch.bool) & pad[:, :, None]
+    return mask[:, None]
+
+
+def per_sample_nll(
+    logits: torch.Tensor, labels: torch.Tensor, seq_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean next-token NLL of each sample over its supervised tokens.
+
+    ``logits`` [B, L, V], ``labels`` [B, L]; with ``seq_ids`` (packed rows) one value per packed
+    sample, else one per row. Samples with no supervised token get NaN.
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, L-1, V]
+    tgt = labels[:, 1:]
+    valid = tgt != IGNORE
+    nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0] * valid  # [B, L-1]
+    if seq_ids is None:
+        return nll.sum(1) / valid.sum(1)
+    sid = seq_ids[:, 1:]
+    n = int(seq_ids.max()) + 1
+    idx = sid.clamp(min=0).flatten()
+    total = torch.zeros(n, dtype=nll.dtype).index_add(0, idx, (nll * (sid >= 0)).flatten())
+    count = torch.zeros(n, dtype=nll.dtype).index_add(0, idx, (valid & (sid >= 0)).flatten().to(nll.dtype))
+    return total / count

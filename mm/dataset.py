@@ -1,0 +1,147 @@
+"""JSONL datasets of the one data format, with per-line error reporting.
+
+``iter_jsonl`` yields (line number, record or problem) for every non-blank line.
+``RecordDataset`` parses a file up front (cheap: no pixels decoded) and encodes samples
+lazily. With ``on_error="raise"`` the first bad record raises ``DataError`` naming
+``file:line``; with ``"skip"`` bad records are dropped, counted in ``skipped`` and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from mm.encode import ConversationEncoder, EncodedSample
+from mm.records import Record, RecordError, parse_record
+from mm.visual import VisualError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Problem:
+    """One thing wrong with one line of a JSONL file."""
+
+    path: str
+    line: int
+    code: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: [{self.code}] {self.message}" + (
+            f"\n    fix: {self.hint}" if self.hint else ""
+        )
+
+
+class DataError(ValueError):
+    def __init__(self, problem: Problem):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
+    """Parse each non-blank line into a typed record, or a ``Problem`` saying what is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield (
+                        n,
+                        Problem(
+                            path,
+                            n,
+                            "bad_json",
+                            f"invalid JSON: {e.msg} at column {e.colno}",
+                            "each line must be one complete JSON object",
+                        ),
+                    )
+                    continue
+                try:
+                    yield n, parse_record(obj)
+                except RecordError as e:
+                    yield n, Problem(path, n, e.code, e.message, e.hint)
+        except UnicodeDecodeError as e:
+            yield (
+                -1,
+                Problem(path, -1, "bad_encoding", f"file is not UTF-8: {e}", "re-save the file as UTF-8"),
+            )
+
+
+class RecordDataset(Dataset):
+    """Records of one JSONL file; ``__getitem__`` returns the encoded first conversation.
+
+    For SFT records that is the whole conversation; for RL records the prompt (with a generation
+    prompt appended); preference records are encoded by the DPO trainer itself.
+    """
+
+    def __init__(self, path: str, encoder: ConversationEncoder, on_error: str = "raise"):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.path, self.encoder, self.on_error = path, encoder, on_error
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.records: list[Record] = []
+        self.lines: list[int] = []
+        self.problems: list[Problem] = []
+        for n, rec in iter_jsonl(path):
+            if isinstance(rec, Problem):
+                self._fail(rec)
+            else:
+                self.records.append(rec)
+                self.lines.append(n)
+        if self.problems:
+            log.warning("%s: skipped %d bad record(s); first: %s", path, len(self.problems), self.problems[0])
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+    def _fail(self, problem: Problem) -> None:
+        if self.on_error == "raise":
+            raise DataError(problem)
+        self.problems.append(problem)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> EncodedSample | None:
+        """The encoded sample, or None for a record that fails to encode under on_error=skip."""
+        rec = self.records[i]
+        try:
+            return self.encoder.encode(
+                rec.conversations()[0],
+                self.base_dir,
+                add_generation_prompt=rec.kind == "rl",
+                sample_id=rec.id,
+            )
+        except (RecordError, VisualError) as e:
+            self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
+            return None
+
+    def lengths(self, progress: bool = True) -> list[int]:
+        """Token count of every record from file headers (for packing); unencodable records count 0."""
+        from tqdm import tqdm
+
+        out = []
+        for i, rec in enumerate(
+            tqdm(self.records, desc="measuring", disable=not progress or len(self) < 500)
+        ):
+            try:
+                out.append(
+                    self.encoder.count_tokens(rec.conversations()[0], self.base_dir, rec.kind == "rl")[0]
+                )
+            except (RecordError, VisualError) as e:
+                self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
+                out.append(0)
+        return out

@@ -1,0 +1,58 @@
+"""The one place where optional dependencies are imported.
+
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft) is looked up here, so
+the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
+missing package produces one clear error naming the extra that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from functools import cache
+from types import ModuleType
+
+# package import name -> (pip extra that installs it, distribution name)
+OPTIONAL = {
+    "flash_attn": ("cuda", "flash-attn"),
+    "decord": ("video", "decord"),
+    "cv2": ("video", "opencv-python-headless"),
+    "deepspeed": ("deepspeed", "deepspeed"),
+    "peft": ("lora", "peft"),
+}
+
+
+class MissingDependency(ImportError):
+    """An optional package is needed but not installed."""
+
+
+@cache
+def is_available(name: str) -> bool:
+    """True when the optional package ``name`` can be imported (checked once, cached)."""
+    if importlib.util.find_spec(name) is None:
+        return False
+    try:
+        importlib.import_module(name)
+    except Exception:  # a broken install (e.g. flash-attn built for another torch) counts as absent
+        return False
+    return True
+
+
+def require(name: str, feature: str = "") -> ModuleType:
+    """Import an optional package or raise ``MissingDependency`` naming the extra to install."""
+    if not is_available(name):
+        extra, dist = OPTIONAL.get(name, ("", name))
+        what = f" for {feature}" if feature else ""
+        hint = f"pip install 'mmpost[{extra}]'" if extra else f"pip install {dist}"
+        raise MissingDependency(f"{dist} is needed{what} but is not installed: {hint}")
+    return importlib.import_module(name)
+
+
+def version_of(dist: str) -> str | None:
+    """Installed version of a distribution, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,160 @@
+"""``load_model``: a model and its processor, from "tiny"/"small" (built offline) or a local path.
+
+Nothing is downloaded: a path must be a local checkpoint directory (``local_files_only``).
+Qwen2.5-VL and Qwen2-VL checkpoints are recognised from their config. Options cover dtype,
+attention backend (``mm.attention`` decides), gradient checkpointing, freezing by part and
+LoRA adapters on the language model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from mm.attention import choose_backend
+from mm.imports import require
+
+PARTS = ("vision_tower", "merger", "language_model")
+
+
+@dataclass
+class ModelConfig:
+    """How to load the model (also the ``model:`` section of training configs)."""
+
+    name_or_path: str = "tiny"  # "tiny", "small" (offline toy presets) or a local checkpoint directory
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    attn: str = "auto"  # auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2
+    device: str | None = None  # None: leave on CPU (trainers place it)
+    gradient_checkpointing: bool = False
+    freeze: list[str] = field(default_factory=list)  # any of vision_tower, merger, language_model
+    lora_r: int = 0  # > 0 adds LoRA adapters to the language model's linear layers
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | None = None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        on_cuda = device is not None and str(device).startswith("cuda")
+        return torch.bfloat16 if on_cuda else torch.float32
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def load_model(
+    name_or_path: str = "tiny",
+    *,
+    dtype: str | torch.dtype = "auto",
+    attn: str = "auto",
+    device: str | None = None,
+    gradient_checkpointing: bool = False,
+    freeze: list[str] | tuple = (),
+    lora_r: int = 0,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    seed: int = 0,
+):
+    """Return ``(model, processor)``. See ``ModelConfig`` for the options."""
+    torch_dtype = resolve_dtype(dtype, device)
+    attn_impl = choose_backend(attn, device)
+    if name_or_path in ("tiny", "small"):
+        from mm.tiny import tiny_model, tiny_processor
+
+        processor = tiny_processor()
+        model = tiny_model(processor.tokenizer, preset=name_or_path, attn_implementation=attn_impl, seed=seed)
+        model = model.to(torch_dtype)
+    else:
+        model, processor = _load_local(name_or_path, torch_dtype, attn_impl)
+    if device is not None:
+        model = model.to(device)
+    set_frozen(model, freeze)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+        model.config.use_cache = False
+    if lora_r > 0:
+        model = add_lora(model, lora_r, lora_alpha, lora_dropout)
+    return model, processor
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing with the non-reentrant implementation."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _load_local(path: str, dtype: torch.dtype, attn_impl: str):
+    from transformers import AutoConfig, AutoProcessor
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"model {path!r} is neither 'tiny'/'small' nor a local checkpoint directory; "
+            "mmpost never downloads weights: download the checkpoint first and pass its folder"
+        )
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    classes = _model_classes()
+    if config.model_type not in classes:
+        raise ValueError(
+            f"{path}: model_type {config.model_type!r} is not supported; "
+            f"supported: {', '.join(sorted(classes))}"
+        )
+    model = classes[config.model_type].from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_impl, local_files_only=True
+    )
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return model, processor
+
+
+def _model_classes() -> dict:
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    return {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
+
+
+def model_parts(model) -> dict[str, list[torch.nn.Parameter]]:
+    """Parameters by part: the vision tower (without merger), the merger, the language model (+ head)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    visual = base.model.visual
+    merger = list(visual.merger.parameters())
+    merger_ids = {id(p) for p in merger}
+    return {
+        "vision_tower": [p for p in visual.parameters() if id(p) not in merger_ids],
+        "merger": merger,
+        "language_model": list(base.model.language_model.parameters()) + list(base.lm_head.parameters()),
+    }
+
+
+def set_frozen(model, parts: list[str] | tuple) -> None:
+    """Freeze the named parts (requires_grad=False); the others stay as they are."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown part(s) to freeze: {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    groups = model_parts(model)
+    for part in parts:
+        for p in groups[part]:
+            p.requires_grad_(False)
+
+
+def add_lora(model, r: int, alpha: int, dropout: float):
+    """LoRA adapters on every linear layer of the language model (the vision tower is untouched)."""
+    peft = require("peft", "LoRA")
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    )
+    return peft.get_peft_model(model, config)

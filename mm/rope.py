@@ -1,0 +1,79 @@
+"""M-RoPE position ids (temporal, height, width) for one sample, by the model's own rule.
+
+Text tokens get the same 1-D position on all three axes. A vision block of an image (or
+video) with merged grid t x h x w gets, starting at the current position p:
+temporal ``p + floor(i * interval)``, height ``p + row``, width ``p + col``; text after the
+block continues at ``p + max(h, w)``. ``interval`` is 1 for images and for Qwen2-VL videos;
+for Qwen2.5-VL videos it is ``tokens_per_second * seconds_per_temporal_patch`` (absolute
+time alignment). This mirrors ``get_rope_index`` of the installed transformers (5.x) and a
+test checks the two agree; computing it here needs no model instance, runs per sample in
+the data pipeline, and lets packed rows carry each sample's own positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    spatial_merge_size: int = 2
+    tokens_per_second: float | None = 2  # None: Qwen2-VL (no absolute-time scaling of video)
+
+    @classmethod
+    def from_config(cls, config) -> RopeSpec:
+        vision = config.vision_config
+        tps = getattr(vision, "tokens_per_second", None) if config.model_type == "qwen2_5_vl" else None
+        return cls(vision.spatial_merge_size, tps)
+
+
+def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(modality, start, end) for each run of equal token types."""
+    if types.numel() == 0:
+        return []
+    change = torch.nonzero(types[1:] != types[:-1]).flatten() + 1
+    bounds = [0, *change.tolist(), types.numel()]
+    return [(int(types[s]), s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def mrope_positions(
+    mm_token_type_ids: torch.Tensor,  # [L] 0 text, 1 image, 2 video
+    image_grid_thw: torch.Tensor | None = None,  # [n_images, 3]
+    video_grid_thw: torch.Tensor | None = None,  # [n_videos, 3]
+    second_per_grid_ts: torch.Tensor | None = None,  # [n_videos]
+    spec: RopeSpec = RopeSpec(),
+    start: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """Positions [3, L] of one sample, and the next free position (for decoding after it)."""
+    images = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
+    videos = iter(video_grid_thw.tolist() if video_grid_thw is not None else [])
+    seconds = iter(second_per_grid_ts if second_per_grid_ts is not None else [])
+    m = spec.spatial_merge_size
+    parts, cur = [], start
+    for kind, s, e in _runs(mm_token_type_ids):
+        if kind == TEXT:
+            parts.append(torch.arange(cur, cur + e - s).expand(3, -1))
+            cur += e - s
+            continue
+        t, h, w = next(images) if kind == IMAGE else next(videos)
+        h, w = h // m, w // m
+        interval = 1
+        if kind == VIDEO and spec.tokens_per_second is not None:
+            sec = next(seconds, 1.0)
+            interval = spec.tokens_per_second * (sec if torch.is_tensor(sec) else torch.tensor(sec))
+        tt = (torch.arange(t) * interval).long() + cur
+        hh = torch.arange(h) + cur
+        ww = torch.arange(w) + cur
+        grid = torch.stack(torch.meshgrid(tt, hh, ww, indexing="ij")).reshape(3, -1)
+        if grid.shape[1] != e - s:
+            raise ValueError(f"vision block of {e - s} tokens does not match its grid {t}x{h}x{w}")
+        parts.append(grid)
+        cur += max(h, w)
+    if not parts:
+        return torch.zeros(3, 0, dtype=torch.long), start
+    pos = torch.cat(parts, dim=1).long()
+    return pos, int(pos.max()) + 1

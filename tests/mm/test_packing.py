@@ -1,0 +1,123 @@
+"""Packing is exact: a packed row gives the logits and loss of its samples run one by one."""
+
+import pytest
+import torch
+
+from mm.collate import block_causal_mask, pack_batch, pad_batch, per_sample_nll, plan_packs
+from mm.synthetic import sample_data_path
+from tests.conftest import solid, user_assistant
+
+
+@pytest.fixture(scope="module")
+def samples(encoder):
+    video = sample_data_path().replace("sample.jsonl", "dot.mp4")
+    convs = [
+        user_assistant([{"type": "image", "image": solid(140, 84)}, {"type": "text", "text": "What colour?"}], "Red, mostly."),
+        user_assistant("Text only: what is 6 x 7?", "<think>6 x 7 = 42</think><answer>42</answer>"),
+        user_assistant([{"type": "video", "video": video, "fps": 2.0}, {"type": "text", "text": "Where does it go?"}],
+                       "Left to right."),
+        user_assistant([{"type": "image", "image": solid(56, 224)}, {"type": "image", "image": solid(252, 112)},
+                        {"type": "text", "text": "Compare."}], "The second is wider."),
+        user_assistant("Short one.", "Yes."),
+    ]
+    return [encoder.encode(c) for c in convs]
+
+
+def one_by_one(model, samples):
+    with torch.no_grad():
+        logits = [model(**s.model_inputs()).logits[0] for s in samples]
+    losses = torch.stack([per_sample_nll(lg[None], s.labels[None])[0] for lg, s in zip(logits, samples)])
+    return logits, losses
+
+
+def packed(model, rows, attn):
+    batch = pack_batch(rows, pad_id=0, attn_implementation=attn)
+    seq, labels = batch.pop("seq_ids"), batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    return logits, seq, per_sample_nll(logits, labels, seq), batch
+
+
+@pytest.mark.parametrize("layout", ["sdpa", "flash_attention_2"])
+def test_packed_equals_one_by_one(tiny, samples, layout):
+    """sdpa: block-diagonal 4-D mask; flash_attention_2: the varlen layout (4-row positions), run here under SDPA."""
+    model, _ = tiny
+    ref_logits, ref_loss = one_by_one(model, samples)
+    rows = [samples[:3], samples[3:]]  # two rows of different lengths -> the second is padded
+    logits, seq, loss, batch = packed(model, rows, layout)
+    kinds = {"video": False, "image": False, "text": False}
+    for i, s in enumerate(samples):
+        where = (seq == i).nonzero()
+        b, cols = where[0, 0], where[:, 1]
+        assert len(cols) == len(s)
+        assert (logits[b, cols] - ref_logits[i]).abs().max() <= 1e-5, f"sample {i}"
+        kinds["video"] |= s.video_grid_thw is not None
+        kinds["image"] |= s.image_grid_thw is not None
+        kinds["text"] |= s.visual_tokens == 0
+    assert all(kinds.values())
+    assert torch.allclose(loss, ref_loss, atol=1e-5, rtol=0)
+
+
+def test_positions_survive_packing(samples):
+    batch = pack_batch([samples], pad_id=0)
+    off = 0
+    for s in samples:
+        assert torch.equal(batch["position_ids"][:, 0, off:off + len(s)], s.position_ids)
+        off += len(s)
+    flat = pack_batch([samples], pad_id=0, attn_implementation="flash_attention_2")["position_ids"]
+    assert flat.shape[0] == 4 and torch.equal(flat[1:, 0, : len(samples[0])], samples[0].position_ids)
+    assert flat[0, 0, len(samples[0])] == 0  # the text row restarts at every sample (cu_seqlens)
+
+
+def test_without_isolation_samples_leak(tiny, samples):
+    """Negative control: the same packed row with positions reset but no mask is NOT exact."""
+    model, _ = tiny
+    ref_logits, _ = one_by_one(model, samples[:2])
+    batch = pack_batch([samples[:2]], pad_id=0)
+    batch.pop("attention_mask"), batch.pop("seq_ids"), batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    second = logits[0, len(samples[0]): len(samples[0]) + len(samples[1])]
+    assert (second - ref_logits[1]).abs().max() > 1e-2
+
+
+def test_padded_batch_equals_one_by_one(tiny, samples):
+    model, _ = tiny
+    ref_logits, ref_loss = one_by_one(model, samples)
+    batch = pad_batch(samples, pad_id=0)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for i, s in enumerate(samples):
+        assert (logits[i, : len(s)] - ref_logits[i]).abs().max() <= 1e-5
+    assert torch.allclose(per_sample_nll(logits, labels), ref_loss, atol=1e-5, rtol=0)
+
+
+def test_packed_gradients_match(tiny, samples):
+    """Summed per-sample losses give the same gradients packed and one by one."""
+    model, _ = tiny
+    model.zero_grad()
+    sum(per_sample_nll(model(**s.model_inputs()).logits, s.labels[None])[0] for s in samples[:3]).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    batch = pack_batch([samples[:3]], pad_id=0)
+    seq, labels = batch.pop("seq_ids"), batch.pop("labels")
+    per_sample_nll(model(**batch).logits, labels, seq).sum().backward()
+    for n, p in model.named_parameters():
+        if n in ref:
+            assert torch.allclose(p.grad, ref[n], atol=1e-5, rtol=1e-4), n
+    model.zero_grad()
+
+
+def test_plan_packs():
+    rows = plan_packs([5, 3, 8, 2, 7, 1], max_tokens=10)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert all(sum([5, 3, 8, 2, 7, 1][i] for i in r) <= 10 for r in rows)
+    assert len(rows) == 3  # 26 tokens need at least 3 rows of 10
+    with pytest.raises(ValueError, match="exceed max_tokens=4"):
+        plan_packs([3, 5], max_tokens=4)
+
+
+def test_block_mask_hand_worked():
+    m = block_causal_mask(torch.tensor([[0, 0, 1, -1]]))[0, 0].int().tolist()
+    assert m == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
