@@ -77,7 +77,8 @@ def validate(path: str, cfg: VisualConfig) -> Report:
     return report
 
 
-def run_validate(path: str, cfg: VisualConfig, out=sys.stdout) -> int:
+def run_validate(path: str, cfg: VisualConfig, out=None) -> int:
+    out = out or sys.stdout
     report = validate(path, cfg)
     for p in report.problems:
         print(p, file=out)
@@ -103,7 +104,8 @@ def _quantiles(xs: list[int]) -> list[str]:
     return [str(s[0]), str(q(0.5)), str(q(0.95)), str(s[-1]), f"{sum(s) / len(s):.1f}"]
 
 
-def run_stats(path: str, processor, cfg: VisualConfig, out=sys.stdout) -> int:
+def run_stats(path: str, processor, cfg: VisualConfig, out=None) -> int:
+    out = out or sys.stdout
     from tqdm import tqdm
 
     from mm.encode import ConversationEncoder

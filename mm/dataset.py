@@ -55,7 +55,7 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line.strip())
                 except json.JSONDecodeError as e:
                     yield (
                         n,

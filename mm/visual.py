@@ -17,14 +17,15 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from qwen_vl_utils.vision_process import smart_nframes, smart_resize
 
 from mm.imports import is_available
+
+if TYPE_CHECKING:
+    import torch
 
 FACTOR = 28  # patch 14 x spatial merge 2
 TEMPORAL_PATCH = 2
@@ -188,6 +189,8 @@ def probe_video(src: Any) -> VideoInfo:
 
 def read_video_frames(src: str, indices: list[int]) -> torch.Tensor:
     """Frames at ``indices`` as a uint8 tensor [F, 3, H, W] (decord first, OpenCV fallback)."""
+    import torch
+
     errors = []
     if is_available("decord"):
         try:
@@ -231,6 +234,8 @@ def read_video_frames(src: str, indices: list[int]) -> torch.Tensor:
 
 def _frame_indices(info: VideoInfo, item: dict, cfg: VisualConfig) -> tuple[list[int], float]:
     """Which frames to sample (qwen-vl-utils' smart_nframes rule) and at what rate."""
+    from qwen_vl_utils.vision_process import smart_nframes
+
     src_fps = info.fps or float(item.get("sample_fps", cfg.fps))
     start = float(item.get("video_start", 0.0) or 0.0)
     end = item.get("video_end")
@@ -296,6 +301,8 @@ def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan
 
 
 def _resize(h: int, w: int, lo: int, hi: int) -> tuple[int, int]:
+    from qwen_vl_utils.vision_process import smart_resize
+
     try:
         return smart_resize(h, w, factor=FACTOR, min_pixels=lo, max_pixels=max(hi, lo))
     except (ValueError, AssertionError) as e:
@@ -360,6 +367,8 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
 
 def load_video(plan: VisualPlan, cfg: VisualConfig) -> torch.Tensor:
     """Sampled, resized frames as float tensor [F, 3, H, W] in 0..255 (what the video processor takes)."""
+    import torch
+
     h, w = plan.hw
     if isinstance(plan.source, (list, tuple)):
         frames = [

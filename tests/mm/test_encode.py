@@ -15,9 +15,18 @@ FINAL = "<think>It is red.</think><answer>red</answer>"
 def tool_conversation(train_first: bool = True):
     return [
         {"role": "system", "content": "You can call tools."},
-        {"role": "user", "content": [{"type": "image", "image": solid(112, 84)}, {"type": "text", "text": "Colour?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": solid(112, 84)}, {"type": "text", "text": "Colour?"}],
+        },
         {"role": "assistant", "content": CALL, "train": train_first},
-        {"role": "user", "content": [{"type": "image", "image": solid(56, 56)}, {"type": "text", "text": "Image 1: 56 x 56."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": solid(56, 56)},
+                {"type": "text", "text": "Image 1: 56 x 56."},
+            ],
+        },
         {"role": "assistant", "content": FINAL},
     ]
 
@@ -49,7 +58,7 @@ def test_train_false_excludes_a_turn(encoder):
 def test_generation_prompt_is_not_supervised(encoder):
     conv = tool_conversation()[:4]
     s = encoder.encode(conv, add_generation_prompt=True)
-    assert encoder.tok.decode(s.input_ids[-len(encoder.header):]) == "<|im_start|>assistant\n"
+    assert encoder.tok.decode(s.input_ids[-len(encoder.header) :]) == "<|im_start|>assistant\n"
     assert len(spans(s.labels)) == 1
 
 

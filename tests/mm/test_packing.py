@@ -12,12 +12,23 @@ from tests.conftest import solid, user_assistant
 def samples(encoder):
     video = sample_data_path().replace("sample.jsonl", "dot.mp4")
     convs = [
-        user_assistant([{"type": "image", "image": solid(140, 84)}, {"type": "text", "text": "What colour?"}], "Red, mostly."),
+        user_assistant(
+            [{"type": "image", "image": solid(140, 84)}, {"type": "text", "text": "What colour?"}],
+            "Red, mostly.",
+        ),
         user_assistant("Text only: what is 6 x 7?", "<think>6 x 7 = 42</think><answer>42</answer>"),
-        user_assistant([{"type": "video", "video": video, "fps": 2.0}, {"type": "text", "text": "Where does it go?"}],
-                       "Left to right."),
-        user_assistant([{"type": "image", "image": solid(56, 224)}, {"type": "image", "image": solid(252, 112)},
-                        {"type": "text", "text": "Compare."}], "The second is wider."),
+        user_assistant(
+            [{"type": "video", "video": video, "fps": 2.0}, {"type": "text", "text": "Where does it go?"}],
+            "Left to right.",
+        ),
+        user_assistant(
+            [
+                {"type": "image", "image": solid(56, 224)},
+                {"type": "image", "image": solid(252, 112)},
+                {"type": "text", "text": "Compare."},
+            ],
+            "The second is wider.",
+        ),
         user_assistant("Short one.", "Yes."),
     ]
     return [encoder.encode(c) for c in convs]
@@ -62,7 +73,7 @@ def test_positions_survive_packing(samples):
     batch = pack_batch([samples], pad_id=0)
     off = 0
     for s in samples:
-        assert torch.equal(batch["position_ids"][:, 0, off:off + len(s)], s.position_ids)
+        assert torch.equal(batch["position_ids"][:, 0, off : off + len(s)], s.position_ids)
         off += len(s)
     flat = pack_batch([samples], pad_id=0, attn_implementation="flash_attention_2")["position_ids"]
     assert flat.shape[0] == 4 and torch.equal(flat[1:, 0, : len(samples[0])], samples[0].position_ids)
@@ -77,7 +88,7 @@ def test_without_isolation_samples_leak(tiny, samples):
     batch.pop("attention_mask"), batch.pop("seq_ids"), batch.pop("labels")
     with torch.no_grad():
         logits = model(**batch).logits
-    second = logits[0, len(samples[0]): len(samples[0]) + len(samples[1])]
+    second = logits[0, len(samples[0]) : len(samples[0]) + len(samples[1])]
     assert (second - ref_logits[1]).abs().max() > 1e-2
 
 

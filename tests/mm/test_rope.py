@@ -15,10 +15,19 @@ def frames(n, size=(84, 56)):
 
 CASES = {
     "image": [{"type": "image", "image": solid(140, 84)}, {"type": "text", "text": "What?"}],
-    "two_images": [{"type": "image", "image": solid(56, 112)}, {"type": "text", "text": "and"},
-                   {"type": "image", "image": solid(196, 56)}],
-    "video_2fps": [{"type": "video", "video": frames(6), "sample_fps": 2.0}, {"type": "text", "text": "Describe."}],
-    "video_1fps": [{"type": "video", "video": frames(4), "sample_fps": 1.0}, {"type": "image", "image": solid(56, 56)}],
+    "two_images": [
+        {"type": "image", "image": solid(56, 112)},
+        {"type": "text", "text": "and"},
+        {"type": "image", "image": solid(196, 56)},
+    ],
+    "video_2fps": [
+        {"type": "video", "video": frames(6), "sample_fps": 2.0},
+        {"type": "text", "text": "Describe."},
+    ],
+    "video_1fps": [
+        {"type": "video", "video": frames(4), "sample_fps": 1.0},
+        {"type": "image", "image": solid(56, 56)},
+    ],
     "text": [{"type": "text", "text": "no pictures here"}],
 }
 
@@ -52,18 +61,29 @@ def test_qwen2_vl_rule(tiny):
 
     tiny_cfg = tiny[0].config
     cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=tiny_cfg.text_config.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, spatial_merge_size=2),
-        image_token_id=tiny_cfg.image_token_id, video_token_id=tiny_cfg.video_token_id,
+        text_config=dict(
+            vocab_size=tiny_cfg.text_config.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(
+            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, spatial_merge_size=2
+        ),
+        image_token_id=tiny_cfg.image_token_id,
+        video_token_id=tiny_cfg.video_token_id,
         vision_start_token_id=tiny_cfg.vision_start_token_id,
     )
     model = Qwen2VLForConditionalGeneration(cfg)
     enc = ConversationEncoder(tiny[1], VisualConfig(), RopeSpec.from_config(cfg))
     assert enc.rope.tokens_per_second is None
     s = enc.encode([{"role": "user", "content": CASES["video_1fps"]}, {"role": "assistant", "content": "ok"}])
-    want, _ = model.model.get_rope_index(s.input_ids[None], s.mm_token_type_ids[None], s.image_grid_thw, s.video_grid_thw)
+    want, _ = model.model.get_rope_index(
+        s.input_ids[None], s.mm_token_type_ids[None], s.image_grid_thw, s.video_grid_thw
+    )
     assert torch.equal(s.position_ids, want[:, 0])
 
 

@@ -32,10 +32,19 @@ def test_special_tokens_are_single_tokens_and_roundtrip(tiny):
 def test_chat_template_renders_like_qwen25vl(tiny):
     processor = tiny[1]
     conv = [
-        {"role": "user", "content": [{"type": "image", "image": solid(56, 56)}, {"type": "text", "text": "What is this?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": solid(56, 56)}, {"type": "text", "text": "What is this?"}],
+        },
         {"role": "assistant", "content": "A square."},
-        {"role": "user", "content": [{"type": "image", "image": solid(56, 56)}, {"type": "video", "video": "v.mp4"},
-                                     {"type": "text", "text": "And these?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": solid(56, 56)},
+                {"type": "video", "video": "v.mp4"},
+                {"type": "text", "text": "And these?"},
+            ],
+        },
     ]
     expected = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -50,9 +59,15 @@ def test_chat_template_renders_like_qwen25vl(tiny):
     assert processor.apply_chat_template(with_system, tokenize=False, add_vision_id=True) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     )
-    numbered = [{"role": "user", "content": [{"type": "image", "image": "a"}, {"type": "image", "image": "b"}]}]
-    assert "Picture 1: <|vision_start|>" in processor.apply_chat_template(numbered, tokenize=False, add_vision_id=True)
-    assert "Picture 2: <|vision_start|>" in processor.apply_chat_template(numbered, tokenize=False, add_vision_id=True)
+    numbered = [
+        {"role": "user", "content": [{"type": "image", "image": "a"}, {"type": "image", "image": "b"}]}
+    ]
+    assert "Picture 1: <|vision_start|>" in processor.apply_chat_template(
+        numbered, tokenize=False, add_vision_id=True
+    )
+    assert "Picture 2: <|vision_start|>" in processor.apply_chat_template(
+        numbered, tokenize=False, add_vision_id=True
+    )
 
 
 def test_weights_are_deterministic():

@@ -1,0 +1,118 @@
+"""load_model: presets, local checkpoints (Qwen2.5-VL and Qwen2-VL), freezing, LoRA, checkpointing, backends."""
+
+import pytest
+import torch
+
+from mm.attention import choose_backend, force_backend
+from mm.imports import MissingDependency, is_available, require
+from mm.loading import load_model, model_parts
+from tests.conftest import solid, user_assistant
+
+
+def test_save_and_load_local_checkpoint(tiny, encoder, tmp_path):
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, proc2 = load_model(str(tmp_path), attn="sdpa")
+    s = encoder.encode(
+        user_assistant([{"type": "image", "image": solid(84, 56)}, {"type": "text", "text": "Q"}], "A")
+    )
+    with torch.no_grad():
+        assert torch.allclose(model(**s.model_inputs()).logits, loaded(**s.model_inputs()).logits, atol=1e-6)
+    text = "<|im_start|>user\nhi<|im_end|>"
+    assert proc2.tokenizer(text)["input_ids"] == processor.tokenizer(text)["input_ids"]
+
+
+def test_load_local_qwen2_vl(tiny, tmp_path):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    cfg = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=704,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2),
+        image_token_id=tiny[0].config.image_token_id,
+        video_token_id=tiny[0].config.video_token_id,
+    )
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    tiny[1].save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path))
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def test_freeze_parts():
+    model, _ = load_model("tiny", freeze=["vision_tower", "merger"])
+    parts = model_parts(model)
+    assert not any(p.requires_grad for p in parts["vision_tower"] + parts["merger"])
+    assert all(p.requires_grad for p in parts["language_model"])
+    with pytest.raises(ValueError, match="unknown part"):
+        load_model("tiny", freeze=["eyes"])
+
+
+@pytest.mark.skipif(not is_available("peft"), reason="peft not installed (mmpost[lora])")
+def test_lora_trains_only_adapters_on_language_model():
+    model, _ = load_model("tiny", lora_r=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(encoder):
+    s = encoder.encode(
+        user_assistant(
+            [{"type": "image", "image": solid(84, 56)}, {"type": "text", "text": "Q?"}], "An answer."
+        )
+    )
+    grads = []
+    for ckpt in (False, True):
+        model, _ = load_model("tiny", gradient_checkpointing=ckpt)
+        model.train()
+        out = model(**s.model_inputs(), labels=s.labels[None])
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_attention_backend_choice():
+    assert choose_backend("auto", device="cpu") == "sdpa"
+    assert choose_backend("eager") == "eager"
+    with pytest.raises(RuntimeError, match="flash-attn"):
+        choose_backend("flash_attention_2", device="cpu")
+    with force_backend("eager"):
+        assert choose_backend("auto") == "eager"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        choose_backend("fast")
+
+
+def test_eager_and_sdpa_agree(encoder):
+    s = encoder.encode(
+        user_assistant([{"type": "image", "image": solid(84, 56)}, {"type": "text", "text": "Q?"}], "A.")
+    )
+    outs = []
+    for attn in ("sdpa", "eager"):
+        model, _ = load_model("tiny", attn=attn)
+        with torch.no_grad():
+            outs.append(model(**s.model_inputs()).logits)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_require_names_the_extra(monkeypatch):
+    import mm.imports
+
+    monkeypatch.setattr(mm.imports, "is_available", lambda name: False)
+    with pytest.raises(
+        MissingDependency, match=r"flash-attn is needed for packing on GPU.*pip install 'mmpost\[cuda\]'"
+    ):
+        require("flash_attn", "packing on GPU")
