@@ -96,7 +96,8 @@ def main() -> None:
     print(
         f"preset={args.preset} params={sum(p.numel() for p in model.parameters()) / 1e6:.1f}M samples={len(samples)} "
         f"tokens/sample min/mean/max={min(lengths)}/{mean_len:.0f}/{max(lengths)} "
-        f"padded batches={len(pad_groups)}x{args.batch_size} packed rows={len(rows)}x{max_tokens}"
+        f"padded steps={len(pad_groups)} ({args.batch_size} samples each), packed steps={len(pack_groups)} "
+        f"({rows_per_step} rows of <= {max_tokens} tokens each)"
     )
     epoch(model, pad_groups[:1], make_pad)  # warm-up
     res = {"padded": [], "packed": []}

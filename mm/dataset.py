@@ -86,10 +86,11 @@ class RecordDataset(Dataset):
     prompt appended); preference records are encoded by the DPO trainer itself.
     """
 
-    def __init__(self, path: str, encoder: ConversationEncoder, on_error: str = "raise"):
+    def __init__(self, path: str, encoder: ConversationEncoder, on_error: str = "raise", transform=None):
+        """``transform(messages) -> messages`` (optional) rewrites each conversation before encoding."""
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.path, self.encoder, self.on_error = path, encoder, on_error
+        self.path, self.encoder, self.on_error, self.transform = path, encoder, on_error, transform
         self.base_dir = os.path.dirname(os.path.abspath(path))
         self.records: list[Record] = []
         self.lines: list[int] = []

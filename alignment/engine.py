@@ -1,0 +1,131 @@
+"""The DeepSpeed side of the loop: the engine config, parameter groups and the HF export.
+
+Batch size, gradient accumulation, clipping and precision are always set here from the
+trainer config (so a DeepSpeed JSON cannot disagree with it); the JSON (or the built-in
+``zero0`` / ``zero2`` / ``zero3``, identical to ``configs/deepspeed/*.json``) carries the
+ZeRO settings. The optimizer is PyTorch's AdamW handed to DeepSpeed (it runs on CPU and GPU
+alike; DeepSpeed's fused Adam needs CUDA kernels).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+
+from alignment import distributed as dist
+
+_COMMON = {"zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+BUILTIN = {
+    "zero0": {"zero_optimization": {"stage": 0}, **_COMMON},
+    "zero2": {
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 50_000_000,
+            "allgather_bucket_size": 50_000_000,
+        },
+        **_COMMON,
+    },
+    "zero3": {
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 50_000_000,
+            "stage3_prefetch_bucket_size": 50_000_000,
+            "stage3_param_persistence_threshold": 100_000,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        **_COMMON,
+    },
+}
+
+
+def deepspeed_config(name_or_path: str, micro_batch: int, grad_accum: int, clip: float, bf16: bool) -> dict:
+    if name_or_path in BUILTIN:
+        cfg = copy.deepcopy(BUILTIN[name_or_path])
+    else:
+        try:
+            with open(name_or_path) as f:
+                cfg = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(
+                f"DeepSpeed config {name_or_path!r} not found; use zero0, zero2, zero3 or a JSON path"
+            ) from None
+    cfg.update(
+        {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": grad_accum,
+            "train_batch_size": micro_batch * grad_accum * dist.world(),
+            "gradient_clipping": clip,
+            "bf16": {"enabled": bf16},
+            "fp16": {"enabled": False},
+        }
+    )
+    cfg.pop("optimizer", None)  # the trainer owns the optimizer and scheduler
+    cfg.pop("scheduler", None)
+    return cfg
+
+
+def zero_stage(cfg: dict) -> int:
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, float | None]) -> list[dict]:
+    """AdamW groups: one per (part, decay) with the part's lr; frozen parameters are left out.
+
+    Biases and norm weights (1-D) get no weight decay.
+    """
+    from mm.loading import model_parts
+
+    parts = model_parts(model)
+    owner = {id(p): name for name, ps in parts.items() for p in ps}
+    groups: dict[tuple[str, bool], list] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        part = owner.get(id(p), "language_model")  # LoRA adapters live in the language model
+        groups.setdefault((part, p.ndim >= 2), []).append(p)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "lr": part_lrs.get(part) or lr,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '_no_decay'}",
+            }
+        )
+    if not out:
+        raise ValueError("no trainable parameters: everything is frozen")
+    return out
+
+
+def export_hf(engine, model, processor, out_dir: str, stage: int) -> None:
+    """Write the trained model (LoRA merged) and processor to ``out_dir`` atomically (rank 0)."""
+    if stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
+    else:
+        state = None
+    if not dist.is_main():
+        dist.barrier()
+        return
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    target = model
+    if hasattr(model, "merge_and_unload"):  # peft
+        if stage == 3:
+            raise RuntimeError("exporting LoRA under ZeRO-3 is not supported; train LoRA with zero2")
+        target = model.merge_and_unload()
+    if state is not None:
+        prefix = "model."
+        state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+    target.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    dist.barrier()
