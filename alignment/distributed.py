@@ -30,6 +30,10 @@ def init(device: str = "cpu") -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port())
+    import warnings
+
+    # DeepSpeed 0.19 still calls torch.distributed collectives that torch 2.14 marks deprecated
+    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use .*", category=FutureWarning)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo", verbose=False)

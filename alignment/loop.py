@@ -271,3 +271,6 @@ class Trainer:
         print(f"  checkpoint: {s['checkpoint']}")
         if s["model"]:
             print(f"  model:      {s['model']}  (loads with mm.load_model or transformers)")
+            data = getattr(self.cfg.data, "eval", None)
+            if data:
+                print(f"  evaluate:   mmpost eval {s['model']} --data {data}")

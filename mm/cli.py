@@ -4,6 +4,10 @@
     mmpost quickstart                 tiny model + bundled sample: validate, encode, forward, loss
     mmpost data validate FILE.jsonl   every problem with its line number and a fix hint
     mmpost data stats FILE.jsonl      counts, token lengths, visual tokens
+    mmpost data synth DIR             the generated visual-reasoning set
+    mmpost train CONFIG [k=v ...]     train (SFT, ...) from a YAML config
+    mmpost pipeline PIPELINE.yaml     run training stages in order
+    mmpost eval MODEL --data FILE     greedy generation + accuracy
 
 Heavy imports (torch, transformers) happen inside the handlers, so ``--help`` is instant.
 Errors the user can fix are printed as one line (no traceback) with exit status 2.
@@ -125,6 +129,43 @@ def cmd_quickstart(args) -> int:
     return quickstart(args.model, args.record)
 
 
+def cmd_train(args) -> int:
+    from alignment.train import train
+
+    train(args.config, args.overrides, output_dir=args.output_dir, resume="auto" if args.resume else None)
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from alignment.train import run_pipeline
+
+    run_pipeline(args.config, args.overrides, output_root=args.output_root)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from alignment.evaluate import run_eval
+
+    return run_eval(
+        args.model,
+        args.data,
+        out=args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+    )
+
+
+def cmd_synth(args) -> int:
+    from mm.synth_reasoning import write_synth
+
+    paths = write_synth(args.out, args.n_train, args.n_test, args.seed)
+    print(
+        f"wrote {paths['train']} ({args.n_train} SFT trajectories) and {paths['test']} ({args.n_test} RL prompts)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmpost", description="Post-training for Qwen2.5-VL vision-language(-action) models."
@@ -143,7 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=int, default=0, help="which sample record to run (default %(default)s)")
     p.set_defaults(func=cmd_quickstart)
 
-    data = sub.add_parser("data", help="check and describe data files")
+    p = sub.add_parser("train", help="train from a YAML config (SFT; DPO/GRPO/alignment as they land)")
+    p.add_argument("config", help="YAML config, e.g. configs/quickstart/sft.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 data.max_tokens=4096")
+    p.add_argument("--output-dir", help="overrides train.output_dir")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint (also the default)"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pipeline", help="run the stages of a pipeline YAML in order (e.g. ViRC SFT stages)")
+    p.add_argument("config", help="pipeline YAML, e.g. configs/virc/pipeline.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
+    p.add_argument("--output-root", help="overrides the pipeline's output_root")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("eval", help="generate answers (greedy, batched) and report accuracy")
+    p.add_argument("model", help="a model folder (e.g. runs/quickstart/final), 'tiny', or a training YAML")
+    p.add_argument("--data", required=True, help="JSONL with prompts and answers (RL or SFT records)")
+    p.add_argument("--out", help="per-sample results JSONL (default: next to the model, eval_<data>.jsonl)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="check, describe and generate data files")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = dsub.add_parser(
         "validate", help="check every line; print each problem with its line number and a fix"
@@ -158,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_visual_args(p)
     p.set_defaults(func=cmd_stats)
+    p = dsub.add_parser("synth", help="write the procedurally generated visual-reasoning set (train + test)")
+    p.add_argument("out", help="output folder, e.g. data/synth")
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     return parser
 
@@ -173,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as e:
         print(f"mmpost {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,135 @@
+"""``mmpost eval``: batched greedy generation on prompts with reference answers, and accuracy.
+
+Single-turn generation (multi-turn tool use runs through the vision_tools engine once it
+lands). Per-sample results (prompt id, completion, extracted answer, reference, correct) go to
+a JSONL file; the summary prints accuracy and how many completions had a well-formed answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from alignment.answers import answers_match, extract_answer
+from mm.dataset import Problem, iter_jsonl
+
+
+def resolve_model(name: str) -> str:
+    """A model folder, 'tiny'/'small', or a training YAML (its output_dir/final)."""
+    if name.endswith((".yaml", ".yml")):
+        from alignment.train import build_config
+
+        cfg = build_config(name)
+        return os.path.join(cfg.train.output_dir, "final")
+    return name
+
+
+def prompts_of(path: str) -> tuple[list[tuple[str, list, str]], int]:
+    """(id, prompt messages, reference answer) for RL records and answer-carrying SFT records."""
+    items, skipped = [], 0
+    for line, rec in iter_jsonl(path):
+        if isinstance(rec, Problem) or getattr(rec, "answer", None) is None:
+            skipped += 1
+            continue
+        if rec.kind == "rl":
+            msgs = rec.prompt
+        elif rec.kind == "sft":
+            first = next(i for i, m in enumerate(rec.messages) if m.role == "assistant")
+            msgs = rec.messages[:first]
+        else:
+            skipped += 1
+            continue
+        items.append((rec.id or f"line-{line}", msgs, str(rec.answer)))
+    return items, skipped
+
+
+def left_pad(samples, pad_id: int) -> dict:
+    """Left-padded generation batch with everything transformers needs for M-RoPE."""
+    L = max(len(s) for s in samples)
+    B = len(samples)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    types = torch.zeros(B, L, dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = len(s)
+        ids[i, L - n :], mask[i, L - n :], types[i, L - n :] = s.input_ids, 1, s.mm_token_type_ids
+    out = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
+    for k in (
+        "pixel_values",
+        "image_grid_thw",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "second_per_grid_ts",
+    ):
+        parts = [getattr(s, k) for s in samples if getattr(s, k) is not None]
+        if parts:
+            out[k] = torch.cat(parts)
+    return out
+
+
+@torch.no_grad()
+def generate(model, processor, encoder, prompts: list[list], base_dir: str, max_new_tokens: int) -> list[str]:
+    samples = [encoder.encode(p, base_dir, add_generation_prompt=True) for p in prompts]
+    batch = left_pad(samples, processor.tokenizer.pad_token_id)
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, batch["input_ids"].shape[1] :]
+    return processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def run_eval(
+    model_name: str,
+    data: str,
+    out: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    limit: int = 0,
+) -> int:
+    from tqdm import tqdm
+
+    from mm.encode import ConversationEncoder
+    from mm.loading import load_model
+    from mm.rope import RopeSpec
+
+    path = resolve_model(model_name)
+    device = "cuda" if torch.cuda.is_available() else None
+    model, processor = load_model(path, device=device)
+    model.eval()
+    encoder = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
+    items, skipped = prompts_of(data)
+    if limit:
+        items = items[:limit]
+    if not items:
+        raise ValueError(f"{data}: no records with a prompt and an answer to evaluate")
+    base_dir = os.path.dirname(os.path.abspath(data))
+    if out is None:
+        folder = path if os.path.isdir(path) else "."
+        out = os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(data))[0]}.jsonl")
+    correct = formatted = 0
+    with open(out, "w") as f:
+        for k in tqdm(
+            range(0, len(items), batch_size), desc="eval", file=sys.stderr, disable=len(items) <= batch_size
+        ):
+            chunk = items[k : k + batch_size]
+            texts = generate(model, processor, encoder, [m for _, m, _ in chunk], base_dir, max_new_tokens)
+            for (rid, _, gold), text in zip(chunk, texts):
+                pred = extract_answer(text)
+                ok = answers_match(pred, gold)
+                correct += ok
+                formatted += pred is not None
+                f.write(
+                    json.dumps(
+                        {"id": rid, "completion": text, "answer": pred, "reference": gold, "correct": ok}
+                    )
+                    + "\n"
+                )
+    n = len(items)
+    print(
+        f"{path} on {data}: accuracy {correct / n:.3f} ({correct}/{n}), answer block in {formatted}/{n}"
+        + (f", {skipped} record(s) without prompt/answer skipped" if skipped else "")
+    )
+    print(f"per-sample results: {out}")
+    return 0
