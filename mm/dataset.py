@@ -116,12 +116,17 @@ class RecordDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def conversation(self, i: int) -> list:
+        """The messages of record ``i`` that are encoded (after ``transform``)."""
+        conv = self.records[i].conversations()[0]
+        return self.transform(conv) if self.transform else conv
+
     def __getitem__(self, i: int) -> EncodedSample | None:
         """The encoded sample, or None for a record that fails to encode under on_error=skip."""
         rec = self.records[i]
         try:
             return self.encoder.encode(
-                rec.conversations()[0],
+                self.conversation(i),
                 self.base_dir,
                 add_generation_prompt=rec.kind == "rl",
                 sample_id=rec.id,
@@ -140,7 +145,7 @@ class RecordDataset(Dataset):
         ):
             try:
                 out.append(
-                    self.encoder.count_tokens(rec.conversations()[0], self.base_dir, rec.kind == "rl")[0]
+                    self.encoder.count_tokens(self.conversation(i), self.base_dir, rec.kind == "rl")[0]
                 )
             except (RecordError, VisualError) as e:
                 self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
