@@ -14,6 +14,7 @@ import sys
 import torch
 
 from alignment.answers import answers_match, extract_answer
+from mm.collate import concat_visuals
 from mm.dataset import Problem, iter_jsonl
 
 
@@ -57,17 +58,7 @@ def left_pad(samples, pad_id: int) -> dict:
         n = len(s)
         ids[i, L - n :], mask[i, L - n :], types[i, L - n :] = s.input_ids, 1, s.mm_token_type_ids
     out = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
-    for k in (
-        "pixel_values",
-        "image_grid_thw",
-        "pixel_values_videos",
-        "video_grid_thw",
-        "second_per_grid_ts",
-    ):
-        parts = [getattr(s, k) for s in samples if getattr(s, k) is not None]
-        if parts:
-            out[k] = torch.cat(parts)
-    return out
+    return {**out, **concat_visuals(samples)}
 
 
 @torch.no_grad()

@@ -18,18 +18,10 @@ from __future__ import annotations
 import torch
 
 from mm.attention import uses_varlen
-from mm.encode import IGNORE, EncodedSample
-
-VISUAL_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "second_per_grid_ts",
-)
+from mm.encode import IGNORE, VISUAL_KEYS, EncodedSample
 
 
-def _visuals(samples: list[EncodedSample]) -> dict:
+def concat_visuals(samples: list[EncodedSample]) -> dict:
     out = {}
     for k in VISUAL_KEYS:
         parts = [getattr(s, k) for s in samples if getattr(s, k) is not None]
@@ -58,7 +50,7 @@ def pad_batch(samples: list[EncodedSample], pad_id: int) -> dict:
         "attention_mask": mask,
         "position_ids": pos,
         "mm_token_type_ids": types,
-        **_visuals(samples),
+        **concat_visuals(samples),
     }
 
 
@@ -120,7 +112,7 @@ def pack_batch(rows: list[list[EncodedSample]], pad_id: int, attn_implementation
         "mm_token_type_ids": types,
         "seq_ids": seq,
         "use_cache": False,
-        **_visuals(flat),
+        **concat_visuals(flat),
     }
     if uses_varlen(attn_implementation):
         text_pos[seq < 0] = torch.arange(int((seq < 0).sum()))  # trailing padding forms its own segment

@@ -20,6 +20,13 @@ from mm.rope import IMAGE, TEXT, VIDEO, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, VisualPlan, load_visuals, plan_visuals
 
 IGNORE = -100
+VISUAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
 
 
 @dataclass
@@ -53,13 +60,7 @@ class EncodedSample:
     def model_inputs(self) -> dict:
         """Batch-of-one kwargs for ``model(**...)`` (no mask needed: one unpadded row)."""
         out = {"input_ids": self.input_ids[None], "position_ids": self.position_ids[:, None]}
-        for k in (
-            "pixel_values",
-            "image_grid_thw",
-            "pixel_values_videos",
-            "video_grid_thw",
-            "second_per_grid_ts",
-        ):
+        for k in VISUAL_KEYS:
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out

@@ -38,6 +38,29 @@ def user_assistant(content: list | str, answer: str) -> list[dict]:
     return [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
 
 
+def tiny_qwen2_vl_config(like):
+    """A toy Qwen2-VL config sharing the tiny tokenizer's special-token ids (from ``like``)."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=like.text_config.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(
+            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, spatial_merge_size=2
+        ),
+        image_token_id=like.image_token_id,
+        video_token_id=like.video_token_id,
+        vision_start_token_id=like.vision_start_token_id,
+    )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import torch
 from mm.attention import choose_backend, force_backend
 from mm.imports import MissingDependency, is_available, require
 from mm.loading import load_model, model_parts
-from tests.conftest import solid, user_assistant
+from tests.conftest import solid, tiny_qwen2_vl_config, user_assistant
 
 
 def test_save_and_load_local_checkpoint(tiny, encoder, tmp_path):
@@ -24,22 +24,9 @@ def test_save_and_load_local_checkpoint(tiny, encoder, tmp_path):
 
 
 def test_load_local_qwen2_vl(tiny, tmp_path):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
 
-    cfg = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=704,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2),
-        image_token_id=tiny[0].config.image_token_id,
-        video_token_id=tiny[0].config.video_token_id,
-    )
+    cfg = tiny_qwen2_vl_config(tiny[0].config)
     Qwen2VLForConditionalGeneration(cfg).save_pretrained(tmp_path)
     tiny[1].save_pretrained(tmp_path)
     model, _ = load_model(str(tmp_path))

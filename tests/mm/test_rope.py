@@ -6,7 +6,7 @@ import torch
 from mm.encode import ConversationEncoder
 from mm.rope import RopeSpec, mrope_positions
 from mm.visual import VisualConfig
-from tests.conftest import solid
+from tests.conftest import solid, tiny_qwen2_vl_config
 
 
 def frames(n, size=(84, 56)):
@@ -57,26 +57,9 @@ def test_positions_equal_model_rope_index(tiny, encoder, case):
 
 def test_qwen2_vl_rule(tiny):
     """Qwen2-VL has no absolute-time scaling: checked against its own get_rope_index."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
 
-    tiny_cfg = tiny[0].config
-    cfg = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=tiny_cfg.text_config.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(
-            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, spatial_merge_size=2
-        ),
-        image_token_id=tiny_cfg.image_token_id,
-        video_token_id=tiny_cfg.video_token_id,
-        vision_start_token_id=tiny_cfg.vision_start_token_id,
-    )
+    cfg = tiny_qwen2_vl_config(tiny[0].config)
     model = Qwen2VLForConditionalGeneration(cfg)
     enc = ConversationEncoder(tiny[1], VisualConfig(), RopeSpec.from_config(cfg))
     assert enc.rope.tokens_per_second is None
