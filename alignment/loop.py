@@ -150,7 +150,6 @@ class Trainer:
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
-        self.engine = engine
         step, tokens_seen = 0, 0
         resume_from = self._resume_path()
         if resume_from:
@@ -213,13 +212,12 @@ class Trainer:
 
     def train_step(self, engine, batches: list[dict | None], device: str) -> dict:
         world = dist.world()
+        # a micro-batch whose records were all skipped still runs (collectives stay in step), with weight 0
+        weights = [0.0 if b is None else 1.0 for b in batches]
         valid = [b for b in batches if b is not None]
         if not valid:
             raise RuntimeError("every micro-batch of this step was skipped (bad records); check the data")
-        batches = [
-            b if b is not None else valid[0] for b in batches
-        ]  # keep collectives in step; weight 0 below
-        weights = [1.0 if b is not None else 0.0 for b in batches]
+        batches = [valid[0] if b is None else b for b in batches]
         local = [self.count_tokens(b) * w for b, w in zip(batches, weights)]
         n_global = float(dist.all_sum([sum(local)], device)[0])
         loss_sum = 0.0
@@ -233,10 +231,11 @@ class Trainer:
             for k, v in st.items():
                 extra[k] = extra.get(k, 0.0) + float(v) * w
         keys = sorted(extra)
-        tokens = sum(real_tokens(b) for b in batches)
-        visual = sum(int((b["mm_token_type_ids"] != 0).sum()) for b in batches)
+        tokens = sum(real_tokens(b) * w for b, w in zip(batches, weights))
+        visual = sum(int((b["mm_token_type_ids"] != 0).sum()) * w for b, w in zip(batches, weights))
         samples = sum(
-            int(b["seq_ids"].max() + 1) if "seq_ids" in b else b["input_ids"].shape[0] for b in batches
+            (int(b["seq_ids"].max() + 1) if "seq_ids" in b else b["input_ids"].shape[0]) * w
+            for b, w in zip(batches, weights)
         )
         red = dist.all_sum([loss_sum, tokens, visual, samples] + [extra[k] for k in keys], device)
         gn = engine.get_global_grad_norm()
