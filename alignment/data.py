@@ -19,7 +19,7 @@ import torch
 from mm.collate import pack_batch, pad_batch, plan_packs
 from mm.config import opt
 from mm.dataset import DataError, Problem, RecordDataset
-from mm.records import Message
+from mm.records import Message, is_visual
 from mm.visual import VisualConfig
 
 
@@ -51,11 +51,7 @@ def drop_tool_result_images(messages: list[Message]) -> list[Message]:
     out, seen_assistant = [], False
     for m in messages:
         if m.role == "user" and seen_assistant and not isinstance(m.content, str):
-            kept = [
-                c
-                for c in m.content
-                if c.get("type", "text") == "text" and "image" not in c and "video" not in c
-            ]
+            kept = [c for c in m.content if not is_visual(c)]
             m = Message(m.role, kept or [{"type": "text", "text": ""}], m.train)
         seen_assistant |= m.role == "assistant"
         out.append(m)
@@ -70,6 +66,7 @@ class StepPlanner:
         self.lengths = lengths
         self.usable = [i for i, n in enumerate(lengths) if 0 < n <= cfg.max_tokens]
         self.per_step = world * grad_accum
+        self._planned: tuple[int, list[list]] | None = None  # (epoch, micro-batches): planned once per epoch
         if self.steps_per_epoch() == 0:
             raise ValueError(
                 f"{len(self.usable)} usable sample(s) make fewer micro-batches than one optimizer step needs "
@@ -78,6 +75,11 @@ class StepPlanner:
             )
 
     def micro_batches(self, epoch: int) -> list[list]:
+        if self._planned is None or self._planned[0] != epoch:
+            self._planned = (epoch, self._plan(epoch))
+        return self._planned[1]
+
+    def _plan(self, epoch: int) -> list[list]:
         order = list(self.usable)
         random.Random(self.seed * 1000003 + epoch).shuffle(order)
         mb = self.cfg.micro_batch_size
@@ -90,8 +92,10 @@ class StepPlanner:
         random.Random(self.seed * 1000003 + epoch + 1).shuffle(rows)
         return [rows[k : k + mb] for k in range(0, len(rows) - mb + 1, mb)]
 
-    def steps_per_epoch(self, epoch: int = 0) -> int:
-        return len(self.micro_batches(epoch)) // self.per_step
+    def steps_per_epoch(self) -> int:
+        # the same every epoch: reshuffling changes which samples share a row, not how many rows
+        # first-fit decreasing makes (it only sees the sorted lengths)
+        return len(self.micro_batches(0)) // self.per_step
 
     def rank_micro_batches(self, epoch: int, rank: int, start_step: int = 0) -> list[list]:
         """This rank's micro-batches of ``epoch`` from ``start_step`` on, grad_accum per step."""

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from alignment.answers import answers_match, extract_answer
-from mm.collate import concat_visuals
+from mm.collate import pad_batch
 from mm.dataset import Problem, iter_jsonl
 
 
@@ -47,25 +47,12 @@ def prompts_of(path: str) -> tuple[list[tuple[str, list, str]], int]:
     return items, skipped
 
 
-def left_pad(samples, pad_id: int) -> dict:
-    """Left-padded generation batch with everything transformers needs for M-RoPE."""
-    L = max(len(s) for s in samples)
-    B = len(samples)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    types = torch.zeros(B, L, dtype=torch.long)
-    for i, s in enumerate(samples):
-        n = len(s)
-        ids[i, L - n :], mask[i, L - n :], types[i, L - n :] = s.input_ids, 1, s.mm_token_type_ids
-    out = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
-    return {**out, **concat_visuals(samples)}
-
-
 @torch.no_grad()
 def generate(model, processor, encoder, prompts: list[list], base_dir: str, max_new_tokens: int) -> list[str]:
     samples = [encoder.encode(p, base_dir, add_generation_prompt=True) for p in prompts]
-    batch = left_pad(samples, processor.tokenizer.pad_token_id)
-    batch = {k: v.to(model.device) for k, v in batch.items()}
+    batch = pad_batch(samples, processor.tokenizer.pad_token_id, side="left")
+    # generate derives M-RoPE positions itself from the mask and mm_token_type_ids
+    batch = {k: v.to(model.device) for k, v in batch.items() if k not in ("labels", "position_ids")}
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, batch["input_ids"].shape[1] :]
     return processor.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -32,6 +32,7 @@ from alignment.engine import deepspeed_config, export_hf, param_groups, zero_sta
 from alignment.metrics import MetricsLogger
 from alignment.schedule import lr_multiplier, warmup_steps
 from mm.config import opt
+from mm.encode import IGNORE
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Trainer:
 
     @staticmethod
     def count_tokens(batch: dict) -> int:
-        return int((batch["labels"][:, 1:] != -100).sum())
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     # -- the loop ------------------------------------------------------------------------------
     def device(self) -> str:

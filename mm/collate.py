@@ -30,8 +30,8 @@ def concat_visuals(samples: list[EncodedSample]) -> dict:
     return out
 
 
-def pad_batch(samples: list[EncodedSample], pad_id: int) -> dict:
-    """Right-pad samples into ``[B, L]`` rows with a 2-D attention mask."""
+def pad_batch(samples: list[EncodedSample], pad_id: int, side: str = "right") -> dict:
+    """Pad samples into ``[B, L]`` rows with a 2-D attention mask (``side="left"`` for generation)."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     B, L = len(samples), max(len(s) for s in samples)
@@ -41,9 +41,9 @@ def pad_batch(samples: list[EncodedSample], pad_id: int) -> dict:
     types = torch.zeros(B, L, dtype=torch.long)
     pos = torch.zeros(3, B, L, dtype=torch.long)
     for i, s in enumerate(samples):
-        n = len(s)
-        ids[i, :n], labels[i, :n], mask[i, :n], types[i, :n] = s.input_ids, s.labels, 1, s.mm_token_type_ids
-        pos[:, i, :n] = s.position_ids
+        sl = slice(0, len(s)) if side == "right" else slice(L - len(s), L)
+        ids[i, sl], labels[i, sl], mask[i, sl], types[i, sl] = s.input_ids, s.labels, 1, s.mm_token_type_ids
+        pos[:, i, sl] = s.position_ids
     return {
         "input_ids": ids,
         "labels": labels,
@@ -65,17 +65,25 @@ def plan_packs(lengths: list[int], max_tokens: int) -> list[list[int]]:
             f"{len(too_long)} sample(s) exceed max_tokens={max_tokens} (first: index {too_long[0]}, "
             f"{lengths[too_long[0]]} tokens); raise max_tokens or lower the visual-token budget"
         )
+    # First fit in O(n log n): a max-tree over the room left in each row; rows not opened yet have
+    # max_tokens of room, so the leftmost row that fits is exactly first fit's choice.
+    size = 1
+    while size < max(1, len(lengths)):
+        size *= 2
+    room = [max_tokens] * (2 * size)
     rows: list[list[int]] = []
-    free: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, room in enumerate(free):
-            if lengths[i] <= room:
-                rows[r].append(i)
-                free[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            free.append(max_tokens - lengths[i])
+        node = 1
+        while node < size:  # descend to the leftmost leaf with enough room
+            node = 2 * node if room[2 * node] >= lengths[i] else 2 * node + 1
+        r = node - size
+        if r == len(rows):
+            rows.append([])
+        rows[r].append(i)
+        room[node] -= lengths[i]
+        while node > 1:
+            node //= 2
+            room[node] = max(room[2 * node], room[2 * node + 1])
     return [sorted(r) for r in rows]
 
 

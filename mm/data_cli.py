@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from mm.dataset import Problem, iter_jsonl
-from mm.records import Record
+from mm.records import Record, is_video
 from mm.visual import VisualConfig, VisualError, open_image, plan_item, probe_video, resolve
 
 
@@ -37,7 +37,7 @@ def check_visuals(rec: Record, cfg: VisualConfig, base_dir: str) -> tuple[list[t
         for m in conv:
             for item in m.visual_items():
                 try:
-                    if "video" in item or item.get("type") == "video":
+                    if is_video(item):
                         src = resolve(item.get("video"), base_dir)
                         if isinstance(src, str):
                             probe_video(src)
@@ -122,8 +122,9 @@ def run_stats(path: str, processor, cfg: VisualConfig, out=None) -> int:
         kinds[rec.kind] += 1
         conv = rec.conversations()[0]
         items = [it for m in conv for it in m.visual_items()]
-        n_videos += sum(1 for it in items if "video" in it or it.get("type") == "video")
-        n_images += len(items) - sum(1 for it in items if "video" in it or it.get("type") == "video")
+        videos = sum(1 for it in items if is_video(it))
+        n_videos += videos
+        n_images += len(items) - videos
         turns.append(len(conv))
         try:
             t, v = enc.count_tokens(conv, base_dir, add_generation_prompt=rec.kind == "rl")

@@ -39,6 +39,15 @@ class RecordError(ValueError):
         self.code, self.message, self.hint = code, message, hint
 
 
+def is_video(item: dict) -> bool:
+    return "video" in item or item.get("type") == "video"
+
+
+def is_visual(item: dict) -> bool:
+    """An image or video content item (anything that is not plain text)."""
+    return item.get("type", "text") != "text" or "image" in item or "video" in item
+
+
 @dataclass
 class Message:
     role: str
@@ -48,7 +57,7 @@ class Message:
     def visual_items(self) -> list[dict]:
         if isinstance(self.content, str):
             return []
-        return [c for c in self.content if c.get("type", "text") != "text" or "image" in c or "video" in c]
+        return [c for c in self.content if is_visual(c)]
 
     def text(self) -> str:
         if isinstance(self.content, str):

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from mm.imports import is_available
+from mm.records import is_video
 
 if TYPE_CHECKING:
     import torch
@@ -75,8 +76,12 @@ class VisualPlan:
 
     @property
     def tokens(self) -> int:
-        h, w = self.hw
-        return (h // FACTOR) * (w // FACTOR) * max(1, self.frames // TEMPORAL_PATCH)
+        return visual_tokens(self.hw, self.frames)
+
+
+def visual_tokens(hw: tuple[int, int], frames: int = 1) -> int:
+    """Tokens of an item resized to ``hw`` (multiples of 28) with ``frames`` frames."""
+    return (hw[0] // FACTOR) * (hw[1] // FACTOR) * max(1, frames // TEMPORAL_PATCH)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -266,7 +271,7 @@ def _frame_indices(info: VideoInfo, item: dict, cfg: VisualConfig) -> tuple[list
 
 def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan:
     """Resolve one image/video content item and size it under the per-item pixel limits."""
-    kind = "video" if ("video" in item or item.get("type") == "video") else "image"
+    kind = "video" if is_video(item) else "image"
     if kind == "image":
         src = resolve(item.get("image", item.get("image_url")), base_dir)
         if isinstance(src, dict):  # OpenAI form {"image_url": {"url": ...}}
@@ -331,8 +336,7 @@ def apply_budget(plans: list[VisualPlan], cfg: VisualConfig) -> list[VisualPlan]
         for p, area in zip(plans, areas):
             lo = cfg.min_pixels if p.kind == "image" else cfg.video_min_pixels
             sizes.append(_resize(p.orig_hw[0], p.orig_hw[1], lo, max(lo, int(area * scale))))
-        trial = [VisualPlan(p.kind, p.source, p.orig_hw, hw, p.frames) for p, hw in zip(plans, sizes)]
-        if sum(t.tokens for t in trial) <= cfg.max_visual_tokens:
+        if sum(visual_tokens(hw, p.frames) for p, hw in zip(plans, sizes)) <= cfg.max_visual_tokens:
             for p, hw in zip(plans, sizes):
                 p.hw = hw
             return plans

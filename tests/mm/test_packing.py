@@ -132,3 +132,27 @@ def test_plan_packs():
 def test_block_mask_hand_worked():
     m = block_causal_mask(torch.tensor([[0, 0, 1, -1]]))[0, 0].int().tolist()
     assert m == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def test_plan_packs_is_first_fit_decreasing():
+    """The tree-based planner makes exactly the choices of a plain first-fit-decreasing scan."""
+    import random
+
+    def scan(lengths, max_tokens):
+        rows, free = [], []
+        for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+            for r, room in enumerate(free):
+                if lengths[i] <= room:
+                    rows[r].append(i)
+                    free[r] -= lengths[i]
+                    break
+            else:
+                rows.append([i])
+                free.append(max_tokens - lengths[i])
+        return [sorted(r) for r in rows]
+
+    rng = random.Random(0)
+    for _ in range(200):
+        m = rng.randint(5, 50)
+        lengths = [rng.randint(1, m) for _ in range(rng.randint(0, 60))]
+        assert plan_packs(lengths, m) == scan(lengths, m)
