@@ -19,7 +19,6 @@ import torch
 from mm.collate import pack_batch, pad_batch, plan_packs
 from mm.config import opt
 from mm.dataset import DataError, Problem, RecordDataset
-from mm.records import Message, is_visual
 from mm.visual import VisualConfig
 
 
@@ -44,18 +43,6 @@ class DataConfig:
     visual: VisualConfig = opt(
         factory=VisualConfig, help="per-image pixel limits and the per-sample visual-token budget"
     )
-
-
-def drop_tool_result_images(messages: list[Message]) -> list[Message]:
-    """Remove the images of every user turn after the first assistant turn (tool results)."""
-    out, seen_assistant = [], False
-    for m in messages:
-        if m.role == "user" and seen_assistant and not isinstance(m.content, str):
-            kept = [c for c in m.content if not is_visual(c)]
-            m = Message(m.role, kept or [{"type": "text", "text": ""}], m.train)
-        seen_assistant |= m.role == "assistant"
-        out.append(m)
-    return out
 
 
 class StepPlanner:

@@ -1,8 +1,10 @@
 """``mmpost eval``: batched greedy generation on prompts with reference answers, and accuracy.
 
-Single-turn generation (multi-turn tool use runs through the vision_tools engine once it
-lands). Per-sample results (prompt id, completion, extracted answer, reference, correct) go to
-a JSONL file; the summary prints accuracy and how many completions had a well-formed answer.
+Prompts whose system prompt declares tools (``<tools>``) run through the vision_tools engine
+(multi-turn: tool calls are executed and their images inserted); others get one turn.
+Per-sample results (prompt id, completion, extracted answer, reference, correct, and for tool
+runs the turns and violations) go to a JSONL file; the summary prints accuracy and how many
+completions had a well-formed answer.
 """
 
 from __future__ import annotations
@@ -58,13 +60,40 @@ def generate(model, processor, encoder, prompts: list[list], base_dir: str, max_
     return processor.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+def uses_tools(messages: list) -> bool:
+    return any(m.role == "system" and "<tools>" in m.text() for m in messages)
+
+
+def tool_rollouts(
+    model, processor, prompts: list[list], base_dir: str, max_new_tokens: int, max_turns: int
+) -> list:
+    """Greedy multi-turn runs through the tool engine: (completion text, answer, record extras)."""
+    from vision_tools.engine import EngineConfig, ToolEngine
+
+    cfg = EngineConfig(
+        max_turns=max_turns, max_turn_tokens=max_new_tokens, max_resamples=0, batch_size=len(prompts)
+    )
+    out = []
+    for t in ToolEngine(model, processor, config=cfg).run(
+        [[m.to_dict() for m in p] for p in prompts], base_dir
+    ):
+        extra = {
+            "turns": [r.text for r in t.turns],
+            "violations": t.violations,
+            "finish_reason": t.finish_reason,
+        }
+        out.append((t.turns[-1].text if t.turns else "", t.answer, extra))
+    return out
+
+
 def run_eval(
     model_name: str,
     data: str,
     out: str | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = 256,
     limit: int = 0,
+    max_turns: int = 8,
 ) -> int:
     from tqdm import tqdm
 
@@ -87,23 +116,31 @@ def run_eval(
         folder = path if os.path.isdir(path) else "."
         out = os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(data))[0]}.jsonl")
     correct = formatted = 0
+    with_tools = any(uses_tools(m) for _, m, _ in items)
     with open(out, "w") as f:
         for k in tqdm(
             range(0, len(items), batch_size), desc="eval", file=sys.stderr, disable=len(items) <= batch_size
         ):
             chunk = items[k : k + batch_size]
-            texts = generate(model, processor, encoder, [m for _, m, _ in chunk], base_dir, max_new_tokens)
-            for (rid, _, gold), text in zip(chunk, texts):
-                pred = extract_answer(text)
+            prompts = [m for _, m, _ in chunk]
+            if with_tools:
+                results = tool_rollouts(model, processor, prompts, base_dir, max_new_tokens, max_turns)
+            else:
+                texts = generate(model, processor, encoder, prompts, base_dir, max_new_tokens)
+                results = [(text, extract_answer(text), {}) for text in texts]
+            for (rid, _, gold), (text, pred, extra) in zip(chunk, results):
                 ok = answers_match(pred, gold)
                 correct += ok
                 formatted += pred is not None
-                f.write(
-                    json.dumps(
-                        {"id": rid, "completion": text, "answer": pred, "reference": gold, "correct": ok}
-                    )
-                    + "\n"
-                )
+                row = {
+                    "id": rid,
+                    "completion": text,
+                    "answer": pred,
+                    "reference": gold,
+                    "correct": ok,
+                    **extra,
+                }
+                f.write(json.dumps(row) + "\n")
     n = len(items)
     print(
         f"{path} on {data}: accuracy {correct / n:.3f} ({correct}/{n}), answer block in {formatted}/{n}"

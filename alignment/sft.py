@@ -10,7 +10,7 @@ import os
 import torch
 
 from alignment import distributed as dist
-from alignment.data import StepPlanner, check_lengths, drop_tool_result_images, loader
+from alignment.data import StepPlanner, check_lengths, loader
 from alignment.loop import Trainer
 from alignment.losses import token_nll_sum
 from alignment.sft_config import SFTConfig
@@ -18,6 +18,7 @@ from mm.attention import choose_backend
 from mm.dataset import RecordDataset
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
+from mm.records import drop_tool_result_images
 from mm.rope import RopeSpec
 
 

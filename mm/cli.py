@@ -5,9 +5,11 @@
     mmpost data validate FILE.jsonl   every problem with its line number and a fix hint
     mmpost data stats FILE.jsonl      counts, token lengths, visual tokens
     mmpost data synth DIR             the generated visual-reasoning set
+    mmpost data crux PROBLEMS OUT     CRU trajectories (ViRC stage 1 + 2) from problems
     mmpost train CONFIG [k=v ...]     train (SFT, ...) from a YAML config
     mmpost pipeline PIPELINE.yaml     run training stages in order
     mmpost eval MODEL --data FILE     greedy generation + accuracy
+    mmpost serve --model tiny         the HTTP tool-call API on 127.0.0.1:8000
 
 Heavy imports (torch, transformers) happen inside the handlers, so ``--help`` is instant.
 Errors the user can fix are printed as one line (no traceback) with exit status 2.
@@ -16,6 +18,7 @@ Errors the user can fix are printed as one line (no traceback) with exit status 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -153,16 +156,48 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
+        max_turns=args.max_turns,
     )
 
 
 def cmd_synth(args) -> int:
-    from mm.synth_reasoning import write_synth
+    from vision_tools.crux import write_synth
 
     paths = write_synth(args.out, args.n_train, args.n_test, args.seed)
     print(
-        f"wrote {paths['train']} ({args.n_train} SFT trajectories) and {paths['test']} ({args.n_test} RL prompts)"
+        f"wrote {paths['train']} ({args.n_train} SFT trajectories), {paths['stage1']} (the same, tool-result "
+        f"images dropped) and {paths['test']} ({args.n_test} RL prompts)"
     )
+    return 0
+
+
+def cmd_crux(args) -> int:
+    from vision_tools.crux import build_crux
+
+    counts = build_crux(args.problems, args.out, stages=args.stage, coords=args.coords)
+    print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from vision_tools.engine import EngineConfig
+    from vision_tools.server import ServeConfig, serve
+
+    for d in args.image_dir:
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"--image-dir {d}: no such folder")
+    engine = EngineConfig(max_turns=args.max_turns, max_turn_tokens=args.max_turn_tokens)
+    cfg = ServeConfig(
+        image_dirs=args.image_dir,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_image_bytes=int(args.max_image_mb * 2**20),
+        max_turns=args.max_turns,
+        max_turn_tokens=args.max_turn_tokens,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        engine=engine,
+    )
+    serve(args.model, args.host, args.port, cfg)
     return 0
 
 
@@ -199,14 +234,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-root", help="overrides the pipeline's output_root")
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("eval", help="generate answers (greedy, batched) and report accuracy")
+    p = sub.add_parser(
+        "eval",
+        help="generate answers (greedy, batched; the tool loop for prompts with tools) and report accuracy",
+    )
     p.add_argument("model", help="a model folder (e.g. runs/quickstart/final), 'tiny', or a training YAML")
     p.add_argument("--data", required=True, help="JSONL with prompts and answers (RL or SFT records)")
     p.add_argument("--out", help="per-sample results JSONL (default: next to the model, eval_<data>.jsonl)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="per turn (default %(default)s)")
+    p.add_argument(
+        "--max-turns", type=int, default=8, help="turn limit of tool-using prompts (default %(default)s)"
+    )
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="the HTTP tool-call API (chat completions with server-side tool loop)")
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' or a local checkpoint folder (default %(default)s)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--image-dir", action="append", default=[], help="folder requests may name images in (repeatable)"
+    )
+    p.add_argument(
+        "--max-turns",
+        type=int,
+        default=16,
+        help="turns per conversation: the default and the most a request may ask (%(default)s)",
+    )
+    p.add_argument(
+        "--max-turn-tokens",
+        type=int,
+        default=1024,
+        help="new tokens per turn: the default and the most a request may ask (%(default)s)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="conversations per engine batch (default %(default)s)"
+    )
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, help="wait for more requests to batch (ms)")
+    p.add_argument(
+        "--max-body-mb", type=float, default=32.0, help="largest request body (default %(default)s MiB)"
+    )
+    p.add_argument(
+        "--max-image-mb", type=float, default=16.0, help="largest image file (default %(default)s MiB)"
+    )
+    p.set_defaults(func=cmd_serve)
 
     data = sub.add_parser("data", help="check, describe and generate data files")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
@@ -229,6 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
+    p = dsub.add_parser("crux", help="CRU trajectories (planning, guiding question, crop, steps, answer)")
+    p.add_argument(
+        "problems", help="problems JSONL: image, question, answer, optional regions (docs/data.md)"
+    )
+    p.add_argument("out", help="output folder (stage1.jsonl, stage2.jsonl, images/)")
+    p.add_argument("--stage", choices=("1", "2", "both"), default="both", help="which SFT stage variant(s)")
+    p.add_argument(
+        "--coords", choices=("dynamic", "fixed"), default="dynamic", help="coordinate mode of the calls"
+    )
+    p.set_defaults(func=cmd_crux)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     return parser
 

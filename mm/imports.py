@@ -1,6 +1,6 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft) is looked up here, so
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn) is looked up here, so
 the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
@@ -19,6 +19,8 @@ OPTIONAL = {
     "cv2": ("video", "opencv-python-headless"),
     "deepspeed": ("deepspeed", "deepspeed"),
     "peft": ("lora", "peft"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
 }
 
 

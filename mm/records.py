@@ -255,3 +255,15 @@ def parse_record(obj: Any) -> Record:
         "record has none of 'messages', 'prompt', 'chosen'",
         "SFT records need 'messages'; RL records 'prompt' + 'answer'; preference records 'prompt', 'chosen', 'rejected'",
     )
+
+
+def drop_tool_result_images(messages: list[Message]) -> list[Message]:
+    """Remove the images of every user turn after the first assistant turn (tool results)."""
+    out, seen_assistant = [], False
+    for m in messages:
+        if m.role == "user" and seen_assistant and not isinstance(m.content, str):
+            kept = [c for c in m.content if not is_visual(c)]
+            m = Message(m.role, kept or [{"type": "text", "text": ""}], m.train)
+        seen_assistant |= m.role == "assistant"
+        out.append(m)
+    return out

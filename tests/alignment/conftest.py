@@ -8,7 +8,7 @@ import pytest
 
 from alignment.metrics import read_metrics
 from alignment.train import train
-from mm.synth_reasoning import write_synth
+from vision_tools.crux import write_synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart", "sft.yaml")

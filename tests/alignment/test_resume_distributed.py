@@ -86,7 +86,7 @@ def test_two_process_zero2_matches_single_process(synth, tmp_path):
         "optim.lr=2e-3",
         "train.deepspeed=zero2",
         "train.export=false",
-        "data.max_tokens=1400",
+        "data.max_tokens=2000",
     )
     _, single = run_sft(synth, str(tmp_path / "single"), *common, "train.gradient_accumulation_steps=2")
     out = str(tmp_path / "two")

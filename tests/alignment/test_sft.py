@@ -5,9 +5,8 @@ import os
 import pytest
 import torch
 
-from alignment.data import drop_tool_result_images
 from mm.loading import load_model, model_parts
-from mm.records import parse_message
+from mm.records import drop_tool_result_images, parse_message
 from tests.alignment.conftest import run_sft
 
 
@@ -40,7 +39,7 @@ def test_loss_falls(synth, tmp_path):
 def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
     """Same samples per step, split differently: per-token averaging makes the updates equal.
 
-    pack: all 24 samples of an epoch packed into rows of 1400 tokens, one row per micro-batch;
+    pack: all 24 samples of an epoch packed into rows of 3200 tokens, one row per micro-batch;
     pad: the same 24 samples as 6 micro-batches of 4. Both steps cover the whole epoch, so losses,
     gradient norms and the next step's loss (after an AdamW update) must agree.
     """
@@ -50,7 +49,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
 
     model, processor = load_model("tiny")
     ds = RecordDataset(synth["train"], ConversationEncoder(processor))
-    cfg = DataConfig(layout="pack", max_tokens=1400)
+    cfg = DataConfig(layout="pack", max_tokens=3200)
     rows = len(StepPlanner(ds.lengths(), cfg, 1, 1, 0).micro_batches(0))
     common = ("train.max_steps=2", "optim.lr=1e-3", "optim.schedule=constant", "train.export=false")
     _, packed = run_sft(
@@ -58,7 +57,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
         str(tmp_path / "pack"),
         *common,
         "data.layout=pack",
-        "data.max_tokens=1400",
+        "data.max_tokens=3200",
         "data.micro_batch_size=1",
         f"train.gradient_accumulation_steps={rows}",
     )
@@ -67,7 +66,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
         str(tmp_path / "pad"),
         *common,
         "data.layout=pad",
-        "data.max_tokens=1400",
+        "data.max_tokens=3200",
         "data.micro_batch_size=4",
         "train.gradient_accumulation_steps=6",
     )

@@ -1,0 +1,225 @@
+"""The HTTP API as a real server process on 127.0.0.1, driven with an HTTP client."""
+
+import asyncio
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import solid
+
+httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+
+
+def data_url(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    images = tmp_path_factory.mktemp("served")
+    solid(112, 84).save(images / "inside.png")
+    secret = images.parent / "secret.png"
+    solid(56, 56).save(secret)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_", "LOCAL_"))}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mm.cli",
+            "serve",
+            "--model",
+            "tiny",
+            "--port",
+            str(port),
+            "--image-dir",
+            str(images),
+            "--max-turns",
+            "4",
+            "--max-turn-tokens",
+            "64",
+            "--max-image-mb",
+            "0.25",
+            "--batch-wait-ms",
+            "50",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("server did not start in 120 s")
+    yield url, secret
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def chat_body(img_url: str, question: str = "How many shapes?", **extra) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": img_url}}, {"type": "text", "text": question}]
+    return {"model": "tiny", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_chat_completion_runs_the_tool_loop(server):
+    url, _ = server
+    r = httpx.post(
+        url + "/v1/chat/completions", json=chat_body(data_url(solid(280, 224)), max_tokens=12), timeout=120
+    )
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert j["object"] == "chat.completion" and j["choices"][0]["message"]["role"] == "assistant"
+    t = j["trajectory"]
+    assert 1 <= len(t["turns"]) <= 4 and all(turn["tokens"] <= 12 for turn in t["turns"])
+    assert (
+        j["usage"]["completion_tokens"] == t["generated_tokens"] == sum(turn["tokens"] for turn in t["turns"])
+    )
+    assert t["finish_reason"] in ("answer", "max_turns", "max_tokens")
+    assert j["usage"]["prompt_tokens"] + j["usage"]["completion_tokens"] <= j["usage"]["total_tokens"]
+
+
+def test_tool_endpoints(server):
+    url, _ = server
+    names = [t["function"]["name"] for t in httpx.get(url + "/v1/tools").json()["tools"]]
+    assert names == ["crop_image", "scale_image", "display_image"]
+    body = {
+        "images": [data_url(solid(280, 224))],
+        "arguments": {"bbox_2d": [0, 0, 140, 112], "image_index": 0},
+    }
+    r = httpx.post(url + "/v1/tools/crop_image", json=body)
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (140, 112)
+    assert r.json()["image"].startswith("data:image/png;base64,")
+    r = httpx.post(
+        url + "/v1/tools/scale_image",
+        json={"images": ["inside.png"], "arguments": {"scale_factor": 2, "image_index": 0}},
+    )
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (224, 168)
+    bad = {**body, "arguments": {"bbox_2d": [0, 0, 999, 10], "image_index": 0}}
+    r = httpx.post(url + "/v1/tools/crop_image", json=bad)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bbox_out_of_bounds"
+    r = httpx.post(url + "/v1/tools/rotate_image", json=body)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_tool"
+
+
+@pytest.mark.parametrize(
+    "path, body, status, code",
+    [
+        ("/v1/chat/completions", b"{not json", 400, "bad_json"),
+        ("/v1/chat/completions", b"[1, 2]", 400, "bad_json"),
+        ("/v1/chat/completions", b'{"messages": []}', 400, "bad_request"),
+        ("/v1/tools/crop_image", b'{"images": "x"}', 400, "bad_request"),
+    ],
+)
+def test_malformed_requests(server, path, body, status, code):
+    r = httpx.post(server[0] + path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and r.json()["error"]["code"] == code
+
+
+def test_bad_inputs_get_clear_errors(server):
+    url, secret = server
+    chat = url + "/v1/chat/completions"
+    noise = os.urandom(400_000)  # a PNG of noise over the 0.25 MiB limit
+    import numpy as np
+    from PIL import Image
+
+    big = Image.fromarray(np.frombuffer(noise[: 360 * 360 * 3], dtype=np.uint8).reshape(360, 360, 3))
+    r = httpx.post(chat, json=chat_body(data_url(big)))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+    r = httpx.post(chat, json=chat_body(os.path.relpath(secret, secret.parent / "x")))  # ../secret.png
+    assert r.status_code == 403 and r.json()["error"]["code"] == "path_refused"
+    r = httpx.post(chat, json=chat_body(str(secret)))  # an absolute path outside the folder
+    assert r.status_code == 403
+    r = httpx.post(chat, json=chat_body("http://example.com/a.png"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "remote_url"
+    r = httpx.post(chat, json=chat_body("data:image/png;base64,!!!"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
+    r = httpx.post(chat, json=chat_body("data:image/png;base64," + base64.b64encode(b"not a png").decode()))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
+    r = httpx.post(chat, json=chat_body(data_url(solid(56, 56)), max_tokens=100000))
+    assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"]
+    two = chat_body(data_url(solid(56, 56)))
+    two["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": data_url(solid(56, 56))}})
+    assert httpx.post(chat, json=two).status_code == 400
+    asst = chat_body(data_url(solid(56, 56)))
+    asst["messages"].append({"role": "assistant", "content": "hi"})
+    assert httpx.post(chat, json=asst).status_code == 400
+    r = httpx.post(chat, json=chat_body("missing.png"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "missing_image"
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_twenty_concurrent_requests_are_batched(server):
+    url, _ = server
+    before = httpx.get(url + "/health").json()["batches"]
+
+    async def main():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(*(client.post(url + "/v1/chat/completions", json=b) for b in bodies))
+
+    bodies = [
+        chat_body(data_url(solid(56 + 28 * (i % 4), 84)), f"Question {i}?", max_tokens=8, max_resamples=0)
+        for i in range(20)
+    ]
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 20
+    assert len({r.json()["id"] for r in responses}) == 20
+    for i in (0, 7, 13):  # each answer belongs to its own request: greedy, so alone it is the same
+        alone = httpx.post(url + "/v1/chat/completions", json=bodies[i], timeout=120).json()
+        texts = [[t["text"] for t in j["trajectory"]["turns"]] for j in (alone, responses[i].json())]
+        assert texts[0] == texts[1]
+        assert alone["usage"] == responses[i].json()["usage"]
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "ok"
+    assert health["batches"] - before < 20  # requests shared engine runs
+
+
+def test_the_curl_examples_in_the_docs_work(server):
+    """docs/api.md's curl commands, pointed at this server, get the answers the docs describe."""
+    import json
+    import re
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("curl") is None or shutil.which("base64") is None:
+        pytest.skip("curl/base64 not installed")
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```bash\n(.*?)```", (root / "docs" / "api.md").read_text(), flags=re.S)
+    chat = next(b for b in blocks if "/v1/chat/completions" in b)
+    tools = next(b for b in blocks if "/v1/tools/crop_image" in b)
+    script = (chat + "\necho\n" + tools).replace("http://127.0.0.1:8000", server[0])
+    r = subprocess.run(["bash", "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    docs, text, decoder = [], r.stdout.strip(), json.JSONDecoder()
+    while text:  # curl prints the replies back to back
+        obj, end = decoder.raw_decode(text)
+        docs.append(obj)
+        text = text[end:].strip()
+    completion, crop, listed, health = docs
+    assert completion.get("object") == "chat.completion", completion
+    assert completion["trajectory"]["turns"]
+    assert (crop["width"], crop["height"]) == (168, 224)
+    assert len(listed["tools"]) == 3 and health["status"] == "ok"

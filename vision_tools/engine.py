@@ -1,0 +1,369 @@
+"""The multi-turn tool engine: generate a turn -> parse -> run the tool -> insert the image -> go on.
+
+Many conversations run at once. Each round, every unfinished conversation generates its next
+assistant turn (batched; a turn stops at ``</tool_call>``, ``</answer>``, the end-of-turn token
+or its token limit). The turn is parsed with :func:`vision_tools.protocol.parse_turn`; a tool
+call runs, and its image comes back as the next **user** turn (``Image k: W x H. ...``, the
+question repeated after ``scale_image``). A violating turn (bad format, repetition, failing
+call) is resampled up to ``max_resamples`` times; if it still fails, the model reads the error
+as the next user turn. Nothing a model writes can raise out of the engine.
+
+Token-in, token-out: a conversation's ids are the prompt's ids, then exactly the ids the model
+generated, then the inserted turns tokenised once by the same tokenizer (their images expanded
+to the planned number of ``<|image_pad|>`` tokens). ``Trajectory.generated`` marks the model's
+own tokens; ``Trajectory.encoded()`` hands the trainer these ids unchanged. The same final
+conversation (``Trajectory.messages``) rendered by the processor gives the same ids (tested).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from mm.config import opt
+from mm.encode import IGNORE, ConversationEncoder, EncodedSample
+from mm.records import Message, is_visual, parse_message
+from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
+from mm.visual import VisualConfig, load_visuals
+from vision_tools.generation import Context, Generator, HFGenerator, Sampling
+from vision_tools.protocol import Turn, Violation, error_text, parse_turn, result_text
+from vision_tools.tools import FIXED_GRID, Tool, ToolContext, ToolError, as_toolset
+
+
+@dataclass
+class EngineConfig:
+    max_turns: int = opt(16, "assistant turns per conversation")
+    max_turn_tokens: int = opt(1024, "new tokens per assistant turn")
+    max_total_tokens: int = opt(16384, "tokens per conversation: prompt, turns and tool results")
+    do_sample: bool = opt(False, "sample (True) or greedy (False)")
+    temperature: float = opt(1.0, "sampling temperature (also used by resampling)")
+    top_p: float = opt(0.95, "nucleus sampling (also used by resampling)")
+    top_k: int = opt(50, "top-k sampling (also used by resampling)")
+    max_resamples: int = opt(4, "resample a violating turn up to N times (sampled); 0 for RL rollouts")
+    coords: Literal["dynamic", "fixed"] = opt(
+        "dynamic", "tool coordinates: absolute pixels of the image as shown, or a 0..999 grid"
+    )
+    snap_scale: bool = opt(True, "snap scale_factor to {0.25, 0.5, 1.5, 2, 2.5, 4}")
+    batch_size: int = opt(16, "conversations generated together")
+    seed: int | None = opt(None, "torch seed at the start of a run (sampling reproducibility)")
+    visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
+
+    def __post_init__(self):
+        if self.max_turns < 1 or self.max_turn_tokens < 1 or self.batch_size < 1 or self.max_resamples < 0:
+            raise ValueError("max_turns, max_turn_tokens and batch_size must be >= 1, max_resamples >= 0")
+
+
+@dataclass
+class TurnRecord:
+    """One assistant turn as kept in the trajectory."""
+
+    text: str
+    span: tuple[int, int]  # where its generated ids sit in Trajectory.input_ids
+    parsed: Turn | Violation
+    attempts: int = 1  # 1 + resamples
+    rejected: list[str] = field(default_factory=list)  # violation codes of discarded attempts
+    image_index: int | None = None  # the tool result's index, if a tool ran
+    error: str | None = None  # the text the model was shown instead of a result
+    seconds: float = 0.0  # generation (shared by its batch) + tool time
+
+
+@dataclass
+class Trajectory:
+    """A finished conversation: exact ids, which of them the model generated, turns and images."""
+
+    input_ids: torch.Tensor  # [L]
+    generated: torch.Tensor  # [L] bool: True where the model produced the token
+    mm_token_type_ids: torch.Tensor  # [L]
+    pixel_values: torch.Tensor | None  # [patches, dim], every image in order
+    image_grid_thw: torch.Tensor | None  # [n_images, 3]
+    images: list[Image.Image]  # as the model saw them; index = order of appearance
+    turns: list[TurnRecord]
+    messages: list[dict]  # the final conversation in the one data format (PIL images)
+    prompt_length: int
+    finish_reason: Literal["answer", "max_turns", "max_tokens"]
+    answer: str | None = None
+
+    @property
+    def generated_tokens(self) -> int:
+        return int(self.generated.sum())
+
+    @property
+    def violations(self) -> list[str]:
+        return [t.parsed.code for t in self.turns if not t.parsed.ok]
+
+    def encoded(self, rope: RopeSpec | None = None) -> EncodedSample:
+        """The trajectory for the trainer: these ids, labels on generated tokens only."""
+        labels = torch.where(self.generated, self.input_ids, torch.full_like(self.input_ids, IGNORE))
+        pos, nxt = mrope_positions(self.mm_token_type_ids, self.image_grid_thw, spec=rope or RopeSpec())
+        return EncodedSample(
+            self.input_ids,
+            labels,
+            self.mm_token_type_ids,
+            pos,
+            pixel_values=self.pixel_values,
+            image_grid_thw=self.image_grid_thw,
+            next_position=nxt,
+        )
+
+
+class _Conversation:
+    """Mutable state of one running conversation."""
+
+    def __init__(self, key: int, question: str | None):
+        self.key, self.question = key, question
+        self.ids: list[int] = []
+        self.types: list[int] = []
+        self.generated: list[bool] = []
+        self.pixels: list[torch.Tensor] = []
+        self.grids: list[torch.Tensor] = []
+        self.images: list[Image.Image] = []
+        self.messages: list[dict] = []
+        self.turns: list[TurnRecord] = []
+        self.visual_used = 0
+        self.prompt_length = 0
+        self.finish: str | None = None
+        self.answer: str | None = None
+
+    def context(self) -> Context:
+        return Context(self.ids, self.types, self.pixels, self.grids, key=self.key)
+
+    def extend(self, ids: list[int], types: list[int] | None = None, generated: bool = False) -> None:
+        self.ids += ids
+        self.types += types if types is not None else [TEXT] * len(ids)
+        self.generated += [generated] * len(ids)
+
+
+_QUESTION = re.compile(r"Question:\s*(.*?)(?:\n\n|$)", re.S)
+
+
+class ToolEngine:
+    """Runs conversations with tools. ``generator`` defaults to ``HFGenerator(model, processor)``."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        tools=None,
+        config: EngineConfig | None = None,
+        generator: Generator | None = None,
+    ):
+        self.processor, self.tok = processor, processor.tokenizer
+        self.cfg = config or EngineConfig()
+        self.tools: dict[str, Tool] = as_toolset(tools)
+        self.generator = generator or HFGenerator(model, processor)
+        rope = RopeSpec.from_config(model.config) if model is not None else RopeSpec()
+        self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
+        ids = self.tok.convert_tokens_to_ids
+        self.end_id, self.eot_id, self.image_id = (
+            ids("<|im_end|>"),
+            ids("<|endoftext|>"),
+            ids("<|image_pad|>"),
+        )
+        self.header = self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        self.merge = rope.spatial_merge_size**2
+
+    # -- public ---------------------------------------------------------------------------
+
+    def run(self, prompts: list[list[dict]], base_dir: str | None = None) -> list[Trajectory]:
+        """Run every prompt (messages in the one data format, ending with a user turn)."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        convs = [self._start(i, p, base_dir) for i, p in enumerate(prompts)]
+        for _ in range(self.cfg.max_turns):
+            active = [c for c in convs if c.finish is None and self._room(c)]
+            if not active:
+                break
+            self._round(active)
+        for c in convs:
+            if c.finish is None:
+                c.finish = "max_turns" if len(c.turns) >= self.cfg.max_turns else "max_tokens"
+                self._close_open_header(c)
+        return [self._trajectory(c) for c in convs]
+
+    # -- conversation setup ---------------------------------------------------------------
+
+    def _start(self, key: int, prompt: list[dict], base_dir: str | None) -> _Conversation:
+        msgs = [
+            m if isinstance(m, Message) else parse_message(m, f"prompt {key} message {j}")
+            for j, m in enumerate(prompt)
+        ]
+        if not msgs or msgs[-1].role != "user":
+            raise ValueError(f"prompt {key}: must end with a user turn")
+        plans = self.encoder.plan(msgs, base_dir)
+        if any(p.kind == "video" for p in plans):
+            raise ValueError(f"prompt {key}: the tool engine takes image prompts; videos are not supported")
+        images, _ = load_visuals(plans, self.cfg.visual)
+        shown = iter(images)
+        messages = []
+        for m in msgs:  # the images as the model sees them replace the references
+            d = m.to_dict()
+            if not isinstance(m.content, str):
+                d["content"] = [
+                    {"type": "image", "image": next(shown)} if is_visual(it) else dict(it) for it in m.content
+                ]
+            messages.append(d)
+        enc = self.encoder.encode(messages, add_generation_prompt=True)
+        found = _QUESTION.search(msgs[-1].text())
+        c = _Conversation(key, found.group(1).strip() if found else None)
+        c.extend(enc.input_ids.tolist(), enc.mm_token_type_ids.tolist())
+        c.messages, c.images, c.prompt_length = messages, list(images), len(c.ids)
+        if images:
+            sizes = (enc.image_grid_thw.prod(-1)).tolist()
+            c.pixels = list(torch.split(enc.pixel_values, sizes))
+            c.grids = list(enc.image_grid_thw)
+            c.visual_used = sum(sizes) // self.merge
+        return c
+
+    def _room(self, c: _Conversation) -> bool:
+        if self.cfg.max_total_tokens - len(c.ids) > 0:
+            return True
+        c.finish = "max_tokens"
+        self._close_open_header(c)
+        return False
+
+    # -- one round: generate (with resampling), then commit ---------------------------------
+
+    def _round(self, convs: list[_Conversation]) -> None:
+        base = Sampling(self.cfg.do_sample, self.cfg.temperature, self.cfg.top_p, self.cfg.top_k)
+        resample = Sampling(True, self.cfg.temperature, self.cfg.top_p, self.cfg.top_k)
+        pending, rejected, outcome = list(convs), {c.key: [] for c in convs}, {}
+        seconds = dict.fromkeys(rejected, 0.0)
+        for attempt in range(self.cfg.max_resamples + 1):
+            t0 = time.perf_counter()
+            news = self._generate(pending, base if attempt == 0 else resample)
+            spent = time.perf_counter() - t0
+            retry = []
+            for c, new in zip(pending, news):
+                t1 = time.perf_counter()
+                text, parsed, image = self._evaluate(c, new)
+                seconds[c.key] += spent + time.perf_counter() - t1
+                if not parsed.ok and attempt < self.cfg.max_resamples:
+                    rejected[c.key].append(parsed.code)
+                    retry.append(c)
+                else:
+                    outcome[c.key] = (new, text, parsed, image, attempt + 1)
+            pending = retry
+            if not pending:
+                break
+        for c in convs:
+            self._commit(c, *outcome[c.key], rejected[c.key], seconds[c.key])
+
+    def _generate(self, convs: list[_Conversation], sampling: Sampling) -> list[list[int]]:
+        order = sorted(range(len(convs)), key=lambda i: len(convs[i].ids))  # similar lengths together
+        out: list[list[int] | None] = [None] * len(convs)
+        bs = self.cfg.batch_size
+        for k in range(0, len(order), bs):
+            idx = order[k : k + bs]
+            limits = [
+                min(self.cfg.max_turn_tokens, self.cfg.max_total_tokens - len(convs[i].ids)) for i in idx
+            ]
+            news = self.generator.generate([convs[i].context() for i in idx], limits, sampling)
+            for i, new in zip(idx, news):
+                new = list(new)
+                if new and new[-1] == self.eot_id:  # <|endoftext|> ends the turn like <|im_end|> would,
+                    new.pop()  # but the chat template has no place for it: the turn is closed for the model
+                out[i] = new
+        return out
+
+    def _evaluate(self, c: _Conversation, new: list[int]):
+        """(text, parsed turn or violation, tool result image or None); never raises."""
+        body = new[:-1] if new and new[-1] == self.end_id else new
+        text = self.tok.decode(body)
+        ctx = ToolContext(
+            images=c.images,
+            coords=self.cfg.coords,
+            min_pixels=self.cfg.visual.min_pixels,
+            max_pixels=self.cfg.visual.max_pixels,
+            max_visual_tokens=self.cfg.visual.max_visual_tokens - c.visual_used,
+            snap_scale=self.cfg.snap_scale,
+        )
+        parsed = parse_turn(text, self.tools, ctx)
+        if not parsed.ok or parsed.kind == "answer":
+            return text, parsed, None
+        try:
+            return text, parsed, self.tools[parsed.call.name](ctx, parsed.call.arguments)
+        except ToolError as e:
+            return text, Violation(e.code, e.message, parsed.call), None
+
+    def _commit(self, c, new, text, parsed, image, attempts, rejected, seconds) -> None:
+        start = len(c.ids)
+        c.extend(new, generated=True)
+        rec = TurnRecord(text, (start, len(c.ids)), parsed, attempts, rejected, seconds=seconds)
+        c.turns.append(rec)
+        c.messages.append({"role": "assistant", "content": text})
+        closed = bool(new) and new[-1] == self.end_id
+        if parsed.ok and parsed.kind == "answer":
+            c.finish, c.answer = "answer", parsed.answer
+            c.extend(self._ids(("" if closed else "<|im_end|>") + "\n"))
+            return
+        if len(c.turns) >= self.cfg.max_turns:
+            c.finish = "max_turns"
+            c.extend(self._ids(("" if closed else "<|im_end|>") + "\n"))
+            return
+        if image is not None:
+            k = len(c.images)
+            tool = self.tools[parsed.call.name]
+            question = c.question if tool.repeat_question else None
+            size = (FIXED_GRID, FIXED_GRID) if self.cfg.coords == "fixed" else image.size
+            text = result_text(k, size, question)
+            rec.image_index = k
+        else:
+            text = error_text(parsed)
+            rec.error = text
+        self._insert_user_turn(c, image, text, closed)
+
+    def _insert_user_turn(self, c, image, text, closed) -> None:
+        """Append ``<|im_end|>`` (if the model did not), the user turn and the next header."""
+        vision = "<|vision_start|><|image_pad|><|vision_end|>" if image is not None else ""
+        end = "" if closed else "<|im_end|>"
+        ids = self._ids(f"{end}\n<|im_start|>user\n{vision}{text}<|im_end|>\n<|im_start|>assistant\n")
+        types = [TEXT] * len(ids)
+        content = [{"type": "text", "text": text}]
+        if image is not None:
+            r = self.processor.image_processor(images=[image], do_resize=False, return_tensors="pt")
+            grid = r["image_grid_thw"][0]
+            n = int(grid.prod()) // self.merge
+            at = ids.index(self.image_id)
+            ids = ids[:at] + [self.image_id] * n + ids[at + 1 :]
+            types = types[:at] + [IMAGE] * n + types[at + 1 :]
+        if len(c.ids) + len(ids) > self.cfg.max_total_tokens:  # no room for the result: stop here
+            c.finish = "max_tokens"
+            c.extend(self._ids(end + "\n"))
+            return
+        if image is not None:
+            c.pixels.append(r["pixel_values"])
+            c.grids.append(grid)
+            c.images.append(image)
+            c.visual_used += n
+            content.insert(0, {"type": "image", "image": image})
+        c.extend(ids, types)
+        c.messages.append({"role": "user", "content": content})
+
+    def _close_open_header(self, c: _Conversation) -> None:
+        """A conversation that stops before the model's next turn drops the open assistant header."""
+        n = len(self.header)
+        if len(c.ids) > c.prompt_length and c.ids[-n:] == self.header:
+            del c.ids[-n:], c.types[-n:], c.generated[-n:]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _trajectory(self, c: _Conversation) -> Trajectory:
+        return Trajectory(
+            input_ids=torch.tensor(c.ids, dtype=torch.long),
+            generated=torch.tensor(c.generated, dtype=torch.bool),
+            mm_token_type_ids=torch.tensor(c.types, dtype=torch.long),
+            pixel_values=torch.cat(c.pixels) if c.pixels else None,
+            image_grid_thw=torch.stack(c.grids) if c.grids else None,
+            images=c.images,
+            turns=c.turns,
+            messages=c.messages,
+            prompt_length=c.prompt_length,
+            finish_reason=c.finish,
+            answer=c.answer,
+        )

@@ -1,0 +1,151 @@
+"""One interface for generating the next assistant turn of many conversations at once.
+
+The engine hands a generator a batch of :class:`Context` (token ids so far, their token types,
+and the visual tensors of every image in them) and gets back, per row, the new token ids of
+one turn: stopped after a stop string (``</tool_call>``, ``</answer>``), an end-of-turn token or
+the row's token limit. :class:`HFGenerator` runs ``model.generate`` (batched, KV cache, left
+padding); :class:`ScriptedGenerator` replays fixed turns (tests, data building). A vLLM or
+server-backed generator plugs in by implementing ``generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from mm.records import RESERVED
+
+STOP_STRINGS = ("</tool_call>", "</answer>")
+
+
+@dataclass
+class Sampling:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 50
+
+
+@dataclass
+class Context:
+    """A conversation so far, as the model reads it."""
+
+    input_ids: list[int]
+    types: list[int]  # 0 text, 1 image (mm_token_type_ids)
+    pixel_values: list[torch.Tensor]  # one [patches, dim] tensor per image, in order
+    grids: list[torch.Tensor]  # one [3] (t, h, w) row per image
+    key: int = 0  # which conversation (scripted generators replay per conversation)
+
+
+class Generator(Protocol):
+    def generate(
+        self, contexts: list[Context], max_new_tokens: list[int], sampling: Sampling
+    ) -> list[list[int]]:
+        """New ids of one turn per context (ending at a stop string, end of turn, or the limit)."""
+        ...
+
+
+class _StopCriteria:
+    """Per-row stop: a stop string appeared in the new text, or the row's own token limit."""
+
+    def __init__(self, tokenizer, prompt_len: int, limits: list[int], stops=STOP_STRINGS, tail: int = 8):
+        self.tok, self.prompt_len, self.stops, self.tail = tokenizer, prompt_len, stops, tail
+        self.limits = torch.tensor(limits)
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        n_new = input_ids.shape[1] - self.prompt_len
+        done = (n_new >= self.limits).to(input_ids.device)
+        tails = self.tok.batch_decode(input_ids[:, -min(self.tail, n_new) :])
+        hit = torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+        return done | hit
+
+
+class HFGenerator:
+    """``model.generate`` over a left-padded batch; positions come from the model's rope rule."""
+
+    def __init__(self, model, processor):
+        self.model, self.tok = model, processor.tokenizer
+        ids = self.tok.convert_tokens_to_ids
+        self.end_ids = [ids("<|im_end|>"), ids("<|endoftext|>")]
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
+        # control tokens a turn must never contain (an <|image_pad|> without pixels breaks the model)
+        self.suppress = [ids(t) for t in RESERVED if ids(t) not in self.end_ids]
+
+    @torch.no_grad()
+    def generate(
+        self, contexts: list[Context], max_new_tokens: list[int], sampling: Sampling
+    ) -> list[list[int]]:
+        from transformers import StoppingCriteriaList
+
+        B, L = len(contexts), max(len(c.input_ids) for c in contexts)
+        dev = self.model.device
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(B, L, dtype=torch.long)
+        types = torch.zeros(B, L, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            n = len(c.input_ids)
+            ids[i, L - n :], mask[i, L - n :], types[i, L - n :] = (
+                torch.tensor(c.input_ids),
+                1,
+                torch.tensor(c.types),
+            )
+        batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
+        pixels = [p for c in contexts for p in c.pixel_values]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+            batch["image_grid_thw"] = torch.stack([g for c in contexts for g in c.grids])
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        kwargs = {"do_sample": sampling.do_sample}
+        if sampling.do_sample:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = self.model.generate(
+            **batch,
+            max_new_tokens=max(max_new_tokens),
+            eos_token_id=self.end_ids,
+            pad_token_id=self.pad_id,
+            suppress_tokens=self.suppress,
+            stopping_criteria=StoppingCriteriaList([_StopCriteria(self.tok, L, max_new_tokens)]),
+            **kwargs,
+        )
+        return [self._trim(row[L:].tolist(), limit) for row, limit in zip(out.cpu(), max_new_tokens)]
+
+    def _trim(self, new: list[int], limit: int) -> list[int]:
+        """Drop the padding after a finished row: keep up to the first end token or stop string."""
+        new = new[:limit]
+        for j, t in enumerate(new):
+            if t in self.end_ids:
+                return new[: j + 1]
+        if not any(s in self.tok.decode(new) for s in STOP_STRINGS):
+            return new
+        for j in range(1, len(new) + 1):  # the step at which a stop string completed
+            if any(s in self.tok.decode(new[max(0, j - 8) : j]) for s in STOP_STRINGS):
+                return new[:j]
+        return new
+
+
+class ScriptedGenerator:
+    """Replays fixed assistant turns: ``turns[row][k]`` is the text of conversation row's k-th
+    attempt (resamples count as attempts). Tokenised canonically, ``<|im_end|>`` appended."""
+
+    def __init__(self, processor, turns: list[list[str]], end_turn: bool = True):
+        self.tok, self.turns, self.end_turn = processor.tokenizer, turns, end_turn
+        self.calls = [0] * len(turns)
+
+    def generate(
+        self, contexts: list[Context], max_new_tokens: list[int], sampling: Sampling
+    ) -> list[list[int]]:
+        out = []
+        for c, limit in zip(contexts, max_new_tokens):
+            i = c.key
+            k = self.calls[i]
+            self.calls[i] += 1
+            text = self.turns[i][k] if k < len(self.turns[i]) else "<think></think><answer>?</answer>"
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            if self.end_turn:
+                ids = ids + [self.tok.convert_tokens_to_ids("<|im_end|>")]
+            out.append(ids[:limit])
+        return out
