@@ -116,18 +116,26 @@ def run_eval(
         folder = path if os.path.isdir(path) else "."
         out = os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(data))[0]}.jsonl")
     correct = formatted = 0
-    with_tools = any(uses_tools(m) for _, m, _ in items)
     with open(out, "w") as f:
         for k in tqdm(
             range(0, len(items), batch_size), desc="eval", file=sys.stderr, disable=len(items) <= batch_size
         ):
             chunk = items[k : k + batch_size]
-            prompts = [m for _, m, _ in chunk]
-            if with_tools:
-                results = tool_rollouts(model, processor, prompts, base_dir, max_new_tokens, max_turns)
-            else:
-                texts = generate(model, processor, encoder, prompts, base_dir, max_new_tokens)
-                results = [(text, extract_answer(text), {}) for text in texts]
+            results = [None] * len(chunk)
+            tools = [i for i, (_, m, _) in enumerate(chunk) if uses_tools(m)]
+            plain = [i for i in range(len(chunk)) if i not in tools]
+            if tools:
+                runs = tool_rollouts(
+                    model, processor, [chunk[i][1] for i in tools], base_dir, max_new_tokens, max_turns
+                )
+                for i, r in zip(tools, runs):
+                    results[i] = r
+            if plain:
+                texts = generate(
+                    model, processor, encoder, [chunk[i][1] for i in plain], base_dir, max_new_tokens
+                )
+                for i, text in zip(plain, texts):
+                    results[i] = (text, extract_answer(text), {})
             for (rid, _, gold), (text, pred, extra) in zip(chunk, results):
                 ok = answers_match(pred, gold)
                 correct += ok

@@ -22,7 +22,7 @@ from PIL import Image
 from mm.visual import VisualConfig, open_image
 from vision_tools.engine import EngineConfig, ToolEngine, Trajectory
 from vision_tools.protocol import question_text, system_prompt
-from vision_tools.tools import FIXED_GRID, smart_resize
+from vision_tools.tools import display_size, smart_resize
 
 
 @dataclass
@@ -40,14 +40,13 @@ def shown_image(image: Any, visual: VisualConfig) -> Image.Image:
 
 def build_prompt(image: Image.Image, question: str, tools=None, coords: str = "dynamic") -> list[dict]:
     """The ViRC prompt: system prompt with the tools, then image 0 and the question."""
-    size = (FIXED_GRID, FIXED_GRID) if coords == "fixed" else image.size
     return [
         {"role": "system", "content": system_prompt(tools)},
         {
             "role": "user",
             "content": [
                 {"type": "image", "image": image},
-                {"type": "text", "text": question_text(question, size)},
+                {"type": "text", "text": question_text(question, display_size(image.size, coords))},
             ],
         },
     ]
@@ -79,7 +78,7 @@ def reason_batch(
     prompts = [
         build_prompt(shown_image(img, cfg.visual), q, tools, cfg.coords) for img, q in zip(images, questions)
     ]
-    return [Reasoning(t.answer, t) for t in engine.run(prompts)]
+    return [Reasoning(t.answer, t) for t in engine.run(prompts, questions=questions)]
 
 
 def reason(

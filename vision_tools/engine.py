@@ -32,7 +32,7 @@ from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
 from vision_tools.generation import Context, Generator, HFGenerator, Sampling
 from vision_tools.protocol import Turn, Violation, error_text, parse_turn, result_text
-from vision_tools.tools import FIXED_GRID, Tool, ToolContext, ToolError, as_toolset
+from vision_tools.tools import Tool, ToolContext, ToolError, as_toolset, display_size
 
 
 @dataclass
@@ -169,25 +169,29 @@ class ToolEngine:
 
     # -- public ---------------------------------------------------------------------------
 
-    def run(self, prompts: list[list[dict]], base_dir: str | None = None) -> list[Trajectory]:
-        """Run every prompt (messages in the one data format, ending with a user turn)."""
+    def run(
+        self, prompts: list[list[dict]], base_dir: str | None = None, questions: list[str] | None = None
+    ) -> list[Trajectory]:
+        """Run every prompt (messages in the one data format, ending with a user turn).
+
+        ``questions`` (repeated after ``scale_image``) default to the ``Question: ...`` line of
+        each prompt's last user turn."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
-        convs = [self._start(i, p, base_dir) for i, p in enumerate(prompts)]
-        for _ in range(self.cfg.max_turns):
+        qs = questions or [None] * len(prompts)
+        convs = [self._start(i, p, base_dir, q) for i, (p, q) in enumerate(zip(prompts, qs))]
+        for _ in range(self.cfg.max_turns):  # every round commits one turn of each active conversation
             active = [c for c in convs if c.finish is None and self._room(c)]
             if not active:
                 break
             self._round(active)
-        for c in convs:
-            if c.finish is None:
-                c.finish = "max_turns" if len(c.turns) >= self.cfg.max_turns else "max_tokens"
-                self._close_open_header(c)
         return [self._trajectory(c) for c in convs]
 
     # -- conversation setup ---------------------------------------------------------------
 
-    def _start(self, key: int, prompt: list[dict], base_dir: str | None) -> _Conversation:
+    def _start(
+        self, key: int, prompt: list[dict], base_dir: str | None, question: str | None
+    ) -> _Conversation:
         msgs = [
             m if isinstance(m, Message) else parse_message(m, f"prompt {key} message {j}")
             for j, m in enumerate(prompt)
@@ -209,7 +213,7 @@ class ToolEngine:
             messages.append(d)
         enc = self.encoder.encode(messages, add_generation_prompt=True)
         found = _QUESTION.search(msgs[-1].text())
-        c = _Conversation(key, found.group(1).strip() if found else None)
+        c = _Conversation(key, question or (found.group(1).strip() if found else None))
         c.extend(enc.input_ids.tolist(), enc.mm_token_type_ids.tolist())
         c.messages, c.images, c.prompt_length = messages, list(images), len(c.ids)
         if images:
@@ -219,8 +223,12 @@ class ToolEngine:
             c.visual_used = sum(sizes) // self.merge
         return c
 
+    def _left(self, c: _Conversation) -> int:
+        """New tokens a turn may still take (2 stay free for the ``<|im_end|>\n`` that closes it)."""
+        return self.cfg.max_total_tokens - len(c.ids) - 2
+
     def _room(self, c: _Conversation) -> bool:
-        if self.cfg.max_total_tokens - len(c.ids) > 0:
+        if self._left(c) > 0:
             return True
         c.finish = "max_tokens"
         self._close_open_header(c)
@@ -274,21 +282,33 @@ class ToolEngine:
         """(text, parsed turn or violation, tool result image or None); never raises."""
         body = new[:-1] if new and new[-1] == self.end_id else new
         text = self.tok.decode(body)
+        # a result may use what is left of the visual budget and of the total tokens (less the
+        # result turn's own text, ~48 tokens)
+        room = min(
+            self.cfg.visual.max_visual_tokens - c.visual_used, self.cfg.max_total_tokens - len(c.ids) - 64
+        )
         ctx = ToolContext(
             images=c.images,
             coords=self.cfg.coords,
             min_pixels=self.cfg.visual.min_pixels,
             max_pixels=self.cfg.visual.max_pixels,
-            max_visual_tokens=self.cfg.visual.max_visual_tokens - c.visual_used,
+            max_visual_tokens=room,
             snap_scale=self.cfg.snap_scale,
         )
-        parsed = parse_turn(text, self.tools, ctx)
-        if not parsed.ok or parsed.kind == "answer":
-            return text, parsed, None
+        parsed = None
         try:
+            parsed = parse_turn(text, self.tools, ctx)
+            if not parsed.ok or parsed.kind == "answer":
+                return text, parsed, None
             return text, parsed, self.tools[parsed.call.name](ctx, parsed.call.arguments)
         except ToolError as e:
-            return text, Violation(e.code, e.message, parsed.call), None
+            return text, Violation(e.code, e.message, getattr(parsed, "call", None)), None
+        except Exception as e:  # last line of defence: nothing a model writes may stop the engine
+            return (
+                text,
+                Violation("tool_error", f"{type(e).__name__}: {e}", getattr(parsed, "call", None)),
+                None,
+            )
 
     def _commit(self, c, new, text, parsed, image, attempts, rejected, seconds) -> None:
         start = len(c.ids)
@@ -306,12 +326,8 @@ class ToolEngine:
             c.extend(self._ids(("" if closed else "<|im_end|>") + "\n"))
             return
         if image is not None:
-            k = len(c.images)
-            tool = self.tools[parsed.call.name]
-            question = c.question if tool.repeat_question else None
-            size = (FIXED_GRID, FIXED_GRID) if self.cfg.coords == "fixed" else image.size
-            text = result_text(k, size, question)
-            rec.image_index = k
+            question = c.question if self.tools[parsed.call.name].repeat_question else None
+            text = result_text(len(c.images), display_size(image.size, self.cfg.coords), question)
         else:
             text = error_text(parsed)
             rec.error = text
@@ -336,6 +352,7 @@ class ToolEngine:
             c.extend(self._ids(end + "\n"))
             return
         if image is not None:
+            c.turns[-1].image_index = len(c.images)
             c.pixels.append(r["pixel_values"])
             c.grids.append(grid)
             c.images.append(image)

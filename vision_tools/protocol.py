@@ -49,6 +49,8 @@ CODES = (
     "empty_answer",
 )
 
+TOOL_CODES = ("over_budget", "tool_error")  # raised when a valid-looking call runs (engine, HTTP API)
+
 FORMAT = (
     "Format strictly as: <think>...</think> <tool_call>...</tool_call> (if tools needed) "
     "<answer>...</answer> (if available)."

@@ -75,10 +75,6 @@ def load_request_image(ref, cfg: ServeConfig, where: str) -> Image.Image:
             raise ApiError(400, "bad_image", f"{where}: use data:image/<type>;base64,<payload>")
         if len(ref) * 3 // 4 > cfg.max_image_bytes:
             raise ApiError(413, "image_too_large", f"{where}: image over {cfg.max_image_bytes} bytes")
-        try:
-            base64.b64decode(ref.split(";base64,", 1)[1], validate=True)
-        except ValueError as e:
-            raise ApiError(400, "bad_image", f"{where}: the base64 payload is invalid") from e
         src = ref
     else:
         src = _safe_path(ref[7:] if ref.startswith("file://") else ref, cfg, where)
@@ -105,21 +101,28 @@ def _safe_path(path: str, cfg: ServeConfig, where: str) -> str:
         raise ApiError(
             403, "path_refused", f"{where}: this server reads no files (start it with --image-dir)"
         )
+    inside = False
     for root in cfg.image_dirs:
-        root = os.path.realpath(root)
-        full = os.path.realpath(os.path.join(root, path))
-        if os.path.commonpath([root, full]) == root:
-            if not os.path.isfile(full):
-                raise ApiError(404, "missing_image", f"{where}: no file {path!r} in the image folder(s)")
+        try:
+            root = os.path.realpath(root)
+            full = os.path.realpath(os.path.join(root, path))
+        except (ValueError, OSError) as e:  # e.g. a NUL byte
+            raise ApiError(400, "bad_image", f"{where}: invalid path") from e
+        if os.path.commonpath([root, full]) != root:
+            continue
+        inside = True
+        if os.path.isfile(full):
             return full
+    if inside:
+        raise ApiError(404, "missing_image", f"{where}: no file {path!r} in the image folder(s)")
     raise ApiError(403, "path_refused", f"{where}: {path!r} is outside the image folder(s)")
 
 
 # ----------------------------------------------------------------------------- requests
 
 
-def parse_chat(body: dict, cfg: ServeConfig, tools) -> tuple[list[dict], EngineConfig]:
-    """An OpenAI chat request -> (the ViRC prompt, engine options). Raises ApiError."""
+def parse_chat(body: dict, cfg: ServeConfig, tools) -> tuple[list[dict], str, EngineConfig]:
+    """An OpenAI chat request -> (the ViRC prompt, the question, engine options). Raises ApiError."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "bad_request", "'messages' must be a non-empty list")
@@ -158,7 +161,7 @@ def parse_chat(body: dict, cfg: ServeConfig, tools) -> tuple[list[dict], EngineC
     prompt = build_prompt(image, question, tools, econf.coords)
     if system is not None:  # the client's system text, with the tool declarations appended
         prompt[0]["content"] = system_prompt(tools, preamble=system)
-    return prompt, econf
+    return prompt, question, econf
 
 
 def _options(body: dict, cfg: ServeConfig) -> dict:
@@ -237,10 +240,10 @@ class Batcher:
         self.batches = 0
         threading.Thread(target=self._loop, daemon=True, name="mmpost-engine").start()
 
-    async def submit(self, prompt: list[dict], econf: EngineConfig) -> Trajectory:
+    async def submit(self, prompt: list[dict], question: str, econf: EngineConfig) -> Trajectory:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self.queue.put((prompt, econf, loop, fut))
+        self.queue.put((prompt, question, econf, loop, fut))
         return await fut
 
     def _loop(self) -> None:
@@ -254,18 +257,18 @@ class Batcher:
                     break
             groups: dict[str, list] = {}
             for it in items:
-                groups.setdefault(repr(it[1]), []).append(it)
+                groups.setdefault(repr(it[2]), []).append(it)
             for group in groups.values():
                 self._run(group)
 
     def _run(self, group: list) -> None:
         self.batches += 1
         try:
-            engine = ToolEngine(self.model, self.processor, self.tools, group[0][1])
-            results = engine.run([it[0] for it in group])
+            engine = ToolEngine(self.model, self.processor, self.tools, group[0][2])
+            results = engine.run([it[0] for it in group], questions=[it[1] for it in group])
         except Exception as e:  # never let one bad batch kill the worker
             results = [e] * len(group)
-        for (_, _, loop, fut), r in zip(group, results):
+        for (_, _, _, loop, fut), r in zip(group, results):
             loop.call_soon_threadsafe(_resolve, fut, r)
 
 
@@ -315,12 +318,17 @@ def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, mod
         return error(500, "internal_error", f"{type(e).__name__}: {e}")
 
     async def json_body(request: Request) -> dict:
+        too_large = ApiError(413, "body_too_large", f"request body over {cfg.max_body_bytes} bytes")
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
-            raise ApiError(413, "body_too_large", f"request body over {cfg.max_body_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > cfg.max_body_bytes:
-            raise ApiError(413, "body_too_large", f"request body over {cfg.max_body_bytes} bytes")
+            raise too_large
+        chunks, n = [], 0
+        async for chunk in request.stream():  # stop reading as soon as the limit is passed
+            n += len(chunk)
+            if n > cfg.max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -355,11 +363,16 @@ def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, mod
         coords = body.get("coords", cfg.engine.coords)
         if coords not in ("dynamic", "fixed"):
             raise ApiError(400, "bad_request", "'coords' must be 'dynamic' or 'fixed'")
-        images = [load_request_image(r, cfg, f"images[{i}]") for i, r in enumerate(refs)]
         v = cfg.engine.visual
-        ctx = ToolContext(images=images, coords=coords, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
+
+        def run_tool():
+            # coordinates refer to the images as the model would see them (smart_resize)
+            images = [shown_image(load_request_image(r, cfg, f"images[{i}]"), v) for i, r in enumerate(refs)]
+            ctx = ToolContext(images=images, coords=coords, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
+            return toolset[name](ctx, body.get("arguments", {}))
+
         try:
-            out = await asyncio.to_thread(toolset[name], ctx, body.get("arguments", {}))
+            out = await asyncio.to_thread(run_tool)
         except ToolError as e:
             raise ApiError(422, e.code, e.message) from e
         return {"image": _data_url(out), "width": out.width, "height": out.height}
@@ -367,8 +380,8 @@ def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, mod
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await json_body(request)
-        prompt, econf = await asyncio.to_thread(parse_chat, body, cfg, list(toolset.values()))
-        traj = await batcher.submit(prompt, econf)
+        prompt, question, econf = await asyncio.to_thread(parse_chat, body, cfg, list(toolset.values()))
+        traj = await batcher.submit(prompt, question, econf)
         last = traj.turns[-1].text if traj.turns else ""
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",

@@ -94,29 +94,39 @@ class ToolContext:
         """The size the model's coordinates refer to (the fixed grid, or the pixels)."""
         return (FIXED_GRID - 1, FIXED_GRID - 1) if self.coords == "fixed" else self.size(index)
 
-    def display_size(self, index: int) -> tuple[int, int]:
-        """The size announced to the model as ``Image k: W x H``."""
-        return (FIXED_GRID, FIXED_GRID) if self.coords == "fixed" else self.size(index)
-
     def image(self, index: int) -> Image.Image:
         self.size(index)
         if self.dry:
             raise _DryRun
         return self.images[index]
 
-    def fit(self, img: Image.Image) -> Image.Image:
-        """Resize a tool result with smart_resize under the pixel limits and the budget left."""
+    def fit_size(self, width: float, height: float) -> tuple[int, int]:
+        """(width, height) of a tool result after smart_resize under the pixel limits and the budget."""
         hi = self.max_pixels
         if self.max_visual_tokens is not None:
             hi = min(hi, self.max_visual_tokens * FACTOR * FACTOR)
-            if hi < self.min_pixels:
-                raise ToolError(
-                    "over_budget",
-                    f"the visual-token budget is spent ({self.max_visual_tokens} tokens left, an image needs "
-                    f"at least {self.min_pixels // FACTOR**2}); answer with what you have",
-                )
-        h, w = smart_resize(img.height, img.width, self.min_pixels, hi)
+        if hi < self.min_pixels:
+            raise ToolError(
+                "over_budget",
+                f"the visual-token budget is spent ({self.max_visual_tokens} tokens left, an image needs "
+                f"at least {self.min_pixels // FACTOR**2}); answer with what you have",
+            )
+        h, w = smart_resize(max(1, round(height)), max(1, round(width)), self.min_pixels, hi)
+        if h < FACTOR or w < FACTOR:  # a thin image squeezed under the budget loses a side
+            raise ToolError(
+                "over_budget", f"a {width:g} x {height:g} result does not fit the visual-token budget"
+            )
+        return w, h
+
+    def fit(self, img: Image.Image) -> Image.Image:
+        """A tool result resized with smart_resize under the pixel limits and the budget left."""
+        w, h = self.fit_size(img.width, img.height)
         return img if (w, h) == img.size else img.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def display_size(size: tuple[int, int], coords: str) -> tuple[int, int]:
+    """The size announced to the model as ``Image k: W x H`` (the grid in fixed mode)."""
+    return (FIXED_GRID, FIXED_GRID) if coords == "fixed" else size
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -224,11 +234,17 @@ class Tool:
     def check(self, arguments: dict, ctx: ToolContext) -> dict:
         """Validate without executing (only sizes are needed); returns the coerced arguments."""
         args = self.validate(arguments)
+        if self.ctx_param is None:  # a tool that sees no images has nothing to check without running
+            return args
         dry = ToolContext(sizes=list(ctx.sizes), coords=ctx.coords, snap_scale=ctx.snap_scale)
         try:
             self._call(dry, args)
         except _DryRun:
             pass
+        except ToolError:
+            raise
+        except Exception as e:  # a user tool that reads pixels another way: judged when it runs
+            raise ToolError("tool_error", f"{self.name} cannot be checked: {type(e).__name__}: {e}") from e
         return args
 
     def __call__(self, ctx: ToolContext, arguments: dict) -> Image.Image:
@@ -236,13 +252,13 @@ class Tool:
         args = self.validate(arguments)
         try:
             out = self._call(ctx, args)
+            if not isinstance(out, Image.Image):
+                raise ToolError("tool_error", f"{self.name} returned {type(out).__name__}, not an image")
+            return ctx.fit(out.convert("RGB"))
         except ToolError:
             raise
         except Exception as e:  # a user tool's own bug must not take the engine down
             raise ToolError("tool_error", f"{self.name} failed: {type(e).__name__}: {e}") from e
-        if not isinstance(out, Image.Image):
-            raise ToolError("tool_error", f"{self.name} returned {type(out).__name__}, not an image")
-        return ctx.fit(out.convert("RGB"))
 
     def _call(self, ctx: ToolContext, args: dict):
         return self.fn(**({self.ctx_param: ctx} if self.ctx_param else {}), **args)
@@ -291,6 +307,8 @@ def crop_box(ctx: ToolContext, bbox_2d: list[float], image_index: int) -> tuple[
     if len(bbox_2d) != 4:
         raise ToolError("bad_arguments", f"bbox_2d must be [x1, y1, x2, y2], got {len(bbox_2d)} numbers")
     x1, y1, x2, y2 = bbox_2d
+    if x2 <= x1 or y2 <= y1:
+        raise ToolError("degenerate_bbox", f"bbox_2d {_fmt(bbox_2d)} has no area; use x1 < x2 and y1 < y2")
     cw, ch = ctx.coordinate_size(image_index)
     if min(x1, y1, x2, y2) < 0 or max(x1, x2) > cw or max(y1, y2) > ch:
         raise ToolError(
@@ -347,7 +365,8 @@ def scale_image(ctx: ToolContext, scale_factor: float, image_index: int) -> Imag
     w, h = ctx.size(image_index)
     s = scale_factor_of(ctx, scale_factor)
     img = ctx.image(image_index)
-    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
+    # straight to the final size: never materialise a huge intermediate (8192 px x 4)
+    return img.resize(ctx.fit_size(w * s, h * s), Image.Resampling.BICUBIC)
 
 
 @tool

@@ -108,6 +108,31 @@ def test_failing_call_becomes_an_error_turn(tiny):
     assert torch.equal(traj.input_ids, ids)
 
 
+def test_a_broken_user_tool_or_a_squeezed_result_never_raises(tiny):
+    from vision_tools.tools import VIRC_TOOLS, tool
+
+    @tool
+    def explode(ctx: ToolContext, image_index: int) -> Image.Image:
+        """Crashes.
+
+        Args:
+            image_index: which image.
+        """
+        return ctx.image(image_index).resize((0, 0))  # PIL raises ValueError
+
+    model, processor = tiny
+    turns = [
+        call("explode", image_index=0),
+        call("crop_image", bbox_2d=[0, 0, 280, 2], image_index=0),
+        ANSWER,
+    ]
+    cfg = EngineConfig(max_resamples=0, visual=VisualConfig(max_visual_tokens=85))  # 5 left after image 0
+    engine = ToolEngine(model, processor, [*VIRC_TOOLS, explode], cfg, ScriptedGenerator(processor, [turns]))
+    traj = engine.run([build_prompt(IMG, "How many?", [*VIRC_TOOLS, explode])])[0]
+    assert traj.violations == ["tool_error", "over_budget"] and traj.answer == "3"
+    assert "ValueError" in traj.turns[0].error
+
+
 def test_violating_turns_are_resampled(tiny):
     turns = ["no tags at all", call("display_image", image_index=7), ANSWER]
     traj = run_scripted(tiny, turns, max_resamples=4)

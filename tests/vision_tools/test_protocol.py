@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vision_tools.protocol import CODES, ToolCall, parse_turn, question_text, result_text, system_prompt
-from vision_tools.tools import ToolContext
+from vision_tools.tools import ToolContext, crop_image
 
 SIZES = ToolContext(sizes=[(280, 224), (112, 56)])  # image 0 and one tool result
 
@@ -96,9 +96,12 @@ def test_table_covers_every_code_and_is_large():
     assert {row[1] for row in TABLE} >= set(CODES)
 
 
-def test_call_arguments_are_coerced_and_kept():
+def test_call_keeps_the_arguments_as_written_and_the_tool_coerces_them():
     got = parse_turn(T + call("crop_image", bbox_2d=[0, 0, 140, 112], image_index=0.0), ctx=SIZES)
     assert got.call == ToolCall("crop_image", {"bbox_2d": [0, 0, 140, 112], "image_index": 0.0})
+    assert type(got.call.arguments["image_index"]) is float
+    coerced = crop_image.validate(got.call.arguments)
+    assert type(coerced["image_index"]) is int and all(type(v) is float for v in coerced["bbox_2d"])
 
 
 def test_without_sizes_only_schema_checks_run():

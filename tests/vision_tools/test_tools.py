@@ -68,6 +68,7 @@ def test_crop_accepts_float_coordinates_covering_the_region(photos):
         ([200, 200, 100, 300], "degenerate_bbox"),  # x2 < x1
         ([0, 0, 512, 2], "degenerate_bbox"),  # 256:1 cannot be resized
         ([0, 0, 100], "bad_arguments"),  # three numbers
+        ([10.5, 10.5, 10.5, 10.5], "degenerate_bbox"),  # zero area, even if rounding would widen it
     ],
 )
 def test_crop_violations(photos, bbox, code):
@@ -224,3 +225,51 @@ def test_tool_definition_errors():
         tool(untyped)
     with pytest.raises(ValueError, match="two tools"):
         as_toolset([crop_image, crop_image])
+
+
+def test_thin_result_squeezed_by_the_budget_is_a_tool_error():
+    # 1120 x 40 under a 5-token budget: smart_resize would give it a side of 0 pixels
+    img = Image.new("RGB", (1120, 56))
+    with pytest.raises(ToolError) as e:
+        crop_image(ctx(img, max_visual_tokens=5), {"bbox_2d": [0, 0, 1120, 40], "image_index": 0})
+    assert e.value.code == "over_budget"
+
+
+def test_scale_goes_straight_to_the_final_size(monkeypatch):
+    sizes = []
+    real = Image.Image.resize
+    monkeypatch.setattr(
+        Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or real(self, size, *a, **k)
+    )
+    big = Image.new("RGB", (4096, 4096))
+    out = scale_image(ctx(big, max_pixels=1024 * 28 * 28), {"scale_factor": 4, "image_index": 0})
+    assert out.size == (896, 896) and sizes == [(896, 896)]  # no 16384 x 16384 intermediate
+
+
+def test_checks_never_run_a_tool_without_images_nor_leak_its_errors():
+    calls = []
+
+    @tool
+    def note(text: str) -> Image.Image:
+        """Write a note.
+
+        Args:
+            text: the note.
+        """
+        calls.append(text)
+        return Image.new("RGB", (56, 56))
+
+    @tool
+    def peek(ctx: ToolContext, image_index: int) -> Image.Image:
+        """Reads pixels without ctx.image.
+
+        Args:
+            image_index: which image.
+        """
+        return ctx.images[image_index]
+
+    dry = ToolContext(sizes=[(56, 56)])
+    assert note.check({"text": "hi"}, dry) == {"text": "hi"} and calls == []
+    with pytest.raises(ToolError) as e:
+        peek.check({"image_index": 0}, dry)
+    assert e.value.code == "tool_error"
