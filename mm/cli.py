@@ -6,10 +6,12 @@
     mmpost data stats FILE.jsonl      counts, token lengths, visual tokens
     mmpost data synth DIR             the generated visual-reasoning set
     mmpost data crux PROBLEMS OUT     CRU trajectories (ViRC stage 1 + 2) from problems
+    mmpost data stream-chunks V T OUT streaming SFT chunks from a video and word timestamps
     mmpost train CONFIG [k=v ...]     train (SFT, ...) from a YAML config
     mmpost pipeline PIPELINE.yaml     run training stages in order
     mmpost eval MODEL --data FILE     greedy generation + accuracy
     mmpost serve --model tiny         the HTTP tool-call API on 127.0.0.1:8000
+    mmpost stream VIDEO               live commentary (StreamingVLM), terminal / --jsonl / --vtt / --web
 
 Heavy imports (torch, transformers) happen inside the handlers, so ``--help`` is instant.
 Errors the user can fix are printed as one line (no traceback) with exit status 2.
@@ -179,6 +181,54 @@ def cmd_crux(args) -> int:
     return 0
 
 
+def cmd_stream(args) -> int:
+    from streaming.cache import CacheConfig
+    from streaming.engine import StreamConfig
+
+    cfg = StreamConfig(
+        query=args.query,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        realtime=args.realtime,
+        seed=args.seed,
+        cache=CacheConfig(mode=args.positions),
+    )
+    if args.web:
+        from streaming.web import serve_demo
+
+        serve_demo(args.source, args.model, cfg, host=args.host, port=args.port)
+        return 0
+    from streaming.demo import run_stream
+
+    run_stream(args.source, args.model, cfg, jsonl=args.jsonl, vtt=args.vtt, max_seconds=args.max_seconds)
+    return 0
+
+
+def cmd_stream_chunks(args) -> int:
+    from streaming.chunks import write_chunks
+
+    n = write_chunks(
+        args.video,
+        args.transcript,
+        args.out,
+        tokenizer=_load_processor(args.model).tokenizer,
+        chunk=args.chunk,
+        overlap=args.overlap,
+        query=args.query,
+    )
+    print(f"wrote {n} chunk record(s) to {args.out}")
+    return 0
+
+
+def cmd_stream_synth(args) -> int:
+    from streaming.chunks import write_stream_synth
+
+    paths = write_stream_synth(args.out, seconds=args.seconds)
+    print(f"wrote {paths['video']}, {paths['transcript']} and {paths['chunks']}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from vision_tools.engine import EngineConfig
     from vision_tools.server import ServeConfig, serve
@@ -284,6 +334,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("stream", help="live commentary on a video, camera or stream (StreamingVLM)")
+    p.add_argument("source", help="video file, folder of frames, camera:N, rtsp://..., or synthetic:SECONDS")
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' or a local checkpoint folder (default %(default)s)"
+    )
+    p.add_argument("--query", default="Commentate on this match", help="what the model is asked (pinned)")
+    p.add_argument(
+        "--jsonl", action="store_true", help="one JSON segment per second on stdout, then a summary"
+    )
+    p.add_argument("--vtt", help="also write WebVTT captions to this file")
+    p.add_argument("--realtime", action="store_true", help="play a file at wall-clock speed")
+    p.add_argument("--max-seconds", type=int, default=0, help="stop after N seconds (0: the whole source)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="commentary tokens per second")
+    p.add_argument("--temperature", type=float, default=0.9)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--positions",
+        choices=("contiguous", "native"),
+        default="contiguous",
+        help="RoPE positions after eviction",
+    )
+    p.add_argument("--web", action="store_true", help="serve the browser demo instead of printing")
+    p.add_argument("--host", default="127.0.0.1", help="--web: bind address (default %(default)s)")
+    p.add_argument("--port", type=int, default=8010, help="--web: port (default %(default)s)")
+    p.set_defaults(func=cmd_stream)
+
     data = sub.add_parser("data", help="check, describe and generate data files")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = dsub.add_parser(
@@ -315,6 +392,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--coords", choices=("dynamic", "fixed"), default="dynamic", help="coordinate mode of the calls"
     )
     p.set_defaults(func=cmd_crux)
+    p = dsub.add_parser("stream-chunks", help="streaming SFT records: overlapped chunks of a commented video")
+    p.add_argument("video", help="the video file")
+    p.add_argument("transcript", help='word timestamps: {"words": [{"word", "start", "end"}, ...]}')
+    p.add_argument("out", help="output JSONL")
+    p.add_argument("--chunk", type=int, default=24, help="W: seconds per chunk (default %(default)s)")
+    p.add_argument(
+        "--overlap", type=int, default=12, help="O: seconds shared by neighbours (default %(default)s)"
+    )
+    p.add_argument("--query", default="Commentate on this match")
+    p.add_argument(
+        "--model", default="tiny", help="tokenizer for the previous-text cut: 'tiny' or a checkpoint"
+    )
+    p.set_defaults(func=cmd_stream_chunks)
+    p = dsub.add_parser("stream-synth", help="a generated commented clip and its chunks (data/stream)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seconds", type=int, default=120)
+    p.set_defaults(func=cmd_stream_synth)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     return parser
 

@@ -44,12 +44,13 @@ def shapes_image(width: int, height: int, seed: int = 0, n: int = 3) -> tuple[Im
 
 
 def write_video(path: str, frames: list[np.ndarray], fps: float = 4.0) -> str:
-    """Write RGB uint8 frames [H, W, 3] to an mp4 file with OpenCV."""
+    """Write RGB uint8 frames [H, W, 3] with OpenCV: .webm as VP8 (plays in browsers), else mp4v."""
     from mm.imports import require
 
     cv2 = require("cv2", "writing videos")
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    codec = "VP80" if path.endswith(".webm") else "mp4v"
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, (w, h))
     for f in frames:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()

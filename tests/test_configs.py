@@ -90,3 +90,14 @@ def test_numeric_strings_and_nested_overrides():
     )
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
         build_config(None, ["optim.lr"])
+
+
+def test_streaming_hyperparameters():
+    cfg = build_config(os.path.join(ROOT, "configs/streaming/sft.yaml"))
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_ratio, cfg.train.epochs) == (
+        1e-5,
+        "cosine",
+        0.03,
+        1,
+    )
+    assert cfg.model.freeze == ["vision_tower"] and cfg.train.deepspeed == "zero3"

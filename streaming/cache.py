@@ -1,0 +1,196 @@
+"""The bounded streaming KV cache (StreamingVLM), with contiguous M-RoPE kept by rotation.
+
+Layout. The cache is a transformers ``DynamicCache``: per layer ``keys`` / ``values`` of shape
+``[1, kv_heads, S, head_dim]``; keys are stored **after** RoPE. Beside it, ``spans`` describe
+the S slots in order, oldest first; each span is a run of tokens that arrived together::
+
+    [sink: system prompt + user header + query]  pinned, never evicted
+    [previous: replies of rounds older than R]   first T_sink + last T_window tokens, middle cut
+    [user k: Time=a-bs + that second's frames]   kept for the last V_window seconds
+    [reply k: the model's words of second k]     kept as "recent" for the last R rounds
+    ... one user/reply pair per second ...
+
+Every span records its M-RoPE positions (``[3, n]``: temporal, height, width; equal rows for
+text), where it starts and the next free position after it. Eviction happens once per round
+(:meth:`StreamingKVCache.evict`): user spans older than V_window seconds leave, replies older
+than R rounds become previous text, and the previous block loses its middle.
+
+Contiguous RoPE. After eviction the kept spans are laid out again from the sink onwards, each
+starting where the previous one ends, so positions never grow beyond what the windows hold.
+A span that moves left by ``d`` positions has every position (all three M-RoPE axes alike)
+shifted by ``d``, so its cached keys only need a rotation by ``-d`` (angles ``-d * inv_freq``):
+rotations compose, so this equals rotating the pre-RoPE keys at the new positions (tested
+against that slow computation). It happens once per round, only for spans that moved.
+``mode="native"`` keeps the original, ever-growing positions (the ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from mm.config import opt
+
+
+@dataclass
+class CacheConfig:
+    sink_text: int = opt(512, "T_sink: first tokens of earlier commentary kept in the previous-text block")
+    window_text: int = opt(512, "T_window: last tokens of earlier commentary kept in the previous-text block")
+    recent_rounds: int = opt(16, "R: rounds whose reply text stays as recent text")
+    vision_seconds: int = opt(16, "V_window: seconds whose frames (and Time= prompt) stay")
+    mode: Literal["contiguous", "native"] = opt(
+        "contiguous", "re-lay positions after eviction, or keep growing"
+    )
+
+
+@dataclass
+class Span:
+    kind: Literal["sink", "previous", "user", "reply"]
+    round: int
+    positions: torch.Tensor  # [3, n]
+    end: int  # next free position after the span
+    token_ids: list[int] = field(default_factory=list)
+    origin: torch.Tensor | None = None  # [n] arrival index of each slot (0 = first token ever cached)
+
+    @property
+    def start(self) -> int:
+        return int(self.positions[0, 0]) if self.n else self.end
+
+    @property
+    def n(self) -> int:
+        return int(self.positions.shape[1])
+
+
+def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate post-RoPE keys ``[B, H, n, D]`` as if their positions moved by ``-delta`` ``[n]``.
+
+    With the same shift on the temporal, height and width axes, every M-RoPE section turns by
+    the same angle per frequency, so the 1-D rotation is exact for any ``mrope_section``.
+    """
+    inv_freq = inv_freq.to(keys.device)
+    angles = -delta.to(keys.device, inv_freq.dtype)[:, None] * inv_freq[None, :]  # [n, D/2]
+    emb = torch.cat([angles, angles], dim=-1)  # [n, D]
+    cos, sin = emb.cos().to(keys.dtype), emb.sin().to(keys.dtype)
+    half = keys.shape[-1] // 2
+    rotated_half = torch.cat([-keys[..., half:], keys[..., :half]], dim=-1)
+    return keys * cos + rotated_half * sin
+
+
+class StreamingKVCache:
+    """A DynamicCache plus the span bookkeeping that bounds it; see the module docstring."""
+
+    def __init__(self, model, config: CacheConfig | None = None):
+        from transformers import DynamicCache
+
+        self.cfg = config or CacheConfig()
+        rotary = model.model.language_model.rotary_emb
+        self.inv_freq = rotary.inv_freq.detach().float()
+        self.cache = DynamicCache(config=model.config.text_config)
+        self.spans: list[Span] = []
+        self.next_position = 0
+        self.arrived = 0  # tokens ever appended
+        self.rotations = 0  # spans rotated so far (for tests and the summary)
+
+    # -- growth ---------------------------------------------------------------------------
+
+    def append(self, kind: str, round_: int, positions: torch.Tensor, end: int, token_ids=()) -> None:
+        """Record ``positions.shape[1]`` slots just written to the cache by a forward pass."""
+        n = positions.shape[1]
+        origin = torch.arange(self.arrived, self.arrived + n)
+        self.arrived += n
+        if self.spans and self.spans[-1].kind == kind and self.spans[-1].round == round_:
+            last = self.spans[-1]  # one reply grows token by token
+            last.positions = torch.cat([last.positions, positions], dim=1)
+            last.origin = torch.cat([last.origin, origin])
+            last.end = end
+            last.token_ids += list(token_ids)
+        else:
+            self.spans.append(Span(kind, round_, positions, end, list(token_ids), origin))
+        self.next_position = end
+
+    def __len__(self) -> int:
+        return sum(s.n for s in self.spans)
+
+    def tokens(self, kind: str) -> int:
+        return sum(s.n for s in self.spans if s.kind == kind)
+
+    # -- eviction -------------------------------------------------------------------------
+
+    def evict(self, current_round: int) -> int:
+        """Apply the windows before round ``current_round``; returns the number of evicted slots."""
+        cfg = self.cfg
+        keep: list[tuple[Span, torch.Tensor]] = []  # kept spans and the slot indices they keep
+        slot = 0
+        for s in self.spans:
+            idx = torch.arange(slot, slot + s.n)
+            slot += s.n
+            if s.kind == "user" and s.round <= current_round - cfg.vision_seconds:
+                continue  # with round current_round's frames, V_window seconds stay
+            if s.kind == "reply" and s.round < current_round - cfg.recent_rounds:
+                s.kind = "previous"
+            keep.append((s, idx))
+        keep = self._cut_previous(keep)
+        kept_idx = torch.cat([i for _, i in keep]) if keep else torch.zeros(0, dtype=torch.long)
+        evicted = len(self) - int(kept_idx.numel())
+        if evicted:
+            for layer in self.cache.layers:
+                at = kept_idx.to(layer.keys.device)
+                layer.keys = layer.keys[:, :, at]
+                layer.values = layer.values[:, :, at]
+        self.spans = [s for s, _ in keep]
+        if self.cfg.mode == "contiguous" and evicted:
+            self._relay()
+        return evicted
+
+    def _cut_previous(self, keep: list) -> list:
+        """Keep the first T_sink and the last T_window tokens of the previous-text block."""
+        prev = [(s, i) for s, i in keep if s.kind == "previous"]
+        total = sum(s.n for s, _ in prev)
+        budget = self.cfg.sink_text + self.cfg.window_text
+        if total <= budget:
+            return keep
+        lo, hi = self.cfg.sink_text, total - self.cfg.window_text  # drop previous tokens [lo, hi)
+        out, seen = [], 0
+        for s, i in keep:
+            if s.kind != "previous":
+                out.append((s, i))
+                continue
+            a, b = seen, seen + s.n
+            seen = b
+            for x, y in ((a, min(b, lo)), (max(a, hi), b)):  # the parts of [a, b) outside [lo, hi)
+                if x < y:
+                    part = Span(
+                        "previous",
+                        s.round,
+                        s.positions[:, x - a : y - a],
+                        0,
+                        s.token_ids[x - a : y - a],
+                        s.origin[x - a : y - a],
+                    )
+                    part.end = int(part.positions[0, -1]) + 1
+                    out.append((part, i[x - a : y - a]))
+        return out
+
+    def _relay(self) -> None:
+        """Give the kept spans contiguous positions again, rotating the keys of those that moved."""
+        cursor, slot = 0, 0
+        moved, deltas = [], []
+        for s in self.spans:
+            d = s.start - cursor
+            if d:
+                s.positions = s.positions - d
+                s.end -= d
+                moved.append(torch.arange(slot, slot + s.n))
+                deltas.append(torch.full((s.n,), d))
+                self.rotations += 1
+            cursor, slot = s.end, slot + s.n
+        self.next_position = cursor
+        if not moved:
+            return
+        idx, delta = torch.cat(moved), torch.cat(deltas)
+        for layer in self.cache.layers:
+            idx = idx.to(layer.keys.device)
+            k = layer.keys[:, :, idx].float()
+            layer.keys[:, :, idx] = rotate_keys(k, delta, self.inv_freq).to(layer.keys.dtype)

@@ -1,0 +1,146 @@
+"""Streaming SFT data (``mmpost data stream-chunks``): overlapped chunks of a commented video.
+
+Input: a video and its commentary with word timestamps, JSON ``{"words": [{"word": "Goal",
+"start": 12.3, "end": 12.6}, ...]}`` (a bare list of words works too). Output: SFT records in the
+one data format, one per chunk of ``W`` seconds starting every ``W - O`` seconds. A chunk is one
+user/assistant pair per second: the user turn holds ``Time=a-bs`` and that second of video
+(``{"video": PATH, "video_start": a, "video_end": b}``), the assistant turn the words that start
+in that second, or the silence placeholder ``" ..."``. The first user turn also carries the
+previous text (commentary before the chunk: its first ``T_sink`` and last ``T_window`` tokens)
+and the query, exactly as ``streaming.engine`` lays them out at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from streaming.engine import SILENCE
+
+
+def read_words(path: str) -> list[dict]:
+    """Words with start/end seconds, sorted; a malformed file is an error naming the fix."""
+    with open(path) as f:
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    words = obj.get("words") if isinstance(obj, dict) else obj
+    if not isinstance(words, list):
+        raise ValueError(f'{path}: expected {{"words": [{{"word", "start", "end"}}, ...]}}')
+    for i, w in enumerate(words):
+        ok = (
+            isinstance(w, dict) and isinstance(w.get("word"), str) and isinstance(w.get("start"), int | float)
+        )
+        if not ok:
+            raise ValueError(f"{path}: words[{i}] needs 'word' (text) and 'start' (seconds), got {w!r}")
+    return sorted(words, key=lambda w: w["start"])
+
+
+def second_text(words: list[dict], t: int) -> str:
+    """The commentary of second [t, t+1): the words that start in it, or the silence placeholder."""
+    said = [w["word"].strip() for w in words if t <= w["start"] < t + 1 and w["word"].strip()]
+    return " " + " ".join(said) if said else SILENCE
+
+
+def previous_text(words: list[dict], before: float, tokenizer, sink: int = 512, window: int = 512) -> str:
+    """Commentary before ``before`` seconds: all of it, or its first ``sink`` and last ``window`` tokens."""
+    text = " ".join(w["word"].strip() for w in words if w["start"] < before and w["word"].strip())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= sink + window:
+        return text
+    return tokenizer.decode(ids[:sink]) + " ... " + tokenizer.decode(ids[-window:])
+
+
+def build_chunks(
+    video: str,
+    words: list[dict],
+    duration: float,
+    tokenizer,
+    query: str = "Commentate on this match",
+    system: str = "You are a helpful assistant.",
+    chunk: int = 24,
+    overlap: int = 12,
+    sink: int = 512,
+    window: int = 512,
+    video_ref: str | None = None,
+) -> list[dict]:
+    """SFT records of ``chunk``-second windows every ``chunk - overlap`` seconds."""
+    if not 0 <= overlap < chunk:
+        raise ValueError(f"need 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
+    seconds = math.floor(duration)
+    ref = video_ref or video
+    records = []
+    for a in range(0, max(1, seconds - overlap), chunk - overlap):
+        b = min(a + chunk, seconds)
+        prev = previous_text(words, a, tokenizer, sink, window)
+        msgs = [{"role": "system", "content": system}]
+        for t in range(a, b):
+            head = ((f"{prev}\n" if prev else "") + f"{query}\n") if t == a else ""
+            msgs.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": f"{head}Time={t}-{t + 1}s"},
+                        {"type": "video", "video": ref, "video_start": float(t), "video_end": float(t + 1)},
+                    ],
+                }
+            )
+            msgs.append({"role": "assistant", "content": second_text(words, t)})
+        records.append(
+            {"id": f"{os.path.basename(video)}@{a}-{b}", "messages": msgs, "meta": {"start": a, "end": b}}
+        )
+        if b >= seconds:
+            break
+    return records
+
+
+def write_chunks(video: str, transcript: str, out: str, tokenizer=None, **kwargs) -> int:
+    """Write the chunks of one video to ``out`` (JSONL; the video is referenced relative to it)."""
+    from mm.tiny import tiny_processor
+    from mm.visual import probe_video
+
+    info = probe_video(video)
+    tokenizer = tokenizer or tiny_processor().tokenizer
+    ref = os.path.relpath(os.path.abspath(video), os.path.dirname(os.path.abspath(out)))
+    recs = build_chunks(
+        video, read_words(transcript), info.frames / info.fps, tokenizer, video_ref=ref, **kwargs
+    )
+    with open(out, "w") as f:
+        for r in recs:
+            f.write(json.dumps(r) + "\n")
+    return len(recs)
+
+
+def write_stream_synth(out_dir: str, seconds: int = 120, seed: int = 0) -> dict[str, str]:
+    """A generated commented clip: a dot crossing the frame, with words saying where it is."""
+    import random
+
+    import numpy as np
+
+    from mm.synthetic import write_video
+
+    rng = random.Random(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    fps, size = 4, 112
+    frames, words = [], []
+    for i in range(seconds * fps):
+        t = i / fps
+        x = int((0.5 + 0.45 * math.sin(t / 3)) * (size - 16))
+        f = np.full((size, size, 3), 235, np.uint8)
+        f[size // 2 - 8 : size // 2 + 8, x : x + 16] = (200, 30, 30)
+        frames.append(f)
+    for t in range(seconds):
+        if rng.random() < 0.5:
+            x = 0.5 + 0.45 * math.sin(t / 3)
+            where = "left" if x < 0.35 else "right" if x > 0.65 else "center"
+            for j, w in enumerate(f"the dot is {where}".split()):
+                words.append({"word": w, "start": t + 0.1 + 0.2 * j, "end": t + 0.25 + 0.2 * j})
+    video = write_video(os.path.join(out_dir, "dot.webm"), frames, fps=fps)
+    transcript = os.path.join(out_dir, "dot.words.json")
+    with open(transcript, "w") as f:
+        json.dump({"words": words}, f)
+    chunks = os.path.join(out_dir, "chunks.jsonl")
+    write_chunks(video, transcript, chunks, chunk=24, overlap=12)
+    return {"video": video, "transcript": transcript, "chunks": chunks}

@@ -1,0 +1,271 @@
+"""The per-second streaming engine: frames in, commentary out, memory and latency flat.
+
+Round k (one second of video):
+
+1. evict what the windows no longer hold (``StreamingKVCache.evict``), re-laying positions;
+2. prefill ``Time=k-(k+1)s`` + that second's frames (one temporal patch of ``fps`` frames); the
+   first round first prefills the sink: system prompt, previous text and the query;
+3. decode up to ``max_new_tokens`` tokens (sampling with temperature and repetition penalty, or
+   greedy) until ``<|im_end|>``; ``" ..."`` is the model's way of saying nothing.
+
+New tokens get positions incrementally from ``cache.next_position`` with the model's own
+M-RoPE rule (``mm.rope.mrope_positions``), never recomputed over the whole sequence. The chat
+layout is the one the chunk builder trains on::
+
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{previous}\\n{query}\\n
+    Time=0-1s<|vision_start|>...<|vision_end|><|im_end|>\\n<|im_start|>assistant\\n{words}<|im_end|>
+    \\n<|im_start|>user\\nTime=1-2s<|vision_start|>...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mm.config import opt
+from mm.records import RESERVED
+from mm.rope import TEXT, VIDEO, RopeSpec, mrope_positions
+from streaming.cache import CacheConfig, StreamingKVCache
+from streaming.sources import Second, Source
+
+SILENCE = " ..."
+
+
+@dataclass
+class StreamConfig:
+    query: str = opt("Commentate on this match", "the user's request, pinned in the sink")
+    system: str = opt("You are a helpful assistant.", "system prompt, pinned in the sink")
+    previous_text: str = opt("", "earlier commentary to start from (the previous-text block)")
+    fps: float = opt(2.0, "frames per second read from the source (one temporal patch per second at 2)")
+    frame_min_pixels: int = opt(4 * 28 * 28, "per-frame minimum pixels")
+    frame_max_pixels: int = opt(768 * 28 * 28, "per-frame maximum pixels (768 tokens per second at 2 fps)")
+    max_new_tokens: int = opt(20, "tokens of commentary per second at most")
+    do_sample: bool = opt(True, "sample (True) or greedy (False)")
+    temperature: float = opt(0.9, "sampling temperature")
+    repetition_penalty: float = opt(1.05, "penalty on tokens already said in recent replies (1 = off)")
+    realtime: bool = opt(False, "pace a file to the wall clock (live sources always are)")
+    seed: int | None = opt(None, "torch seed for sampling")
+    cache: CacheConfig = opt(factory=CacheConfig, help="attention sink and windows")
+
+
+@dataclass
+class Segment:
+    """One second of commentary."""
+
+    start: float
+    end: float
+    text: str  # "" when the model stayed silent (" ...")
+    raw: str  # the decoded reply as generated
+    latency_ms: float  # wall time of the round: eviction, prefill, decoding
+    cache_tokens: int  # slots in the KV cache after the round
+    tokens: int  # tokens generated
+    skipped: int = 0  # seconds of a live source dropped before this one (the model fell behind)
+
+    @property
+    def silent(self) -> bool:
+        return not self.text
+
+    def to_json(self) -> dict:
+        return {
+            "type": "segment",
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "latency_ms": round(self.latency_ms, 2),
+            "cache_tokens": self.cache_tokens,
+        }
+
+
+@dataclass
+class Summary:
+    seconds: int = 0
+    skipped: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    cache_tokens: int = 0
+    max_cache_tokens: int = 0
+
+    def to_json(self) -> dict:
+        lat = np.asarray(self.latencies_ms or [0.0])
+        return {
+            "type": "summary",
+            "seconds": self.seconds,
+            "skipped_seconds": self.skipped,
+            "latency_ms_mean": round(float(lat.mean()), 2),
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
+            "cache_tokens": self.cache_tokens,
+            "max_cache_tokens": self.max_cache_tokens,
+        }
+
+
+class StreamingEngine:
+    """Runs one stream with one model; see the module docstring."""
+
+    def __init__(self, model, processor, config: StreamConfig | None = None):
+        self.model, self.processor = model, processor
+        self.tok = processor.tokenizer
+        self.cfg = config or StreamConfig()
+        self.rope = RopeSpec.from_config(model.config)
+        self.merge = self.rope.spatial_merge_size**2
+        ids = self.tok.convert_tokens_to_ids
+        self.end_id, self.video_id = ids("<|im_end|>"), ids("<|video_pad|>")
+        # control tokens never belong in commentary (and <|video_pad|> without frames breaks the model)
+        special = [i for i, t in self.tok.added_tokens_decoder.items() if t.special]
+        self.suppress = torch.tensor(sorted({*special, *map(ids, RESERVED)} - {self.end_id}))
+        if getattr(processor.video_processor, "cap_pixels_per_frame", False) is None:
+            processor.video_processor.cap_pixels_per_frame = True  # frames are sized here; silences a warning
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = StreamingKVCache(self.model, self.cfg.cache)
+        self.round = 0
+        self.summary = Summary()
+        self.trace: list[torch.Tensor] | None = None  # logits of every fed position, when tracing
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, source: Source, on_token: Callable[[str], None] | None = None) -> Iterator[Segment]:
+        """Comment on ``source`` second by second; ``on_token`` receives text as it is decoded."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        paced = source.live or self.cfg.realtime
+        t0 = time.monotonic()
+        expected = 0
+        for second in source.seconds():
+            if paced and not source.live:  # a file played in real time waits for its second
+                time.sleep(max(0.0, t0 + second.index - time.monotonic()))
+            seg = self.step(second, on_token=on_token)
+            seg.skipped = max(0, second.index - expected)
+            self.summary.skipped += seg.skipped
+            expected = second.index + 1
+            yield seg
+        self.summary.skipped += source.skipped
+
+    @torch.no_grad()
+    def step(self, second: Second, on_token=None, forced: list[int] | None = None) -> Segment:
+        """One round. ``forced`` feeds these reply ids instead of decoding (tests, teacher forcing)."""
+        t0 = time.perf_counter()
+        k = self.round
+        if k > 0:
+            self.cache.evict(k)
+        else:
+            head = f"<|im_start|>system\n{self.cfg.system}<|im_end|>\n<|im_start|>user\n"
+            prev = self.cfg.previous_text.strip()
+            self._prefill("sink", self._ids(head + (f"{prev}\n" if prev else "") + f"{self.cfg.query}\n"))
+        user = ("" if k == 0 else "\n<|im_start|>user\n") + f"Time={k}-{k + 1}s"
+        pixels, grid = self._frames(second.frames)
+        ids = self._ids(user + "<|vision_start|>") + [self.video_id] * (int(grid.prod()) // self.merge)
+        ids += self._ids("<|vision_end|><|im_end|>\n<|im_start|>assistant\n")
+        logits = self._prefill("user", ids, pixels, grid)
+        reply = self._decode(logits, on_token, forced)
+        self.round += 1
+        raw = self.tok.decode([t for t in reply if t != self.end_id])
+        text = "" if raw.strip() in ("", SILENCE.strip()) else raw.strip()
+        ms = (time.perf_counter() - t0) * 1000
+        n = len(self.cache)
+        s = self.summary
+        s.seconds, s.cache_tokens, s.max_cache_tokens = s.seconds + 1, n, max(s.max_cache_tokens, n)
+        s.latencies_ms.append(ms)
+        generated = len(reply) - (1 if forced is None and reply and reply[-1] == self.end_id else 0)
+        return Segment(second.start, second.end, text, raw, ms, n, generated)
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _frames(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One second of frames -> (pixel_values_videos, video_grid_thw [3]) at a capped size."""
+        from mm.visual import FACTOR, _resize
+
+        n = self.processor.video_processor.temporal_patch_size
+        frames = list(frames)
+        if len(frames) % n:  # whole temporal patches: repeat the last frame
+            frames += [frames[-1]] * (n - len(frames) % n)
+        h, w = frames[0].shape[:2]
+        th, tw = _resize(h, w, self.cfg.frame_min_pixels, self.cfg.frame_max_pixels)
+        assert th % FACTOR == 0 and tw % FACTOR == 0
+        imgs = [
+            np.asarray(Image.fromarray(f).resize((tw, th), Image.Resampling.BICUBIC))
+            if f.shape[:2] != (th, tw)
+            else f
+            for f in frames
+        ]
+        video = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # [F, 3, H, W]
+        r = self.processor.video_processor(
+            videos=[video], do_resize=False, do_sample_frames=False, return_tensors="pt"
+        )
+        return r["pixel_values_videos"], r["video_grid_thw"][0]
+
+    def _prefill(self, kind: str, ids: list[int], pixels=None, grid=None) -> torch.Tensor:
+        types = torch.tensor([VIDEO if t == self.video_id else TEXT for t in ids])
+        seconds = torch.tensor([self.processor.video_processor.temporal_patch_size / self.cfg.fps])
+        pos, end = mrope_positions(
+            types,
+            None,
+            None if grid is None else grid[None],
+            seconds,
+            self.rope,
+            start=self.cache.next_position,
+        )
+        kwargs = {}
+        if pixels is not None:
+            kwargs = {
+                "pixel_values_videos": pixels,
+                "video_grid_thw": grid[None],
+                "second_per_grid_ts": seconds,
+            }
+        logits = self._forward(ids, pos, **kwargs)
+        self.cache.append(kind, self.round, pos, end, ids)
+        return logits
+
+    def _forward(self, ids: list[int], pos: torch.Tensor, **kwargs) -> torch.Tensor:
+        dev = self.model.device
+        out = self.model(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=pos[:, None].to(dev),
+            cache=self.cache.cache,
+            use_cache=True,
+            logits_to_keep=0 if self.trace is not None else 1,
+            **{k: v.to(dev) for k, v in kwargs.items()},
+        )
+        if self.trace is not None:
+            self.trace.append(out.logits[0].float().cpu())
+        return out.logits[0, -1].float()
+
+    def _decode(self, logits: torch.Tensor, on_token, forced: list[int] | None) -> list[int]:
+        reply: list[int] = []
+        recent = [t for s in self.cache.spans if s.kind in ("reply", "previous") for t in s.token_ids][-256:]
+        limit = len(forced) if forced is not None else self.cfg.max_new_tokens
+        while len(reply) < limit:
+            tok = forced[len(reply)] if forced is not None else self._pick(logits, recent + reply)
+            reply.append(tok)
+            if on_token is not None and tok != self.end_id:
+                on_token(self.tok.decode([tok]))
+            pos = torch.full((3, 1), self.cache.next_position)
+            logits = self._forward([tok], pos)
+            self.cache.append("reply", self.round, pos, self.cache.next_position + 1, [tok])
+            if tok == self.end_id:
+                return reply
+        if forced is None:  # out of tokens: close the turn for the model (not generated)
+            pos = torch.full((3, 1), self.cache.next_position)
+            self._forward([self.end_id], pos)
+            self.cache.append("reply", self.round, pos, self.cache.next_position + 1, [self.end_id])
+        return reply
+
+    def _pick(self, logits: torch.Tensor, seen: list[int]) -> int:
+        cfg = self.cfg
+        logits = logits.clone()
+        logits[self.suppress.to(logits.device)] = -float("inf")
+        if cfg.repetition_penalty != 1.0 and seen:
+            idx = torch.tensor(sorted(set(seen)), device=logits.device)
+            vals = logits[idx]
+            logits[idx] = torch.where(vals > 0, vals / cfg.repetition_penalty, vals * cfg.repetition_penalty)
+        if not cfg.do_sample:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / max(cfg.temperature, 1e-5), dim=-1)
+        return int(torch.multinomial(probs, 1))

@@ -1,0 +1,122 @@
+"""Streaming inference: equals offline, rotation arithmetic after eviction, bounded memory."""
+
+import pytest
+import torch
+from PIL import Image
+
+from mm.encode import ConversationEncoder
+from streaming.cache import CacheConfig, rotate_keys
+from streaming.engine import StreamConfig, StreamingEngine
+from streaming.sources import SyntheticSource
+
+
+def replies(tok, texts):
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    return [tok(t, add_special_tokens=False)["input_ids"] + [end] for t in texts]
+
+
+def offline_messages(seconds, texts, query="Commentate on this match"):
+    msgs = [{"role": "system", "content": "You are a helpful assistant."}]
+    for k, (sec, text) in enumerate(zip(seconds, texts)):
+        head = (f"{query}\n" if k == 0 else "") + f"Time={k}-{k + 1}s"
+        video = {"type": "video", "video": [Image.fromarray(f) for f in sec.frames], "sample_fps": 2}
+        msgs += [
+            {"role": "user", "content": [{"type": "text", "text": head}, video]},
+            {"role": "assistant", "content": text},
+        ]
+    return msgs
+
+
+@pytest.mark.parametrize("mode", ["native", "contiguous"])
+def test_streaming_equals_one_offline_forward(tiny, mode):
+    """Windows larger than the stream: per-second logits == one forward with the model's own positions."""
+    model, processor = tiny
+    texts = [" the dot moves", " ...", " right", " it turns", " ..."]
+    eng = StreamingEngine(model, processor, StreamConfig(do_sample=False, cache=CacheConfig(mode=mode)))
+    eng.trace = []
+    seconds = list(SyntheticSource(len(texts)).seconds())
+    for sec, r in zip(seconds, replies(processor.tokenizer, texts)):
+        eng.step(sec, forced=r)
+    streamed = torch.cat(eng.trace)  # [L, V]
+    enc = ConversationEncoder(processor).encode(offline_messages(seconds, texts))
+    n = streamed.shape[0]
+    ours = torch.cat([torch.tensor(s.token_ids) for s in eng.cache.spans])
+    assert torch.equal(ours, enc.input_ids[:n])  # the same tokens as the chat template renders
+    with torch.no_grad():  # no position_ids: the model computes its own (get_rope_index)
+        ref = model(
+            input_ids=enc.input_ids[None, :n],
+            mm_token_type_ids=enc.mm_token_type_ids[None, :n],
+            pixel_values_videos=enc.pixel_values_videos,
+            video_grid_thw=enc.video_grid_thw,
+            second_per_grid_ts=enc.second_per_grid_ts,
+        ).logits[0]
+    assert (streamed - ref).abs().max() <= 1e-4
+
+
+def test_rotation_composes():
+    torch.manual_seed(0)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    k = torch.randn(1, 2, 5, 16, dtype=torch.float64)
+    a, b = torch.full((5,), 7), torch.full((5,), -3)
+    once = rotate_keys(k, a + b, inv_freq.double())
+    twice = rotate_keys(rotate_keys(k, a, inv_freq.double()), b, inv_freq.double())
+    assert torch.allclose(once, twice, atol=1e-12)
+    assert torch.allclose(rotate_keys(once, -(a + b), inv_freq.double()), k, atol=1e-12)
+
+
+def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(tiny):
+    """After eviction and re-laying, cached keys == pre-RoPE keys rotated at the new positions
+    (a second, slow computation through the model's own rotary embedding)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    model, processor = tiny
+    lm = model.model.language_model
+    pre = {i: [] for i in range(len(lm.layers))}
+    hooks = [
+        layer.self_attn.k_proj.register_forward_hook(lambda m, a, out, i=i: pre[i].append(out.detach()))
+        for i, layer in enumerate(lm.layers)
+    ]
+    cfg = StreamConfig(
+        do_sample=False,
+        max_new_tokens=6,
+        cache=CacheConfig(sink_text=5, window_text=7, recent_rounds=3, vision_seconds=2),
+    )
+    eng = StreamingEngine(model, processor, cfg)
+    try:
+        list(eng.run(SyntheticSource(9)))
+    finally:
+        for h in hooks:
+            h.remove()
+    cache = eng.cache
+    assert cache.rotations > 0 and cache.tokens("previous") == 12  # the middle was cut
+    kinds = [s.kind for s in cache.spans]
+    assert kinds[0] == "sink" and kinds.count("user") == 2
+    positions = torch.cat([s.positions for s in cache.spans], dim=1)  # [3, S]
+    assert torch.equal(positions[0], torch.sort(positions[0]).values)  # contiguous, in order
+    origin = torch.cat([s.origin for s in cache.spans])
+    attn = lm.layers[0].self_attn
+    heads, dim = attn.config.num_key_value_heads, attn.head_dim
+    cos, sin = lm.rotary_emb(positions.float()[None], positions[:, None])  # sections composed inside
+    for i in pre:
+        k_pre = torch.cat(pre[i], dim=1)[0][origin]  # [S, heads*dim] in cache order
+        k_pre = k_pre.view(1, -1, heads, dim).transpose(1, 2)
+        _, want = apply_rotary_pos_emb(k_pre, k_pre, cos, sin)
+        assert (cache.cache.layers[i].keys - want).abs().max() < 1e-5
+
+
+def test_memory_stays_bounded_and_the_query_stays(tiny):
+    model, processor = tiny
+    cc = CacheConfig(sink_text=16, window_text=16, recent_rounds=4, vision_seconds=4)
+    cfg = StreamConfig(max_new_tokens=3, query="Describe the red dot", seed=0, cache=cc)
+    eng = StreamingEngine(model, processor, cfg)
+    sizes = [seg.cache_tokens for seg in eng.run(SyntheticSource(300))]
+    sink = eng.cache.spans[0]
+    user_tokens = max(s.n for s in eng.cache.spans if s.kind == "user")
+    # V seconds of frames (the current one included), R earlier replies + the current one
+    bound = sink.n + 32 + cc.vision_seconds * user_tokens + (cc.recent_rounds + 1) * (cfg.max_new_tokens + 1)
+    assert max(sizes) <= bound and eng.summary.seconds == 300
+    assert sizes[-1] == sizes[-50]  # flat
+    query = processor.tokenizer("Describe the red dot", add_special_tokens=False)["input_ids"]
+    text = processor.tokenizer.decode(sink.token_ids)
+    assert sink.kind == "sink" and "Describe the red dot" in text and len(query) > 0
+    assert eng.cache.next_position < bound + 64  # positions stay in range (contiguous)
