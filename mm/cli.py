@@ -187,12 +187,21 @@ def cmd_stream(args) -> int:
 
     cfg = StreamConfig(
         query=args.query,
+        system=args.system,
+        fps=args.fps,
         max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy,
         temperature=args.temperature,
+        repetition_penalty=args.repetition_penalty,
         realtime=args.realtime,
         seed=args.seed,
-        cache=CacheConfig(mode=args.positions),
+        cache=CacheConfig(
+            sink_text=args.sink_text,
+            window_text=args.window_text,
+            recent_rounds=args.recent_rounds,
+            vision_seconds=args.vision_seconds,
+            mode=args.positions,
+        ),
     )
     if args.web:
         from streaming.web import serve_demo
@@ -348,7 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=int, default=0, help="stop after N seconds (0: the whole source)")
     p.add_argument("--max-new-tokens", type=int, default=20, help="commentary tokens per second")
     p.add_argument("--temperature", type=float, default=0.9)
+    p.add_argument("--repetition-penalty", type=float, default=1.05)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--system", default="You are a helpful assistant.", help="system prompt (pinned)")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second read (default %(default)s)")
+    g = p.add_argument_group("cache windows")
+    g.add_argument("--sink-text", type=int, default=512, help="first tokens of earlier commentary kept")
+    g.add_argument("--window-text", type=int, default=512, help="last tokens of earlier commentary kept")
+    g.add_argument("--recent-rounds", type=int, default=16, help="seconds whose replies stay as recent text")
+    g.add_argument("--vision-seconds", type=int, default=16, help="seconds whose frames stay")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
         "--positions",

@@ -16,7 +16,9 @@ text), where it starts and the next free position after it. Eviction happens onc
 than R rounds become previous text, and the previous block loses its middle.
 
 Contiguous RoPE. After eviction the kept spans are laid out again from the sink onwards, each
-starting where the previous one ends, so positions never grow beyond what the windows hold.
+starting where the previous one ends, so positions never grow beyond what the windows hold
+(plus ``relayout_slack``: re-laying only once positions run that far ahead means a key is
+rotated, and rounded to bf16, a few times in its life rather than every second).
 A span that moves left by ``d`` positions has every position (all three M-RoPE axes alike)
 shifted by ``d``, so its cached keys only need a rotation by ``-d`` (angles ``-d * inv_freq``):
 rotations compose, so this equals rotating the pre-RoPE keys at the new positions (tested
@@ -43,6 +45,10 @@ class CacheConfig:
     mode: Literal["contiguous", "native"] = opt(
         "contiguous", "re-lay positions after eviction, or keep growing"
     )
+    relayout_slack: int = opt(
+        1024,
+        "contiguous: re-lay once positions run this far past the kept tokens (each re-lay rounds bf16 keys once)",
+    )
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Span:
     end: int  # next free position after the span
     token_ids: list[int] = field(default_factory=list)
     origin: torch.Tensor | None = None  # [n] arrival index of each slot (0 = first token ever cached)
+    kept: torch.Tensor | None = field(default=None, repr=False)  # which slots survived a conversion
 
     @property
     def start(self) -> int:
@@ -81,10 +88,13 @@ def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor)
 class StreamingKVCache:
     """A DynamicCache plus the span bookkeeping that bounds it; see the module docstring."""
 
-    def __init__(self, model, config: CacheConfig | None = None):
+    def __init__(self, model, config: CacheConfig | None = None, drop_ids=(), silence_ids=()):
+        """``drop_ids``: tokens a reply loses when it becomes previous text (end of turn);
+        a reply that is only ``silence_ids`` (" ...") is dropped whole."""
         from transformers import DynamicCache
 
         self.cfg = config or CacheConfig()
+        self.drop_ids, self.silence_ids = set(drop_ids), list(silence_ids)
         rotary = model.model.language_model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.cache = DynamicCache(config=model.config.text_config)
@@ -119,7 +129,7 @@ class StreamingKVCache:
     # -- eviction -------------------------------------------------------------------------
 
     def evict(self, current_round: int) -> int:
-        """Apply the windows before round ``current_round``; returns the number of evicted slots."""
+        """Apply the windows before second ``current_round``; returns the number of evicted slots."""
         cfg = self.cfg
         keep: list[tuple[Span, torch.Tensor]] = []  # kept spans and the slot indices they keep
         slot = 0
@@ -127,9 +137,12 @@ class StreamingKVCache:
             idx = torch.arange(slot, slot + s.n)
             slot += s.n
             if s.kind == "user" and s.round <= current_round - cfg.vision_seconds:
-                continue  # with round current_round's frames, V_window seconds stay
+                continue  # with the new second's frames, V_window seconds stay
             if s.kind == "reply" and s.round < current_round - cfg.recent_rounds:
-                s.kind = "previous"
+                s = self._as_previous(s)  # words only: no end-of-turn, no silence
+                idx = idx[s.kept]
+                if not s.n:
+                    continue
             keep.append((s, idx))
         keep = self._cut_previous(keep)
         kept_idx = torch.cat([i for _, i in keep]) if keep else torch.zeros(0, dtype=torch.long)
@@ -140,9 +153,23 @@ class StreamingKVCache:
                 layer.keys = layer.keys[:, :, at]
                 layer.values = layer.values[:, :, at]
         self.spans = [s for s, _ in keep]
-        if self.cfg.mode == "contiguous" and evicted:
+        extent = sum(s.end - s.start for s in self.spans)
+        if cfg.mode == "contiguous" and evicted and self.next_position - extent > cfg.relayout_slack:
             self._relay()
         return evicted
+
+    def _as_previous(self, s: Span) -> Span:
+        ids = s.token_ids
+        words = [t for t in ids if t not in self.drop_ids]
+        keep = torch.tensor([t not in self.drop_ids for t in ids], dtype=torch.bool)
+        if words == self.silence_ids:
+            keep[:] = False
+        part = Span(
+            "previous", s.round, s.positions[:, keep], 0, [t for t, k in zip(ids, keep) if k], s.origin[keep]
+        )
+        part.end = int(part.positions[0, -1]) + 1 if part.n else s.end
+        part.kept = keep
+        return part
 
     def _cut_previous(self, keep: list) -> list:
         """Keep the first T_sink and the last T_window tokens of the previous-text block."""

@@ -6,8 +6,10 @@ one data format, one per chunk of ``W`` seconds starting every ``W - O`` seconds
 user/assistant pair per second: the user turn holds ``Time=a-bs`` and that second of video
 (``{"video": PATH, "video_start": a, "video_end": b}``), the assistant turn the words that start
 in that second, or the silence placeholder ``" ..."``. The first user turn also carries the
-previous text (commentary before the chunk: its first ``T_sink`` and last ``T_window`` tokens)
-and the query, exactly as ``streaming.engine`` lays them out at inference.
+query and then the previous text (commentary before the chunk: its first ``T_sink`` and last
+``T_window`` tokens, words only), in the order ``streaming.engine`` keeps them in its cache.
+(One difference remains: at inference the first kept second still opens with its own
+``<|im_start|>user`` header, since cached tokens are not re-encoded.)
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def previous_text(words: list[dict], before: float, tokenizer, sink: int = 512, 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= sink + window:
         return text
-    return tokenizer.decode(ids[:sink]) + " ... " + tokenizer.decode(ids[-window:])
+    return tokenizer.decode(ids[:sink] + ids[-window:])  # the middle cut, as the engine's cache cuts it
 
 
 def build_chunks(
@@ -70,6 +72,8 @@ def build_chunks(
     if not 0 <= overlap < chunk:
         raise ValueError(f"need 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
     seconds = math.floor(duration)
+    if seconds < 1:
+        raise ValueError(f"{video}: {duration:.2f} s is shorter than one second")
     ref = video_ref or video
     records = []
     for a in range(0, max(1, seconds - overlap), chunk - overlap):
@@ -77,7 +81,7 @@ def build_chunks(
         prev = previous_text(words, a, tokenizer, sink, window)
         msgs = [{"role": "system", "content": system}]
         for t in range(a, b):
-            head = ((f"{prev}\n" if prev else "") + f"{query}\n") if t == a else ""
+            head = (f"{query}\n" + (f"{prev}\n" if prev else "")) if t == a else ""
             msgs.append(
                 {
                     "role": "user",

@@ -12,7 +12,7 @@ New tokens get positions incrementally from ``cache.next_position`` with the mod
 M-RoPE rule (``mm.rope.mrope_positions``), never recomputed over the whole sequence. The chat
 layout is the one the chunk builder trains on::
 
-    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{previous}\\n{query}\\n
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{query}\\n{previous}\\n
     Time=0-1s<|vision_start|>...<|vision_end|><|im_end|>\\n<|im_start|>assistant\\n{words}<|im_end|>
     \\n<|im_start|>user\\nTime=1-2s<|vision_start|>...
 """
@@ -47,7 +47,9 @@ class StreamConfig:
     max_new_tokens: int = opt(20, "tokens of commentary per second at most")
     do_sample: bool = opt(True, "sample (True) or greedy (False)")
     temperature: float = opt(0.9, "sampling temperature")
-    repetition_penalty: float = opt(1.05, "penalty on tokens already said in recent replies (1 = off)")
+    repetition_penalty: float = opt(
+        1.05, "penalty on words said in the last 256 reply tokens (1 = off; end-of-turn and silence exempt)"
+    )
     realtime: bool = opt(False, "pace a file to the wall clock (live sources always are)")
     seed: int | None = opt(None, "torch seed for sampling")
     cache: CacheConfig = opt(factory=CacheConfig, help="attention sink and windows")
@@ -84,7 +86,8 @@ class Segment:
 @dataclass
 class Summary:
     seconds: int = 0
-    skipped: int = 0
+    skipped: int = 0  # seconds dropped because the model fell behind a live (or --realtime) source
+    decode_errors: int = 0  # seconds the source could not decode
     latencies_ms: list[float] = field(default_factory=list)
     cache_tokens: int = 0
     max_cache_tokens: int = 0
@@ -95,6 +98,7 @@ class Summary:
             "type": "summary",
             "seconds": self.seconds,
             "skipped_seconds": self.skipped,
+            "decode_errors": self.decode_errors,
             "latency_ms_mean": round(float(lat.mean()), 2),
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
             "cache_tokens": self.cache_tokens,
@@ -114,57 +118,73 @@ class StreamingEngine:
         ids = self.tok.convert_tokens_to_ids
         self.end_id, self.video_id = ids("<|im_end|>"), ids("<|video_pad|>")
         # control tokens never belong in commentary (and <|video_pad|> without frames breaks the model)
-        special = [i for i, t in self.tok.added_tokens_decoder.items() if t.special]
-        self.suppress = torch.tensor(sorted({*special, *map(ids, RESERVED)} - {self.end_id}))
+        # every added token (control, tool, FIM, ...) except <|im_end|>, and the padded ids past
+        # the tokenizer; a <|video_pad|> without frames would break the model
+        added = set(self.tok.added_tokens_decoder) | set(map(ids, RESERVED))
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.suppress = torch.tensor(sorted((added | set(range(len(self.tok), vocab))) - {self.end_id}))
+        self.unpenalized = set(self._ids(SILENCE)) | {self.end_id}
         if getattr(processor.video_processor, "cap_pixels_per_frame", False) is None:
             processor.video_processor.cap_pixels_per_frame = True  # frames are sized here; silences a warning
         self.reset()
 
     def reset(self) -> None:
-        self.cache = StreamingKVCache(self.model, self.cfg.cache)
-        self.round = 0
+        self.cache = StreamingKVCache(self.model, self.cfg.cache, [self.end_id], self._ids(SILENCE))
+        self.round = 0  # rounds run (seconds processed)
         self.summary = Summary()
         self.trace: list[torch.Tensor] | None = None  # logits of every fed position, when tracing
 
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, source: Source, on_token: Callable[[str], None] | None = None) -> Iterator[Segment]:
-        """Comment on ``source`` second by second; ``on_token`` receives text as it is decoded."""
+        """Comment on ``source`` second by second; ``on_token`` receives text as it is decoded.
+
+        A live source (or a file with ``realtime``) is paced to the wall clock: second k is
+        processed once it has fully arrived (k + 1 s after the start); a second more than one
+        second late is dropped and counted as skipped."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
         paced = source.live or self.cfg.realtime
         t0 = time.monotonic()
         expected = 0
         for second in source.seconds():
-            if paced and not source.live:  # a file played in real time waits for its second
-                time.sleep(max(0.0, t0 + second.index - time.monotonic()))
+            self.summary.decode_errors = source.skipped
+            if paced and not source.live:
+                late = time.monotonic() - (t0 + second.index + 1)
+                if late > 1.0:
+                    continue  # counted as a gap below, when the next second is processed
+                time.sleep(max(0.0, -late))
+            gap = max(0, second.index - expected) if paced else 0
             seg = self.step(second, on_token=on_token)
-            seg.skipped = max(0, second.index - expected)
-            self.summary.skipped += seg.skipped
+            seg.skipped = gap
+            self.summary.skipped += gap
             expected = second.index + 1
             yield seg
-        self.summary.skipped += source.skipped
+        self.summary.decode_errors = source.skipped
 
     @torch.no_grad()
     def step(self, second: Second, on_token=None, forced: list[int] | None = None) -> Segment:
         """One round. ``forced`` feeds these reply ids instead of decoding (tests, teacher forcing)."""
         t0 = time.perf_counter()
-        k = self.round
-        if k > 0:
+        k = second.index  # windows count seconds of video, not rounds
+        first = self.round == 0
+        if not first:
             self.cache.evict(k)
         else:
-            head = f"<|im_start|>system\n{self.cfg.system}<|im_end|>\n<|im_start|>user\n"
-            prev = self.cfg.previous_text.strip()
-            self._prefill("sink", self._ids(head + (f"{prev}\n" if prev else "") + f"{self.cfg.query}\n"))
-        user = ("" if k == 0 else "\n<|im_start|>user\n") + f"Time={k}-{k + 1}s"
+            head = f"<|im_start|>system\n{self.cfg.system}<|im_end|>\n<|im_start|>user\n{self.cfg.query}\n"
+            prev = self._cut(self.cfg.previous_text.strip())
+            self._prefill("sink", self._ids(head + (f"{prev}\n" if prev else "")), k)
+        user = ("" if first else "\n<|im_start|>user\n") + f"Time={k}-{k + 1}s"
         pixels, grid = self._frames(second.frames)
         ids = self._ids(user + "<|vision_start|>") + [self.video_id] * (int(grid.prod()) // self.merge)
         ids += self._ids("<|vision_end|><|im_end|>\n<|im_start|>assistant\n")
-        logits = self._prefill("user", ids, pixels, grid)
-        reply = self._decode(logits, on_token, forced)
+        logits = self._prefill("user", ids, k, pixels, grid)
+        reply = self._decode(logits, k, on_token, forced)
         self.round += 1
         raw = self.tok.decode([t for t in reply if t != self.end_id])
         text = "" if raw.strip() in ("", SILENCE.strip()) else raw.strip()
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()  # the round's kernels belong to its latency
         ms = (time.perf_counter() - t0) * 1000
         n = len(self.cache)
         s = self.summary
@@ -177,6 +197,12 @@ class StreamingEngine:
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _cut(self, text: str) -> str:
+        """Starting previous text: its first ``sink_text`` and last ``window_text`` tokens."""
+        ids = self._ids(text)
+        a, b = self.cfg.cache.sink_text, self.cfg.cache.window_text
+        return text if len(ids) <= a + b else self.tok.decode(ids[:a] + ids[-b:])
 
     def _frames(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """One second of frames -> (pixel_values_videos, video_grid_thw [3]) at a capped size."""
@@ -201,7 +227,7 @@ class StreamingEngine:
         )
         return r["pixel_values_videos"], r["video_grid_thw"][0]
 
-    def _prefill(self, kind: str, ids: list[int], pixels=None, grid=None) -> torch.Tensor:
+    def _prefill(self, kind: str, ids: list[int], second: int, pixels=None, grid=None) -> torch.Tensor:
         types = torch.tensor([VIDEO if t == self.video_id else TEXT for t in ids])
         seconds = torch.tensor([self.processor.video_processor.temporal_patch_size / self.cfg.fps])
         pos, end = mrope_positions(
@@ -220,7 +246,7 @@ class StreamingEngine:
                 "second_per_grid_ts": seconds,
             }
         logits = self._forward(ids, pos, **kwargs)
-        self.cache.append(kind, self.round, pos, end, ids)
+        self.cache.append(kind, second, pos, end, ids)
         return logits
 
     def _forward(self, ids: list[int], pos: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -237,31 +263,38 @@ class StreamingEngine:
             self.trace.append(out.logits[0].float().cpu())
         return out.logits[0, -1].float()
 
-    def _decode(self, logits: torch.Tensor, on_token, forced: list[int] | None) -> list[int]:
+    def _decode(self, logits: torch.Tensor, second: int, on_token, forced: list[int] | None) -> list[int]:
         reply: list[int] = []
-        recent = [t for s in self.cache.spans if s.kind in ("reply", "previous") for t in s.token_ids][-256:]
+        said = [t for sp in self.cache.spans if sp.kind in ("reply", "previous") for t in sp.token_ids]
+        recent = [t for t in said[-256:] if t not in self.unpenalized]
         limit = len(forced) if forced is not None else self.cfg.max_new_tokens
+        shown = ""
         while len(reply) < limit:
             tok = forced[len(reply)] if forced is not None else self._pick(logits, recent + reply)
             reply.append(tok)
             if on_token is not None and tok != self.end_id:
-                on_token(self.tok.decode([tok]))
-            pos = torch.full((3, 1), self.cache.next_position)
-            logits = self._forward([tok], pos)
-            self.cache.append("reply", self.round, pos, self.cache.next_position + 1, [tok])
+                text = self.tok.decode(reply)  # whole reply: multi-byte characters come out whole
+                if not text.endswith("\ufffd"):
+                    on_token(text[len(shown) :])
+                    shown = text
+            logits = self._feed(tok, second)
             if tok == self.end_id:
                 return reply
         if forced is None:  # out of tokens: close the turn for the model (not generated)
-            pos = torch.full((3, 1), self.cache.next_position)
-            self._forward([self.end_id], pos)
-            self.cache.append("reply", self.round, pos, self.cache.next_position + 1, [self.end_id])
+            self._feed(self.end_id, second)
         return reply
+
+    def _feed(self, tok: int, second: int) -> torch.Tensor:
+        pos = torch.full((3, 1), self.cache.next_position)
+        logits = self._forward([tok], pos)
+        self.cache.append("reply", second, pos, self.cache.next_position + 1, [tok])
+        return logits
 
     def _pick(self, logits: torch.Tensor, seen: list[int]) -> int:
         cfg = self.cfg
         logits = logits.clone()
         logits[self.suppress.to(logits.device)] = -float("inf")
-        if cfg.repetition_penalty != 1.0 and seen:
+        if cfg.repetition_penalty != 1.0 and seen:  # seen excludes end-of-turn and silence
             idx = torch.tensor(sorted(set(seen)), device=logits.device)
             vals = logits[idx]
             logits[idx] = torch.where(vals > 0, vals / cfg.repetition_penalty, vals * cfg.repetition_penalty)

@@ -167,7 +167,7 @@ class CameraSource(Source):
                     return
                 frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             yield Second(k, frames)
-            k = int(time.monotonic() - t0)  # a slow consumer skips the seconds it missed
+            k = max(k + 1, int(time.monotonic() - t0))  # a slow consumer skips the seconds it missed
 
 
 class SyntheticSource(Source):
@@ -194,7 +194,7 @@ class SyntheticSource(Source):
 
 def open_source(spec: str, fps: float = 2.0) -> Source:
     """A source from a path or ``camera:N`` / ``rtsp://...`` / ``synthetic:SECONDS``."""
-    if spec.startswith("synthetic"):
+    if spec == "synthetic" or spec.startswith("synthetic:"):
         _, _, n = spec.partition(":")
         return SyntheticSource(int(n) if n else None, fps=fps)
     if spec.startswith("camera:"):

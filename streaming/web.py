@@ -8,13 +8,14 @@
 
 When the video starts playing the page opens ``/events``; the server then runs the engine over
 the file paced to the wall clock, so captions arrive while their second plays. One stream runs
-at a time (the model is shared); a second viewer waits for the first.
+at a time (the model is shared); a second viewer is told so (a ``failure`` event) until the first ends.
 """
 
 import json
 import mimetypes
 import os
 import threading
+from dataclasses import replace
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>mmpost stream</title>
@@ -55,6 +56,10 @@ function start() {
       document.getElementById("log").appendChild(li);
     }
   });
+  events.addEventListener("failure", (e) => {
+    events.close();
+    document.getElementById("state").textContent = "failed: " + JSON.parse(e.data).message;
+  });
   events.addEventListener("summary", (e) => {
     events.close();
     document.getElementById("state").textContent = "done";
@@ -82,7 +87,7 @@ def create_demo_app(video_path: str, model, processor, config):
     media = mimetypes.guess_type(path)[0] or "application/octet-stream"
     app = FastAPI(title="mmpost stream demo")
     lock = threading.Lock()
-    reports: list[dict] = []
+    reports: list[dict] = []  # only the last one is kept
 
     @app.get("/")
     def page():
@@ -95,27 +100,33 @@ def create_demo_app(video_path: str, model, processor, config):
     @app.get("/events")
     def events():
         def run():
-            with lock:
-                source = open_source(path, config.fps)
-                engine = StreamingEngine(model, processor, config)
-                engine.cfg.realtime = True
-                try:
-                    for seg in engine.run(source):
-                        yield f"event: segment\ndata: {json.dumps(seg.to_json())}\n\n"
-                except Exception as e:  # tell the page, keep the server
-                    yield f"event: error\ndata: {json.dumps({'message': str(e)})}\n\n"
+            if not lock.acquire(blocking=False):  # one stream at a time; nobody waits on a thread
+                yield f"event: failure\ndata: {json.dumps({'message': 'a stream is already playing'})}\n\n"
+                return
+            try:
+                engine = StreamingEngine(model, processor, replace(config, realtime=True))
+                for seg in engine.run(open_source(path, config.fps)):
+                    yield f"event: segment\ndata: {json.dumps(seg.to_json())}\n\n"
                 yield f"event: summary\ndata: {json.dumps(engine.summary.to_json())}\n\n"
+            except Exception as e:  # tell the page (which then stops), keep the server
+                yield f"event: failure\ndata: {json.dumps({'message': f'{type(e).__name__}: {e}'})}\n\n"
+            finally:
+                lock.release()
 
         return StreamingResponse(run(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     @app.post("/report")
     async def post_report(request: Request):
-        raw = await request.body()
-        if len(raw) > 4 * 2**20:
-            return JSONResponse({"error": {"code": "body_too_large", "message": "report over 4 MiB"}}, 413)
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > 2**20:
+                return JSONResponse(
+                    {"error": {"code": "body_too_large", "message": "report over 1 MiB"}}, 413
+                )
         try:
-            reports.append(json.loads(raw))
-        except json.JSONDecodeError:
+            reports[:] = [json.loads(raw)]
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return JSONResponse({"error": {"code": "bad_json", "message": "the report is not JSON"}}, 400)
         return {"ok": True}
 

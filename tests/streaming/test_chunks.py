@@ -40,7 +40,7 @@ def test_chunks_overlap_and_carry_previous_text(tok):
     second = recs[1]["messages"]
     assert [m["role"] for m in second] == ["system"] + ["user", "assistant"] * 4
     first_user = second[1]["content"]
-    assert first_user[0]["text"] == "kick off\nCommentate on this match\nTime=2-3s"  # earlier words first
+    assert first_user[0]["text"] == "Commentate on this match\nkick off\nTime=2-3s"  # the engine's order
     assert first_user[1] == {"type": "video", "video": "v.mp4", "video_start": 2.0, "video_end": 3.0}
     assert [m["content"] for m in second[2::2]] == [" pass", " ...", " ...", " shot"]
     assert second[3]["content"][0]["text"] == "Time=3-4s"  # later seconds: only the time
@@ -54,7 +54,7 @@ def test_previous_text_keeps_first_and_last_tokens(tok):
     full = " ".join(f"w{i}" for i in range(200))
     ids = tok(full, add_special_tokens=False)["input_ids"]
     cut = previous_text(words, 100.0, tok, sink=5, window=7)
-    assert cut == tok.decode(ids[:5]) + " ... " + tok.decode(ids[-7:])
+    assert cut == tok.decode(ids[:5] + ids[-7:])  # the middle cut, no marker (as the cache cuts)
     assert previous_text(words[:3], 100.0, tok, sink=5, window=7) == "w0 w1 w2"
 
 
@@ -68,6 +68,8 @@ def test_bad_transcripts_name_the_fix(tmp_path):
         read_words(str(p))
     with pytest.raises(ValueError, match="overlap"):
         build_chunks("v.mp4", WORDS, 8.0, None, chunk=4, overlap=4)
+    with pytest.raises(ValueError, match="shorter than one second"):
+        build_chunks("v.mp4", WORDS, 0.5, None)
 
 
 def test_chunks_train_with_the_streaming_config(tmp_path):

@@ -1,6 +1,5 @@
 """Streaming inference: equals offline, rotation arithmetic after eviction, bounded memory."""
 
-import pytest
 import torch
 from PIL import Image
 
@@ -27,12 +26,11 @@ def offline_messages(seconds, texts, query="Commentate on this match"):
     return msgs
 
 
-@pytest.mark.parametrize("mode", ["native", "contiguous"])
-def test_streaming_equals_one_offline_forward(tiny, mode):
+def test_streaming_equals_one_offline_forward(tiny):
     """Windows larger than the stream: per-second logits == one forward with the model's own positions."""
     model, processor = tiny
     texts = [" the dot moves", " ...", " right", " it turns", " ..."]
-    eng = StreamingEngine(model, processor, StreamConfig(do_sample=False, cache=CacheConfig(mode=mode)))
+    eng = StreamingEngine(model, processor, StreamConfig(do_sample=False))
     eng.trace = []
     seconds = list(SyntheticSource(len(texts)).seconds())
     for sec, r in zip(seconds, replies(processor.tokenizer, texts)):
@@ -79,7 +77,7 @@ def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(tiny):
     cfg = StreamConfig(
         do_sample=False,
         max_new_tokens=6,
-        cache=CacheConfig(sink_text=5, window_text=7, recent_rounds=3, vision_seconds=2),
+        cache=CacheConfig(sink_text=5, window_text=7, recent_rounds=3, vision_seconds=2, relayout_slack=0),
     )
     eng = StreamingEngine(model, processor, cfg)
     try:
@@ -92,7 +90,12 @@ def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(tiny):
     kinds = [s.kind for s in cache.spans]
     assert kinds[0] == "sink" and kinds.count("user") == 2
     positions = torch.cat([s.positions for s in cache.spans], dim=1)  # [3, S]
-    assert torch.equal(positions[0], torch.sort(positions[0]).values)  # contiguous, in order
+    assert cache.spans[0].start == 0
+    for a, b in zip(cache.spans, cache.spans[1:]):  # contiguous: each span starts where the last ends
+        assert b.start == a.end
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prev = [t for s in cache.spans if s.kind == "previous" for t in s.token_ids]
+    assert end not in prev  # previous text is words only
     origin = torch.cat([s.origin for s in cache.spans])
     attn = lm.layers[0].self_attn
     heads, dim = attn.config.num_key_value_heads, attn.head_dim
@@ -110,13 +113,67 @@ def test_memory_stays_bounded_and_the_query_stays(tiny):
     cfg = StreamConfig(max_new_tokens=3, query="Describe the red dot", seed=0, cache=cc)
     eng = StreamingEngine(model, processor, cfg)
     sizes = [seg.cache_tokens for seg in eng.run(SyntheticSource(300))]
+    assert (
+        max(sizes[150:]) <= max(sizes[:150]) + cfg.max_new_tokens + 1
+    )  # no growth once the windows are full
     sink = eng.cache.spans[0]
     user_tokens = max(s.n for s in eng.cache.spans if s.kind == "user")
     # V seconds of frames (the current one included), R earlier replies + the current one
     bound = sink.n + 32 + cc.vision_seconds * user_tokens + (cc.recent_rounds + 1) * (cfg.max_new_tokens + 1)
     assert max(sizes) <= bound and eng.summary.seconds == 300
-    assert sizes[-1] == sizes[-50]  # flat
     query = processor.tokenizer("Describe the red dot", add_special_tokens=False)["input_ids"]
     text = processor.tokenizer.decode(sink.token_ids)
     assert sink.kind == "sink" and "Describe the red dot" in text and len(query) > 0
-    assert eng.cache.next_position < bound + 64  # positions stay in range (contiguous)
+    assert eng.cache.next_position < bound + cc.relayout_slack + 64  # positions stay in range (contiguous)
+
+
+class FakeLive:
+    """A live source that delivers seconds 0, 1, 3, 4, 7 (the consumer fell behind twice)."""
+
+    live, skipped = True, 0
+
+    def seconds(self):
+        every = list(SyntheticSource(8).seconds())
+        for k in (0, 1, 3, 4, 7):
+            yield every[k]
+
+
+def test_gaps_of_a_live_source_are_reported_as_skipped(tiny):
+    model, processor = tiny
+    eng = StreamingEngine(model, processor, StreamConfig(max_new_tokens=2, seed=0))
+    segs = list(eng.run(FakeLive()))
+    assert [s.start for s in segs] == [0, 1, 3, 4, 7] and [s.skipped for s in segs] == [0, 0, 1, 0, 2]
+    assert eng.summary.skipped == 3 and eng.summary.decode_errors == 0
+    user = [s for s in eng.cache.spans if s.kind == "user"]
+    assert "Time=7-8s" in processor.tokenizer.decode(user[-1].token_ids)  # the video's own second
+
+
+def test_bf16_keys_do_not_drift_over_a_long_stream(tiny):
+    """Re-laying rounds bf16 keys; with the default slack it happens rarely, so after 200 s the
+    cached keys stay within 1% of keys computed afresh at their positions."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    from mm.loading import load_model
+
+    model, processor = load_model("tiny", dtype="bfloat16")
+    lm = model.model.language_model
+    pre = []
+    hook = lm.layers[0].self_attn.k_proj.register_forward_hook(lambda m, a, out: pre.append(out.detach()))
+    cc = CacheConfig(sink_text=8, window_text=24, recent_rounds=4, vision_seconds=4, relayout_slack=256)
+    eng = StreamingEngine(model, processor, StreamConfig(max_new_tokens=4, seed=0, cache=cc))
+    try:
+        list(eng.run(SyntheticSource(200)))
+    finally:
+        hook.remove()
+    cache = eng.cache
+    assert cache.rotations > 0
+    positions = torch.cat([s.positions for s in cache.spans], dim=1)
+    origin = torch.cat([s.origin for s in cache.spans])
+    attn = lm.layers[0].self_attn
+    k_pre = (
+        torch.cat(pre, dim=1)[0][origin].float().view(1, -1, attn.config.num_key_value_heads, attn.head_dim)
+    )
+    cos, sin = lm.rotary_emb(positions.float()[None], positions[:, None])
+    _, want = apply_rotary_pos_emb(k_pre.transpose(1, 2), k_pre.transpose(1, 2), cos.float(), sin.float())
+    got = cache.cache.layers[0].keys.float()
+    assert ((got - want).norm() / want.norm()) < 0.01

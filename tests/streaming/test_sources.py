@@ -54,6 +54,9 @@ def test_truncated_files(clip, tmp_path):
     src = open_source(str(tmp_path / "cut.webm"))  # a stream format: the first part still plays
     secs = list(src.seconds())
     assert 1 <= len(secs) < 5 and [s.index for s in secs] == list(range(len(secs)))
+    full = list(open_source(webm).seconds())
+    for a, b in zip(secs, full):  # what it plays is the clip's own frames
+        assert np.array_equal(a.frames[0], b.frames[0])
 
 
 def test_bad_frames_mid_stream_are_skipped_with_a_warning(clip, monkeypatch):
@@ -81,5 +84,9 @@ def test_folder_and_synthetic_sources(tmp_path):
     assert [len(s.frames) for s in src.seconds()] == [2, 2, 2]
     syn = open_source("synthetic:4")
     assert isinstance(syn, SyntheticSource) and len(list(syn.seconds())) == 4
+    os.makedirs(tmp_path / "nothing")
     with pytest.raises(VisualError, match="no image files"):
-        FolderSource(str(tmp_path / "nothing")) if os.makedirs(tmp_path / "nothing") is None else None
+        FolderSource(str(tmp_path / "nothing"))
+    assert isinstance(open_source.__globals__["FileSource"], type)  # a file named synthetic_*.mp4 is a file:
+    with pytest.raises(FileNotFoundError):
+        open_source(str(tmp_path / "synthetic_clip.mp4"))
