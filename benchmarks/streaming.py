@@ -90,7 +90,7 @@ class Recompute(StreamingEngine):
             second_per_grid_ts=sec,
         )
         self.cache.append("user", k, pos, end, ids)
-        reply = self._decode(logits, None, None)
+        reply = self._decode(logits, k, None, None)
         self.history.append(
             (user, pixels, grid, reply + ([] if reply and reply[-1] == self.end_id else [self.end_id]))
         )

@@ -1,0 +1,150 @@
+"""Every reward on a table of completions, reward-hacking cases included; the judges."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from PIL import Image
+
+from alignment.rewards import (
+    HTTPJudge,
+    RuleJudge,
+    accuracy,
+    cls_accuracy,
+    cls_equality,
+    combine,
+    crop_score,
+    format_think_answer,
+    virc_turn,
+)
+
+FORMAT = [
+    ("<think>2+2 is 4</think><answer>4</answer>", 1.0),
+    ("<think>x</think>\n<answer>4</answer>\n", 1.0),
+    ("<answer>4</answer>", 0.0),  # no thinking
+    ("<think>x</think>", 0.0),  # no answer
+    ("<think>x</think><answer>4</answer> and more", 0.0),  # text outside
+    ("<think>x</think><answer>3</answer><answer>4</answer>", 0.0),  # hedging with two answers
+    ("<think>a</think><think>b</think><answer>4</answer>", 0.0),
+    ("<answer>4</answer><think>x</think>", 0.0),  # wrong order
+    ("<think>x<answer>4</answer></think>", 0.0),
+]
+
+
+@pytest.mark.parametrize("text, want", FORMAT)
+def test_format_think_answer(text, want):
+    assert format_think_answer([text]) == [want]
+
+
+ACCURACY = [
+    ("<think>.</think><answer>4</answer>", "4", 1.0),
+    ("<think>.</think><answer>4.0</answer>", "4", 1.0),
+    ("<think>.</think><answer>(B)</answer>", "B", 1.0),
+    ("<think>.</think><answer> Paris. </answer>", "paris", 1.0),
+    ("<think>.</think><answer>5</answer>", "4", 0.0),
+    ("<think>.</think><answer></answer>", "4", 0.0),  # empty answer
+    ("<think>.</think><answer>3</answer><answer>4</answer>", "4", 0.0),  # listing answers earns nothing
+    ("the answer is 4", "4", 0.0),  # no answer block
+]
+
+
+@pytest.mark.parametrize("text, gold, want", ACCURACY)
+def test_accuracy(text, gold, want):
+    assert accuracy([text], answer=gold) == [want]
+
+
+def test_cls_rewards():
+    comps = ["<think>fur</think><answer> Tabby Cat </answer>", "<think>.</think><answer>dog</answer>", "tabby cat", "Tabby cat"]
+    assert cls_accuracy(comps, answer="tabby cat") == [1.0, 0.0, 0.0, 0.0]
+    assert cls_equality(comps, answer="tabby cat") == [0.0, 0.0, 1.0, 0.0]  # exact, raw
+    assert cls_accuracy(["<think>.</think><answer></answer>"], answer="") == [0.0]
+
+
+def call(name, think="I zoom into the left bar to read it", **arguments):
+    return f"<think>{think}</think><tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
+SAMPLE = {"answer": "7", "image_sizes": [(280, 224)], "question": "Value of bar A?",
+          "meta": {"bbox": [[0, 0, 140, 224]], "tool": "crop_image"}}
+
+
+def test_virc_turn_table():
+    comps = [
+        "<think>it reads 7</think><answer>7</answer>",  # correct answer: 0.8
+        "<think>it reads 6</think><answer>6</answer>",  # wrong answer: 0
+        call("crop_image", bbox_2d=[0, 0, 140, 224], image_index=0),  # precise crop: 0.5 + 0.4 + 0.1
+        call("crop_image", bbox_2d=[0, 0, 280, 224], image_index=0),  # whole image: 0.5 + 0.32 + 0.1
+        call("crop_image", bbox_2d=[0, 0, 35, 224], image_index=0),  # IoU 0.25: 0.5 + 0.4*0.4 + 0.1
+        call("scale_image", scale_factor=2, image_index=0),  # not the reference tool: 0.5 + 0.32
+        call("crop_image", think="", bbox_2d=[0, 0, 140, 224], image_index=0),  # no reasoning: 0.4 + 0.1
+        call("crop_image", bbox_2d=[0, 0, 400, 224], image_index=0),  # out of bounds: -1
+        call("crop_image", bbox_2d=[0, 0, 140, 224], image_index=3),  # no such image: -1
+        call("scale_image", scale_factor=1.0, image_index=0),  # scale out of range: -1
+        "<think>x</think><tool_call>{bad json}</tool_call>",  # -1
+        "<think>x</think><answer>7</answer><answer>7</answer>",  # repeated answer: -1
+    ]
+    want = [0.8, 0.0, 1.0, 0.92, 0.76, 0.82, 0.5, -1, -1, -1, -1, -1]
+    assert virc_turn(comps, **SAMPLE) == pytest.approx(want)
+
+
+def test_virc_turn_counts_executed_calls_only():
+    comp = [call("crop_image", bbox_2d=[0, 0, 140, 224], image_index=0)]
+    # without image sizes a call cannot be checked, so it earns nothing
+    assert virc_turn(comp, answer="7", meta=SAMPLE["meta"]) == [0.0]
+    # with the images it is executed; a call the tool rejects at run time (budget) is a violation
+    img = Image.new("RGB", (280, 224))
+    assert virc_turn(comp, answer="7", images=[img], meta=SAMPLE["meta"]) == pytest.approx([1.0])
+
+
+def test_crop_score():
+    assert crop_score([0, 0, 10, 10], None, (100, 100)) == 0.8
+    assert crop_score([0, 0, 50, 100], [0, 0, 50, 100], (100, 100)) == 1.0
+    assert crop_score([0, 0, 100, 100], [0, 0, 10, 10], (100, 100)) == 0.8
+    assert crop_score([0, 0, 25, 100], [0, 0, 100, 100], (100, 100)) == pytest.approx(0.8 * 0.25 / 0.5)
+
+
+def test_combine_weights_and_names():
+    comps = ["<think>a</think><answer>4</answer>", "<answer>4</answer>"]
+    total, parts = combine({"format_think_answer": 0.5, "accuracy": 1.0}, comps, answer="4")
+    assert total == [1.5, 1.0] and parts == {"format_think_answer": [1.0, 0.0], "accuracy": [1.0, 1.0]}
+    with pytest.raises(ValueError, match="unknown reward"):
+        combine({"acuracy": 1.0}, comps, answer="4")
+
+
+class FakeJudge(BaseHTTPRequestHandler):
+    calls = 0
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        FakeJudge.calls += 1
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        assert body["messages"][0]["content"].startswith("Rate how well")
+        if FakeJudge.calls == 1:  # the first request fails: the judge retries
+            self.send_response(500)
+            self.end_headers()
+            return
+        out = json.dumps({"choices": [{"message": {"content": "7"}}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_http_judge_retries_caches_and_falls_back():
+    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        judge = HTTPJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge", timeout=5, retries=3)
+        assert judge.score("q", "some reasoning") == pytest.approx(0.7)
+        assert judge.score("q", "some reasoning") == pytest.approx(0.7)  # cached
+        assert FakeJudge.calls == 2 and judge.requests == 2
+    finally:
+        server.shutdown()
+    dead = HTTPJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge", timeout=0.5, retries=2)
+    with pytest.warns(UserWarning, match="rule-based"):
+        assert dead.score("q", "three words here") == 1.0  # RuleJudge's verdict
+    assert RuleJudge().score("q", "too short") == 0.0
