@@ -111,6 +111,10 @@ class Trainer:
     def count_tokens(batch: dict) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
+    def step_metrics(self) -> dict:
+        """Extra metrics of the last step (rollout statistics of RL trainers)."""
+        return {}
+
     # -- the loop ------------------------------------------------------------------------------
     def device(self) -> str:
         d = self.train_cfg.device
@@ -189,6 +193,7 @@ class Trainer:
                             "text_tokens": window["tokens"] - window["visual"],
                             "visual_tokens": window["visual"],
                             **{k: v for k, v in stats.items() if k.startswith("m_")},
+                            **self.step_metrics(),
                         }
                     )
                     t_last, window = now, {"tokens": 0, "visual": 0, "samples": 0}

@@ -100,7 +100,9 @@ def grpo_loss(
             raise ValueError("aggregation='fixed_length' needs max_tokens")
         loss = (per_token * mask).sum() / (logp.shape[0] * max_tokens)
     else:
-        raise ValueError(f"unknown aggregation {aggregation!r}; use token_mean, sequence_mean or fixed_length")
+        raise ValueError(
+            f"unknown aggregation {aggregation!r}; use token_mean, sequence_mean or fixed_length"
+        )
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
         was_clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))

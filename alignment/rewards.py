@@ -12,6 +12,7 @@ accuracy             1 if the single ``<answer>`` matches ``answer`` (math-verif
                      an empty or repeated answer scores 0
 cls_accuracy         CLS-RL: the ``<answer>`` text, stripped and lower-cased, equals the label
 cls_equality         No-Thinking-CLS-RL: the raw completion equals the label exactly
+contains_answer      the answer occurs in the completion (lenient, case-insensitive)
 virc_turn            ViRC Strategic RL, one next turn: -1 on any protocol violation; an
                      answer 0.8 if correct; a tool call 0.5 x reasoning + 0.4 x crop + 0.1 if
                      the tool is the reference's (the call is checked against the image sizes
@@ -72,6 +73,14 @@ def cls_accuracy(completions: list[str], answer=None, **sample) -> list[float]:
 
 
 @reward
+def contains_answer(completions: list[str], answer=None, **sample) -> list[float]:
+    """1 if the answer text occurs anywhere in the completion (case-insensitive): the lenient
+    substring rule CLS-RL evaluates with; the GRPO quickstart's letter-spotting task uses it."""
+    want = str(answer).strip().lower()
+    return [float(bool(want) and want in c.lower()) for c in completions]
+
+
+@reward
 def cls_equality(completions: list[str], answer=None, **sample) -> list[float]:
     return [float(c == str(answer)) for c in completions]
 
@@ -128,7 +137,12 @@ class HTTPJudge(Judge):
         body = {
             "model": self.model,
             "temperature": 0,
-            "messages": [{"role": "user", "content": self.PROMPT.format(question=question, response=response, reference=reference)}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": self.PROMPT.format(question=question, response=response, reference=reference),
+                }
+            ],
         }
         headers = {"content-type": "application/json"}
         if self.api_key:
@@ -147,7 +161,9 @@ class HTTPJudge(Judge):
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError) as e:
                 last = e
                 time.sleep(min(2.0, 0.1 * 2**attempt))
-        warnings.warn(f"judge {self.url} failed {self.retries} times ({last}); using the rule-based score", stacklevel=2)
+        warnings.warn(
+            f"judge {self.url} failed {self.retries} times ({last}); using the rule-based score", stacklevel=2
+        )
         return self.fallback.score(question, response, reference)
 
 
@@ -193,7 +209,11 @@ def virc_turn(completions: list[str], answer=None, judge: Judge | None = None, *
     ref_box = ref_box[0] if ref_box and isinstance(ref_box[0], list | tuple) else ref_box
     out = []
     for c in completions:
-        ctx = ToolContext(images=list(images), coords=meta.get("coords", "dynamic")) if images else ToolContext(sizes=sizes)
+        ctx = (
+            ToolContext(images=list(images), coords=meta.get("coords", "dynamic"))
+            if images
+            else ToolContext(sizes=sizes)
+        )
         turn = parse_turn(c, tools, ctx if sizes else None)
         if not turn.ok:
             out.append(-1.0)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from mm.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
 
 # algorithm -> (config class, trainer class)
-ALGORITHMS = {"sft": ("alignment.sft_config:SFTConfig", "alignment.sft:SFTTrainer")}
+ALGORITHMS = {
+    "sft": ("alignment.sft_config:SFTConfig", "alignment.sft:SFTTrainer"),
+    "grpo": ("alignment.grpo_config:GRPOConfig", "alignment.grpo:GRPOTrainer"),
+}
 
 
 def _load(ref: str):

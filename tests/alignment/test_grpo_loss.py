@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alignment.losses import grpo_loss, group_advantages, kl_k3
+from alignment.losses import group_advantages, grpo_loss, kl_k3
 
 
 def test_group_advantages():
@@ -16,7 +16,9 @@ def test_group_advantages():
     assert torch.allclose(group_advantages(r, 4, "none"), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
     # batch std of all eight: sum of squared deviations 5.5 / 7 -> 0.886405
     b = 0.5 / (math.sqrt(5.5 / 7) + 1e-4)
-    assert torch.allclose(group_advantages(r, 4, "batch"), torch.tensor([b, -b, -b, b, 0, 0, 0, 0]), atol=1e-6)
+    assert torch.allclose(
+        group_advantages(r, 4, "batch"), torch.tensor([b, -b, -b, b, 0, 0, 0, 0]), atol=1e-6
+    )
     with pytest.raises(ValueError, match="groups of 3"):
         group_advantages(r, 3)
 

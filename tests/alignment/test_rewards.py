@@ -55,18 +55,29 @@ def test_accuracy(text, gold, want):
 
 
 def test_cls_rewards():
-    comps = ["<think>fur</think><answer> Tabby Cat </answer>", "<think>.</think><answer>dog</answer>", "tabby cat", "Tabby cat"]
+    comps = [
+        "<think>fur</think><answer> Tabby Cat </answer>",
+        "<think>.</think><answer>dog</answer>",
+        "tabby cat",
+        "Tabby cat",
+    ]
     assert cls_accuracy(comps, answer="tabby cat") == [1.0, 0.0, 0.0, 0.0]
     assert cls_equality(comps, answer="tabby cat") == [0.0, 0.0, 1.0, 0.0]  # exact, raw
     assert cls_accuracy(["<think>.</think><answer></answer>"], answer="") == [0.0]
 
 
 def call(name, think="I zoom into the left bar to read it", **arguments):
-    return f"<think>{think}</think><tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+    return (
+        f"<think>{think}</think><tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+    )
 
 
-SAMPLE = {"answer": "7", "image_sizes": [(280, 224)], "question": "Value of bar A?",
-          "meta": {"bbox": [[0, 0, 140, 224]], "tool": "crop_image"}}
+SAMPLE = {
+    "answer": "7",
+    "image_sizes": [(280, 224)],
+    "question": "Value of bar A?",
+    "meta": {"bbox": [[0, 0, 140, 224]], "tool": "crop_image"},
+}
 
 
 def test_virc_turn_table():

@@ -1,0 +1,261 @@
+"""GRPO / DAPO on the shared DeepSpeed loop (``mmpost train`` with ``algorithm: grpo``).
+
+Each optimizer step:
+
+1. take ``prompts_per_step`` RL records, roll each out ``num_generations`` times through the
+   vision_tools engine (batched sampling with KV cache; one turn, or several with tool calls);
+   the trajectories' ids are scored as they are (token-in/token-out) and only tokens the model
+   generated count (tool-result turns are masked out);
+2. score the last turn of every rollout with the configured rewards (weighted sum), and turn
+   them into group-relative advantages;
+3. split the sequences into micro-batches and minimise ``alignment.losses.grpo_loss``; the loop
+   accumulates exactly (the loss of a micro-batch is returned as a sum with its own denominator:
+   tokens for token_mean, sequences for sequence_mean and fixed_length).
+
+With ``mu = 1`` (one update per rollout batch, as ViRC and DAPO run) the old log-probs equal
+the current ones, so the ratio is 1 and needs no extra forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from alignment import distributed as dist
+from alignment.grpo_config import GRPOConfig
+from alignment.loop import Trainer
+from alignment.losses import IGNORE, group_advantages, grpo_loss
+from alignment.rewards import combine
+from mm.attention import choose_backend
+from mm.collate import pad_batch
+from mm.config import ConfigError
+from mm.dataset import Problem, iter_jsonl
+from mm.loading import load_model
+
+
+def token_logprobs(hidden, lm_head, labels, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [B, L-1] of the labelled next tokens (0 elsewhere) and their mean entropy."""
+    tgt = labels[:, 1:]
+    valid = tgt != IGNORE
+    h = hidden[:, :-1][valid]  # [N, D]
+    y = tgt[valid]
+    out, ent = [], hidden.new_zeros((), dtype=torch.float32)
+    for k in range(0, h.shape[0], chunk):
+        lp = F.log_softmax(lm_head(h[k : k + chunk]).float(), dim=-1)  # [n, V]
+        out.append(lp.gather(1, y[k : k + chunk, None])[:, 0])
+        ent = ent + (-(lp.exp() * lp).sum(-1)).detach().sum()
+    logp = torch.zeros(tgt.shape, dtype=torch.float32, device=hidden.device)
+    if out:
+        logp[valid] = torch.cat(out)
+    return logp, ent / valid.sum().clamp(min=1)
+
+
+class GRPOModule(torch.nn.Module):
+    """forward(batch) -> (loss as a sum over its denominator units, number of units, stats)."""
+
+    def __init__(self, model, cfg: GRPOConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, labels, advantages, ref_logp=None, mm_token_type_ids=None, **inputs):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        hidden = base.model(**inputs).last_hidden_state  # [B, L, D]
+        logp, entropy = token_logprobs(hidden, base.lm_head, labels)
+        mask = labels[:, 1:] != IGNORE
+        lc = self.cfg.loss
+        loss, m = grpo_loss(
+            logp,
+            logp.detach(),  # mu = 1: the sampling policy is the current one
+            advantages,
+            mask,
+            lc.clip_low,
+            lc.clip_high,
+            lc.aggregation,
+            self.cfg.rollout.max_completion_length * self.cfg.rollout.max_turns,
+            ref_logp,
+            lc.beta,
+        )
+        units = units_of(labels, lc.aggregation)
+        stats = {
+            "clip_fraction": m["clip_fraction"] * units,
+            "kl": m["kl"] * units,
+            "entropy": float(entropy) * units,
+        }
+        return loss * units, torch.tensor(units), stats
+
+
+def units_of(labels: torch.Tensor, aggregation: str) -> int:
+    """The denominator units of a micro-batch: generated tokens, or sequences."""
+    if aggregation == "token_mean":
+        return int((labels[:, 1:] != IGNORE).sum())
+    return int(labels.shape[0])
+
+
+class PromptPlanner:
+    """Which prompts each optimizer step takes: a seeded shuffle per epoch, sharded over ranks."""
+
+    def __init__(self, n: int, per_step: int, world: int, seed: int):
+        self.n, self.per_step, self.world, self.seed = n, per_step, world, seed
+
+    def steps_per_epoch(self) -> int:
+        return max(1, self.n // (self.per_step * self.world))
+
+    def prompts(self, epoch: int, step: int, rank: int) -> list[int]:
+        order = list(range(self.n))
+        random.Random(self.seed + epoch).shuffle(order)
+        start = (step * self.world + rank) * self.per_step
+        return [order[(start + i) % self.n] for i in range(self.per_step)]
+
+
+class GRPOTrainer(Trainer):
+    name = "grpo"
+
+    def setup(self, device: str):
+        cfg: GRPOConfig = self.cfg
+        if cfg.loss.mu != 1:
+            raise ConfigError("loss.mu > 1 (several updates per rollout batch) is not implemented yet; use 1")
+        from alignment.sft import resolve_init
+        from vision_tools.engine import EngineConfig, ToolEngine
+
+        m = cfg.model
+        self.attn = choose_backend(m.attn, device)
+        self.model, self.processor = load_model(
+            resolve_init(cfg),
+            dtype="float32" if m.dtype == "auto" else m.dtype,
+            attn=self.attn,
+            gradient_checkpointing=m.gradient_checkpointing,
+            freeze=m.freeze,
+            lora_r=m.lora_r,
+            lora_alpha=m.lora_alpha,
+            lora_dropout=m.lora_dropout,
+            seed=self.train_cfg.seed,
+        )
+        self.model.to(device)
+        self.ref = None
+        if cfg.loss.beta > 0:  # a frozen copy of the starting policy
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.records = self._read(cfg.data.train)
+        self.base_dir = os.path.dirname(os.path.abspath(cfg.data.train))
+        G = cfg.rollout.num_generations
+        sequences = cfg.data.prompts_per_step * G
+        self.train_cfg.gradient_accumulation_steps = math.ceil(sequences / cfg.data.micro_batch_size)
+        self.planner = PromptPlanner(
+            len(self.records), cfg.data.prompts_per_step, dist.world(), self.train_cfg.seed
+        )
+        r = cfg.rollout
+        engine_cfg = EngineConfig(
+            max_turns=r.max_turns,
+            max_turn_tokens=r.max_completion_length,
+            do_sample=True,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_resamples=0,  # a violating turn is the model's own: it gets its (negative) reward
+            batch_size=sequences,
+            visual=cfg.data.visual,
+        )
+        self.engine = ToolEngine(self.model, self.processor, config=engine_cfg)
+        combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
+        self.rollout_stats: dict = {}
+
+    def _read(self, path: str) -> list:
+        if not path:
+            raise ValueError("data.train is empty: set it to an RL JSONL (prompt + answer per line)")
+        out = []
+        for line, rec in iter_jsonl(path):
+            if isinstance(rec, Problem):
+                raise ValueError(str(rec))
+            if rec.kind != "rl":
+                raise ValueError(f"{path}:{line}: GRPO needs RL records (prompt + answer), got {rec.kind}")
+            out.append(rec)
+        if not out:
+            raise ValueError(f"{path}: no records")
+        return out
+
+    def build_module(self):
+        return GRPOModule(self.model, self.cfg)
+
+    def count_tokens(self, batch: dict) -> int:
+        return units_of(batch["labels"], self.cfg.loss.aggregation)
+
+    def step_metrics(self) -> dict:
+        return self.rollout_stats
+
+    # -- rollouts -----------------------------------------------------------------------------
+
+    def micro_batches(self, epoch: int, start_step: int):
+        for step in range(start_step, self.planner.steps_per_epoch()):
+            samples, advantages = self._rollout(self.planner.prompts(epoch, step, dist.rank()))
+            mb = self.cfg.data.micro_batch_size
+            for k in range(0, len(samples), mb):
+                yield self._batch(samples[k : k + mb], advantages[k : k + mb])
+
+    @torch.no_grad()
+    def _rollout(self, indices: list[int]):
+        cfg, G = self.cfg, self.cfg.rollout.num_generations
+        recs = [self.records[i] for i in indices]
+        prompts = [[m.to_dict() for m in r.prompt] for r in recs for _ in range(G)]
+        t0 = time.perf_counter()
+        self.model.eval()
+        trajs = self.engine.run(prompts, self.base_dir)
+        self.model.train()
+        t_gen = time.perf_counter() - t0
+        rewards, parts_all = [], Counter()
+        for j, rec in enumerate(recs):
+            group = trajs[j * G : (j + 1) * G]
+            completions = [t.turns[-1].text if t.turns else "" for t in group]
+            sample = {
+                "answer": rec.answer,
+                "meta": rec.meta or {},
+                **(rec.meta or {}).get("reward_kwargs", {}),
+            }
+            total, parts = combine(cfg.rewards, completions, **sample)
+            rewards += total
+            for name, vals in parts.items():
+                parts_all[name] += sum(vals)
+        r = torch.tensor(rewards)
+        adv = group_advantages(r, G, cfg.loss.advantage_scale)
+        keep = list(range(len(trajs)))
+        if cfg.loss.dynamic_sampling:  # groups with one reward for all teach nothing
+            keep = [i for i in keep if r[(i // G) * G : (i // G + 1) * G].std() > 0] or keep
+        n = len(trajs)
+        violations = Counter(code for t in trajs for code in t.violations)
+        self.rollout_stats = {
+            "reward_mean": float(r.mean()),
+            "reward_std": float(r.std()) if n > 1 else 0.0,
+            **{f"reward/{k}": v / n for k, v in parts_all.items()},
+            **{f"violations/{k}": v / n for k, v in violations.items()},
+            "tool_calls": sum(
+                t.image_grid_thw.shape[0] - 1 if t.image_grid_thw is not None else 0 for t in trajs
+            )
+            / n,
+            "response_length": sum(t.generated_tokens for t in trajs) / n,
+            "generation_s": t_gen,
+            "kept_groups": len(keep) / n,
+        }
+        if "accuracy" in parts_all:
+            self.rollout_stats["accuracy"] = parts_all["accuracy"] / n
+        return [trajs[i].encoded(self.engine.encoder.rope) for i in keep], adv[keep]
+
+    def _batch(self, samples, advantages) -> dict:
+        batch = pad_batch(samples, self.processor.tokenizer.pad_token_id)
+        batch["advantages"] = advantages.clone()
+        if self.ref is not None:
+            with torch.no_grad():
+                inputs = {
+                    k: v.to(self.ref.device)
+                    for k, v in batch.items()
+                    if k not in ("labels", "advantages", "mm_token_type_ids")
+                }
+                hidden = self.ref.model(**inputs).last_hidden_state
+                batch["ref_logp"] = token_logprobs(
+                    hidden, self.ref.lm_head, batch["labels"].to(hidden.device)
+                )[0].cpu()
+        return batch

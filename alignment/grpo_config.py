@@ -1,0 +1,66 @@
+"""Configuration of GRPO / DAPO (``mmpost train`` with ``algorithm: grpo``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignment.loop import OptimConfig, TrainConfig
+from mm.config import opt
+from mm.loading import ModelConfig
+from mm.visual import VisualConfig
+
+
+@dataclass
+class RLDataConfig:
+    train: str = opt("", "RL records: prompt messages + answer (+ meta) per line")
+    eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
+    micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
+    visual: VisualConfig = opt(
+        factory=VisualConfig, help="pixel limits and the per-sample visual-token budget"
+    )
+
+
+@dataclass
+class RolloutConfig:
+    num_generations: int = opt(8, "G: completions sampled per prompt")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling")
+    top_k: int = opt(0, "top-k sampling (0: off)")
+    max_completion_length: int = opt(512, "new tokens per turn")
+    max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
+    tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+
+
+@dataclass
+class GRPOLossConfig:
+    clip_low: float = opt(0.2, "ratio clip below 1")
+    clip_high: float = opt(0.28, "ratio clip above 1 (DAPO clip-higher; 0.2 = symmetric GRPO)")
+    aggregation: Literal["token_mean", "sequence_mean", "fixed_length"] = opt(
+        "token_mean", "token_mean (DAPO), sequence_mean (GRPO) or fixed_length (Dr.GRPO)"
+    )
+    advantage_scale: Literal["group", "batch", "none"] = opt(
+        "group", "divide by the group's std (GRPO), the batch's std, or not at all (Dr.GRPO)"
+    )
+    beta: float = opt(0.0, "KL coefficient to the frozen reference (k3); 0 = no reference model")
+    mu: int = opt(1, "optimizer steps per rollout batch (old log-probs stored when > 1)")
+    dynamic_sampling: bool = opt(False, "drop groups whose rewards are all equal (DAPO)")
+
+
+@dataclass
+class GRPOConfig:
+    algorithm: str = opt("grpo", "which trainer runs this config")
+    init_from: str | None = opt(None, "start from a previous run's output_dir (its final/ model)")
+    model: ModelConfig = opt(
+        factory=ModelConfig, help="model loading: checkpoint, dtype, attention, freezing, LoRA"
+    )
+    data: RLDataConfig = opt(factory=RLDataConfig, help="prompts and batching")
+    rollout: RolloutConfig = opt(factory=RolloutConfig, help="sampling")
+    loss: GRPOLossConfig = opt(factory=GRPOLossConfig, help="clipping, aggregation, advantages, KL")
+    rewards: dict[str, float] = opt(
+        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0}, help="reward name -> weight"
+    )
+    optim: OptimConfig = opt(factory=OptimConfig, help="AdamW and schedule")
+    train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")
+    extra: dict = field(default_factory=dict, metadata={"help": "free-form notes (ignored)"})

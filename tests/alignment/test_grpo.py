@@ -1,0 +1,96 @@
+"""GRPO end to end on the tiny model: log-probs, rollout masks, and learning a verifiable task."""
+
+import os
+
+import torch
+
+from alignment.grpo import GRPOModule, token_logprobs
+from alignment.grpo_config import GRPOConfig
+from alignment.metrics import read_metrics
+from alignment.train import train
+from mm.collate import pad_batch
+from mm.encode import IGNORE
+from tests.alignment.conftest import ROOT
+from tests.conftest import solid
+from vision_tools.api import build_prompt
+from vision_tools.engine import EngineConfig, ToolEngine
+from vision_tools.generation import ScriptedGenerator
+
+
+def scripted_trajectory(tiny):
+    model, processor = tiny
+    turns = [
+        '<think>look</think><tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [0, 0, 56, 56], "image_index": 0}}</tool_call>',
+        "<think>three</think><answer>3</answer>",
+    ]
+    engine = ToolEngine(
+        model, processor, config=EngineConfig(), generator=ScriptedGenerator(processor, [turns])
+    )
+    return engine.run([build_prompt(solid(112, 112), "How many?")])[0]
+
+
+def test_rollout_labels_cover_generated_tokens_only(tiny):
+    traj = scripted_trajectory(tiny)
+    enc = traj.encoded()
+    trained = enc.labels != IGNORE
+    assert torch.equal(trained, traj.generated)
+    tok = tiny[1].tokenizer
+    # the tool-result turn (its image pads and "Image 1: ..." text) is never trained
+    result_start = traj.turns[0].span[1]
+    result_end = traj.turns[1].span[0]
+    assert not trained[result_start:result_end].any()
+    assert "Image 1:" in tok.decode(enc.input_ids[result_start:result_end])
+    assert (enc.mm_token_type_ids[result_start:result_end] == 1).sum() == 4  # the 56 x 56 crop
+
+
+def test_token_logprobs_match_a_full_log_softmax(tiny):
+    model, processor = tiny
+    traj = scripted_trajectory(tiny)
+    batch = pad_batch([traj.encoded(), traj.encoded()], processor.tokenizer.pad_token_id)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "mm_token_type_ids")}
+    with torch.no_grad():
+        hidden = model.model(**inputs).last_hidden_state
+        logp, entropy = token_logprobs(hidden, model.lm_head, batch["labels"])
+        full = torch.log_softmax(model(**inputs).logits[:, :-1].float(), -1)  # the slow way
+    tgt = batch["labels"][:, 1:]
+    valid = tgt != IGNORE
+    want = full.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
+    assert torch.allclose(logp[valid], want[valid], atol=1e-5) and (logp[~valid] == 0).all()
+    ent = -(full.exp() * full).sum(-1)[valid].mean()
+    torch.testing.assert_close(entropy, ent, atol=1e-4, rtol=1e-4)
+
+
+def test_module_returns_the_loss_times_its_denominator(tiny):
+    model, processor = tiny
+    traj = scripted_trajectory(tiny)
+    batch = pad_batch([traj.encoded()] * 2, processor.tokenizer.pad_token_id)
+    batch["advantages"] = torch.tensor([1.0, -0.5])
+    for aggregation in ("token_mean", "sequence_mean"):
+        cfg = GRPOConfig()
+        cfg.loss.aggregation = aggregation
+        total, units, stats = GRPOModule(model, cfg)(**batch)
+        n_tok = int((batch["labels"][:, 1:] != IGNORE).sum())
+        assert int(units) == (n_tok if aggregation == "token_mean" else 2)
+        # ratio 1 (mu = 1): per-token loss is -A, so the sum is -(sum of A over units)
+        per_seq = n_tok // 2
+        want = -(1.0 - 0.5) * (per_seq if aggregation == "token_mean" else 1)
+        assert abs(total.item() - want) < 1e-5
+        assert stats["clip_fraction"] == 0.0
+
+
+def test_quickstart_grpo_raises_the_reward(tmp_path):
+    """The letter-spotting task: a random tiny model writes an x ~20% of the time. Seeded, the
+    mean reward of the last 5 of 32 steps was 0.99 against 0.19 for the first 5 (measured);
+    asking for +0.3 leaves room for platform noise while no-learning could not pass."""
+    out = str(tmp_path / "grpo")
+    summary = train(
+        os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"), ["train.export=false"], output_dir=out
+    )
+    rows = read_metrics(out)
+    assert summary["steps"] == len(rows) == 32
+    first = sum(r["reward_mean"] for r in rows[:5]) / 5
+    last = sum(r["reward_mean"] for r in rows[-5:]) / 5
+    assert last >= first + 0.3, (first, last)
+    assert {"reward_std", "reward/contains_answer", "response_length", "generation_s", "m_entropy"} <= set(
+        rows[-1]
+    )
