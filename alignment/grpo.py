@@ -37,7 +37,6 @@ from mm.attention import choose_backend
 from mm.collate import pad_batch
 from mm.config import ConfigError
 from mm.dataset import Problem, iter_jsonl
-from mm.loading import load_model
 
 
 def token_logprobs(hidden, lm_head, labels, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,22 +120,11 @@ class GRPOTrainer(Trainer):
         cfg: GRPOConfig = self.cfg
         if cfg.loss.mu != 1:
             raise ConfigError("loss.mu > 1 (several updates per rollout batch) is not implemented yet; use 1")
-        from alignment.sft import resolve_init
+        from alignment.sft import load_for_training
         from vision_tools.engine import EngineConfig, ToolEngine
 
-        m = cfg.model
-        self.attn = choose_backend(m.attn, device)
-        self.model, self.processor = load_model(
-            resolve_init(cfg),
-            dtype="float32" if m.dtype == "auto" else m.dtype,
-            attn=self.attn,
-            gradient_checkpointing=m.gradient_checkpointing,
-            freeze=m.freeze,
-            lora_r=m.lora_r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            seed=self.train_cfg.seed,
-        )
+        self.attn = choose_backend(cfg.model.attn, device)
+        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
         self.model.to(device)
         self.ref = None
         if cfg.loss.beta > 0:  # a frozen copy of the starting policy
@@ -238,7 +226,7 @@ class GRPOTrainer(Trainer):
             / n,
             "response_length": sum(t.generated_tokens for t in trajs) / n,
             "generation_s": t_gen,
-            "kept_groups": len(keep) / n,
+            "kept_fraction": len(keep) / n,
         }
         if "accuracy" in parts_all:
             self.rollout_stats["accuracy"] = parts_all["accuracy"] / n

@@ -50,6 +50,22 @@ def resolve_init(cfg: SFTConfig) -> str:
     )
 
 
+def load_for_training(cfg, attn: str, seed: int):
+    """The policy and processor of a training config (``init_from`` or ``model``), fp32 unless set."""
+    m = cfg.model
+    return load_model(
+        resolve_init(cfg),
+        dtype="float32" if m.dtype == "auto" else m.dtype,
+        attn=attn,
+        gradient_checkpointing=m.gradient_checkpointing,
+        freeze=m.freeze,
+        lora_r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        seed=seed,
+    )
+
+
 class SFTTrainer(Trainer):
     name = "sft"
 
@@ -57,17 +73,7 @@ class SFTTrainer(Trainer):
         cfg: SFTConfig = self.cfg
         m = cfg.model
         self.attn = choose_backend(m.attn, device)
-        self.model, self.processor = load_model(
-            resolve_init(cfg),
-            dtype="float32" if m.dtype == "auto" else m.dtype,
-            attn=self.attn,
-            gradient_checkpointing=m.gradient_checkpointing,
-            freeze=m.freeze,
-            lora_r=m.lora_r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            seed=self.train_cfg.seed,
-        )
+        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
         self.model.train()
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")

@@ -24,6 +24,15 @@ def encoder(tiny):
     return ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def solid(w: int, h: int, color=(200, 30, 30)) -> Image.Image:
     img = Image.new("RGB", (w, h), color)
     # a gradient so different crops/sizes give different features

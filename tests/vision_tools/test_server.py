@@ -4,14 +4,13 @@ import asyncio
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.conftest import solid
+from tests.conftest import free_port, solid
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -21,12 +20,6 @@ def data_url(img) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
