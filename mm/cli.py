@@ -238,6 +238,23 @@ def cmd_stream_synth(args) -> int:
     return 0
 
 
+def cmd_cls_fewshot(args) -> int:
+    from alignment.cls_data import build_fewshot
+
+    counts = build_fewshot(
+        args.root, args.out, args.shots, args.variant, args.question, args.base_to_new, args.seed
+    )
+    print(", ".join(f"{k}.jsonl: {v}" for k, v in counts.items()) + f" (in {args.out})")
+    return 0
+
+
+def cmd_cls_synth(args) -> int:
+    from alignment.cls_data import write_shape_classes
+
+    print(f"wrote six shape classes to {write_shape_classes(args.out, args.per_class)}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from vision_tools.engine import EngineConfig
     from vision_tools.server import ServeConfig, serve
@@ -426,6 +443,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--seconds", type=int, default=120)
     p.set_defaults(func=cmd_stream_synth)
+    p = dsub.add_parser(
+        "cls-fewshot", help="CLS-RL few-shot sets from an image folder (one folder per class)"
+    )
+    p.add_argument("root", help="image-folder data set: ROOT/<class>/*.png")
+    p.add_argument("out", help="output folder (train.jsonl, test.jsonl or test_base/test_new.jsonl)")
+    p.add_argument(
+        "--shots", type=int, default=4, help="images per class in train.jsonl (default %(default)s)"
+    )
+    p.add_argument("--variant", choices=("cls_rl", "no_think"), default="cls_rl", help="prompt suffix")
+    p.add_argument("--question", default="What is in this image?")
+    p.add_argument("--base-to-new", action="store_true", help="train on the first half of the classes only")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_cls_fewshot)
+    p = dsub.add_parser("cls-synth", help="a generated image-folder set of six shape classes")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--per-class", type=int, default=10)
+    p.set_defaults(func=cmd_cls_synth)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     return parser
 
