@@ -22,6 +22,7 @@ import copy
 import math
 import os
 import random
+import re
 import time
 from collections import Counter
 
@@ -54,6 +55,15 @@ def token_logprobs(hidden, lm_head, labels, chunk: int = 4096) -> tuple[torch.Te
     if out:
         logp[valid] = torch.cat(out)
     return logp, ent / valid.sum().clamp(min=1)
+
+
+def prompt_question(messages: list[dict]) -> str:
+    """The ``Question: ...`` of a conversation's first user turn (for judges), or its text."""
+    users = [m for m in messages if m["role"] == "user"]
+    content = users[0]["content"] if users else ""
+    text = content if isinstance(content, str) else " ".join(c.get("text", "") for c in content)
+    found = re.search(r"Question:\s*(.*?)(?:\n\n|$)", text, re.S)
+    return found.group(1).strip() if found else text.strip()
 
 
 class GRPOModule(torch.nn.Module):
@@ -199,10 +209,12 @@ class GRPOTrainer(Trainer):
         for j, rec in enumerate(recs):
             group = trajs[j * G : (j + 1) * G]
             completions = [t.turns[-1].text if t.turns else "" for t in group]
+            n_images = sum(len(m.visual_items()) for m in rec.prompt)
             sample = {
                 "answer": rec.answer,
                 "meta": rec.meta or {},
-                **(rec.meta or {}).get("reward_kwargs", {}),
+                "images": group[0].images[:n_images],  # the prompt's images, as the model saw them
+                "question": prompt_question(group[0].messages),
             }
             total, parts = combine(cfg.rewards, completions, **sample)
             rewards += total

@@ -69,7 +69,8 @@ class Pipeline:
 
 
 def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str | None = None) -> list[dict]:
-    """Run every stage of a pipeline file; ``overrides`` apply to every stage."""
+    """Run every stage of a pipeline file; ``overrides`` apply to every stage, or to one stage
+    when written ``STAGE:key=value``."""
     raw = load_yaml(path)
     pipe = from_dict(Pipeline, raw)
     if output_root:
@@ -88,7 +89,8 @@ def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str
             )
         out = os.path.join(pipe.output_root, st.name)
         cfg_path = st.config if os.path.isabs(st.config) else os.path.join(base, st.config)
-        extra = list(st.overrides) + list(overrides or [])
+        extra = list(st.overrides) + [o for o in overrides or [] if ":" not in o.split("=")[0]]
+        extra += [o.split(":", 1)[1] for o in overrides or [] if o.split("=")[0].startswith(f"{st.name}:")]
         if st.init_from:
             extra.append(f"init_from={done[st.init_from]}")
         done[st.name] = out

@@ -163,12 +163,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from alignment.virc_rl import write_next_turn_records
     from vision_tools.crux import write_synth
 
     paths = write_synth(args.out, args.n_train, args.n_test, args.seed)
+    rl = os.path.join(args.out, "train_rl.jsonl")
+    n = write_next_turn_records(paths["train"], rl)
     print(
         f"wrote {paths['train']} ({args.n_train} SFT trajectories), {paths['stage1']} (the same, tool-result "
-        f"images dropped) and {paths['test']} ({args.n_test} RL prompts)"
+        f"images dropped), {rl} ({n} next-turn RL records) and {paths['test']} ({args.n_test} RL prompts)"
     )
     return 0
 
@@ -252,6 +255,14 @@ def cmd_cls_synth(args) -> int:
     from alignment.cls_data import write_shape_classes
 
     print(f"wrote six shape classes to {write_shape_classes(args.out, args.per_class)}")
+    return 0
+
+
+def cmd_virc_rl(args) -> int:
+    from alignment.virc_rl import write_next_turn_records
+
+    n = write_next_turn_records(args.trajectories, args.out, args.cuts, args.min_turns)
+    print(f"wrote {n} next-turn RL record(s) to {args.out}")
     return 0
 
 
@@ -456,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-to-new", action="store_true", help="train on the first half of the classes only")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_cls_fewshot)
+    p = dsub.add_parser("virc-rl", help="ViRC Strategic-RL records: trajectories cut before one turn each")
+    p.add_argument("trajectories", help="CRU SFT trajectories (e.g. data/synth/train.jsonl)")
+    p.add_argument("out", help="output JSONL of RL records")
+    p.add_argument("--cuts", choices=("all", "hard"), default="all", help="every turn, or ViRC's hard cases")
+    p.add_argument("--min-turns", type=int, default=15, help="hard: answer turns after more turns than this")
+    p.set_defaults(func=cmd_virc_rl)
     p = dsub.add_parser("cls-synth", help="a generated image-folder set of six shape classes")
     p.add_argument("out", help="output folder")
     p.add_argument("--per-class", type=int, default=10)

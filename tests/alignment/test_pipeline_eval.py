@@ -16,22 +16,42 @@ from tests.alignment.conftest import ROOT
 
 def test_virc_pipeline_runs_both_stages_and_resumes(synth, tmp_path, capsys):
     pipe = os.path.join(ROOT, "configs", "virc", "pipeline.yaml")
+    from alignment.virc_rl import write_next_turn_records
+
+    rl = str(tmp_path / "train_rl.jsonl")
+    write_next_turn_records(synth["train"], rl)
+    sft = ["stage1_instructional", "stage2_practice"]
     over = [
-        f"data.train={synth['train']}",
-        f"data.eval={synth['test']}",
         "train.max_steps=2",
-        "train.gradient_accumulation_steps=2",
         "optim.lr=1e-3",
-        "data.layout=pad",  # the same samples in step 1 of both stages (packing would fit more of stage 1's)
-        "data.micro_batch_size=2",
+        *[
+            f"{st}:{kv}"
+            for st in sft
+            for kv in (
+                f"data.train={synth['train']}",
+                f"data.eval={synth['test']}",
+                "train.gradient_accumulation_steps=2",
+                "data.layout=pad",  # the same samples in step 1 of both stages (packing would fit more of stage 1's)
+                "data.micro_batch_size=2",
+            )
+        ],
+        f"stage3_strategic_rl:data.train={rl}",
+        "stage3_strategic_rl:data.prompts_per_step=2",
+        "stage3_strategic_rl:rollout.num_generations=4",
+        "stage3_strategic_rl:rollout.max_completion_length=16",
     ]
     out = str(tmp_path / "virc")
     results = run_pipeline(pipe, over, output_root=out)
-    assert [r["stage"] for r in results] == ["stage1_instructional", "stage2_practice"]
-    s1, s2 = (os.path.join(out, n) for n in ("stage1_instructional", "stage2_practice"))
+    assert [r["stage"] for r in results] == [*sft, "stage3_strategic_rl"]
+    s1, s2, s3 = (os.path.join(out, n) for n in (*sft, "stage3_strategic_rl"))
     assert len(read_metrics(s1)) == 2 and len(read_metrics(s2)) == 2
     # stage 1 drops tool-result images, stage 2 keeps them: stage 2 sees more visual tokens per step
     assert read_metrics(s2)[0]["visual_tokens"] > read_metrics(s1)[0]["visual_tokens"]
+    # stage 3: GRPO on next turns from stage 2's model, scored by virc_turn (in [-1, 1])
+    rl_rows = read_metrics(s3)
+    assert len(rl_rows) == 2 and -1.0 <= rl_rows[0]["reward_mean"] <= 1.0 and "reward/virc_turn" in rl_rows[0]
+    rl_state = json.load(open(os.path.join(s3, "checkpoint-000002", "trainer_state.json")))
+    assert rl_state["config"]["init_from"] == s2
     # stage 2 started from stage 1's model
     state = json.load(open(os.path.join(s2, "checkpoint-000002", "trainer_state.json")))
     assert state["config"]["init_from"] == s1

@@ -1,0 +1,89 @@
+"""ViRC Strategic-RL data (``mmpost data virc-rl``): truncated trajectories, one next turn each.
+
+Strategic RL trains **one next turn**: each CRU trajectory (an SFT record with tool calls) is cut
+before one of its assistant turns; the prompt is everything up to there (images of earlier tool
+results included, in order, so image indices keep their meaning) and the reference is what that
+turn did: ``meta.tool`` / ``meta.bbox`` for a tool call, the record's ``answer`` for the answer
+turn. ``virc_turn`` scores the sampled turn against them.
+
+``cuts="all"`` keeps every cut point; ``"hard"`` keeps ViRC's hard cases: cuts just before a
+crop of a critical region (the reference turn is a ``crop_image`` call) and answer turns that come
+after more than ``min_turns`` turns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mm.dataset import Problem, iter_jsonl
+
+
+def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tuple[list[dict], int]:
+    """RL records cut from the SFT trajectories in ``path``; returns (records, records skipped)."""
+    from vision_tools.protocol import parse_turn
+
+    if cuts not in ("all", "hard"):
+        raise ValueError(f"cuts must be 'all' or 'hard', got {cuts!r}")
+    out, skipped = [], 0
+    for line, rec in iter_jsonl(path):
+        if isinstance(rec, Problem) or rec.kind != "sft" or rec.answer is None:
+            skipped += 1
+            continue
+        msgs = [m.to_dict() for m in rec.messages]
+        turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        for k, i in enumerate(turns):
+            turn = parse_turn(msgs[i]["content"])
+            if not turn.ok:
+                continue  # a reference turn that breaks the protocol teaches nothing
+            meta = {"turn": k, "source_id": rec.id or f"line-{line}"}
+            if turn.kind == "tool_call":
+                meta["tool"] = turn.call.name
+                if turn.call.name == "crop_image":
+                    meta["bbox"] = turn.call.arguments.get("bbox_2d")
+                hard = turn.call.name == "crop_image"
+            else:
+                meta["tool"] = None
+                hard = k > min_turns
+            if cuts == "hard" and not hard:
+                continue
+            out.append(
+                {
+                    "id": f"{meta['source_id']}#turn{k}",
+                    "prompt": msgs[:i],
+                    "answer": rec.answer,
+                    "meta": meta,
+                }
+            )
+    return out, skipped
+
+
+def _rebase(messages: list[dict], src: str, dst: str) -> list[dict]:
+    """Relative image paths re-pointed from the folder of ``src`` to the folder of ``dst``."""
+    a, b = os.path.dirname(os.path.abspath(src)), os.path.dirname(os.path.abspath(dst))
+    if a == b:
+        return messages
+    out = []
+    for m in messages:
+        if isinstance(m["content"], list):
+            items = []
+            for c in m["content"]:
+                ref = c.get("image")
+                if isinstance(ref, str) and not ref.startswith("data:") and not os.path.isabs(ref):
+                    c = {**c, "image": os.path.relpath(os.path.join(a, ref), b)}
+                items.append(c)
+            m = {**m, "content": items}
+        out.append(m)
+    return out
+
+
+def write_next_turn_records(path: str, out: str, cuts: str = "all", min_turns: int = 15) -> int:
+    recs, _ = next_turn_records(path, cuts, min_turns)
+    if not recs:
+        raise ValueError(f"{path}: no trajectories with assistant turns to cut (SFT records with an answer)")
+    for r in recs:
+        r["prompt"] = _rebase(r["prompt"], path, out)
+    with open(out, "w") as f:
+        for r in recs:
+            f.write(json.dumps(r) + "\n")
+    return len(recs)
