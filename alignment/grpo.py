@@ -13,7 +13,9 @@ Each optimizer step:
    tokens for token_mean, sequences for sequence_mean and fixed_length).
 
 With ``mu = 1`` (one update per rollout batch, as ViRC and DAPO run) the old log-probs equal
-the current ones, so the ratio is 1 and needs no extra forward pass.
+the current ones, so the ratio is 1 and needs no extra forward pass. With ``mu > 1`` the
+rollout batch is reused for ``mu`` optimizer steps; its log-probs under the sampling policy are
+computed once (no grad) and stored with each micro-batch, so the ratio and clipping act.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class GRPOModule(torch.nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, labels, advantages, ref_logp=None, mm_token_type_ids=None, **inputs):
+    def forward(self, labels, advantages, old_logp=None, ref_logp=None, mm_token_type_ids=None, **inputs):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         hidden = base.model(**inputs).last_hidden_state  # [B, L, D]
         logp, entropy = token_logprobs(hidden, base.lm_head, labels)
@@ -81,7 +83,7 @@ class GRPOModule(torch.nn.Module):
         lc = self.cfg.loss
         loss, m = grpo_loss(
             logp,
-            logp.detach(),  # mu = 1: the sampling policy is the current one
+            logp.detach() if old_logp is None else old_logp,  # mu = 1: the sampling policy is the current one
             advantages,
             mask,
             lc.clip_low,
@@ -94,6 +96,7 @@ class GRPOModule(torch.nn.Module):
         units = units_of(labels, lc.aggregation)
         stats = {
             "clip_fraction": m["clip_fraction"] * units,
+            "ratio": m["ratio_mean"] * units,
             "kl": m["kl"] * units,
             "entropy": float(entropy) * units,
         }
@@ -108,13 +111,17 @@ def units_of(labels: torch.Tensor, aggregation: str) -> int:
 
 
 class PromptPlanner:
-    """Which prompts each optimizer step takes: a seeded shuffle per epoch, sharded over ranks."""
+    """Which prompts each rollout takes: a seeded shuffle per epoch, sharded over ranks; each
+    rollout batch serves ``mu`` optimizer steps."""
 
-    def __init__(self, n: int, per_step: int, world: int, seed: int):
-        self.n, self.per_step, self.world, self.seed = n, per_step, world, seed
+    def __init__(self, n: int, per_step: int, world: int, seed: int, mu: int = 1):
+        self.n, self.per_step, self.world, self.seed, self.mu = n, per_step, world, seed, mu
+
+    def rollouts_per_epoch(self) -> int:
+        return max(1, self.n // (self.per_step * self.world))
 
     def steps_per_epoch(self) -> int:
-        return max(1, self.n // (self.per_step * self.world))
+        return self.rollouts_per_epoch() * self.mu
 
     def prompts(self, epoch: int, step: int, rank: int) -> list[int]:
         order = list(range(self.n))
@@ -128,8 +135,8 @@ class GRPOTrainer(Trainer):
 
     def setup(self, device: str):
         cfg: GRPOConfig = self.cfg
-        if cfg.loss.mu != 1:
-            raise ConfigError("loss.mu > 1 (several updates per rollout batch) is not implemented yet; use 1")
+        if cfg.loss.mu < 1:
+            raise ConfigError(f"loss.mu must be >= 1, got {cfg.loss.mu}")
         from alignment.sft import load_for_training
         from vision_tools.engine import EngineConfig, ToolEngine
 
@@ -189,11 +196,15 @@ class GRPOTrainer(Trainer):
     # -- rollouts -----------------------------------------------------------------------------
 
     def micro_batches(self, epoch: int, start_step: int):
-        for step in range(start_step, self.planner.steps_per_epoch()):
-            samples, advantages = self._rollout(self.planner.prompts(epoch, step, dist.rank()))
-            mb = self.cfg.data.micro_batch_size
-            for k in range(0, len(samples), mb):
-                yield self._batch(samples[k : k + mb], advantages[k : k + mb])
+        mu, mb = self.cfg.loss.mu, self.cfg.data.micro_batch_size
+        first, skip = divmod(start_step, mu)  # a resume inside a rollout's mu steps re-rolls it
+        for r in range(first, self.planner.rollouts_per_epoch()):
+            samples, advantages = self._rollout(self.planner.prompts(epoch, r, dist.rank()))
+            batches = [
+                self._batch(samples[k : k + mb], advantages[k : k + mb]) for k in range(0, len(samples), mb)
+            ]
+            for _ in range(mu - (skip if r == first else 0)):
+                yield from batches
 
     @torch.no_grad()
     def _rollout(self, indices: list[int]):
@@ -244,18 +255,24 @@ class GRPOTrainer(Trainer):
             self.rollout_stats["accuracy"] = parts_all["accuracy"] / n
         return [trajs[i].encoded(self.engine.encoder.rope) for i in keep], adv[keep]
 
+    @torch.no_grad()
+    def _logp(self, model, batch: dict) -> torch.Tensor:
+        dev = model.device
+        inputs = {
+            k: v.to(dev) for k, v in batch.items() if k not in ("labels", "advantages", "mm_token_type_ids")
+        }
+        hidden = model.model(**inputs).last_hidden_state
+        return token_logprobs(hidden, model.lm_head, batch["labels"].to(dev))[0].cpu()
+
     def _batch(self, samples, advantages) -> dict:
         batch = pad_batch(samples, self.processor.tokenizer.pad_token_id)
         batch["advantages"] = advantages.clone()
+        if self.cfg.loss.mu > 1:  # the sampling policy's log-probs, before any of the mu updates
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            was = base.training
+            base.eval()
+            batch["old_logp"] = self._logp(base, batch)
+            base.train(was)
         if self.ref is not None:
-            with torch.no_grad():
-                inputs = {
-                    k: v.to(self.ref.device)
-                    for k, v in batch.items()
-                    if k not in ("labels", "advantages", "mm_token_type_ids")
-                }
-                hidden = self.ref.model(**inputs).last_hidden_state
-                batch["ref_logp"] = token_logprobs(
-                    hidden, self.ref.lm_head, batch["labels"].to(hidden.device)
-                )[0].cpu()
+            batch["ref_logp"] = self._logp(self.ref, batch)
         return batch
