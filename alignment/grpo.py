@@ -166,7 +166,17 @@ class GRPOTrainer(Trainer):
             batch_size=sequences,
             visual=cfg.data.visual,
         )
-        self.engine = ToolEngine(self.model, self.processor, config=engine_cfg)
+        from vision_tools.generation import HFGenerator
+
+        # ZeRO-3 over several ranks: every rank must run the same generation steps (the params
+        # are gathered collectively in each forward), so generation is synced and single-turn
+        sharded = self.train_cfg.deepspeed == "zero3" and dist.world() > 1
+        if sharded and r.max_turns > 1:
+            raise ConfigError(
+                "multi-turn rollouts under ZeRO-3 on several ranks are not supported; use zero2"
+            )
+        generator = HFGenerator(self.model, self.processor, synced_gpus=sharded)
+        self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         self.rollout_stats: dict = {}
 
@@ -253,6 +263,11 @@ class GRPOTrainer(Trainer):
         }
         if "accuracy" in parts_all:
             self.rollout_stats["accuracy"] = parts_all["accuracy"] / n
+        # averages over every rank's rollouts (the keys are the same on all ranks)
+        shared = ["reward_mean", "response_length", "tool_calls", *(f"reward/{k}" for k in cfg.rewards)]
+        shared = [k for k in shared if k in self.rollout_stats]
+        means = dist.all_sum([self.rollout_stats[k] for k in shared], str(self.model.device)) / dist.world()
+        self.rollout_stats.update({k: float(v) for k, v in zip(shared, means)})
         return [trajs[i].encoded(self.engine.encoder.rope) for i in keep], adv[keep]
 
     @torch.no_grad()

@@ -65,8 +65,10 @@ class _StopCriteria:
 class HFGenerator:
     """``model.generate`` over a left-padded batch; positions come from the model's rope rule."""
 
-    def __init__(self, model, processor):
-        self.model, self.tok = model, processor.tokenizer
+    def __init__(self, model, processor, synced_gpus: bool = False):
+        """``synced_gpus``: keep stepping until every rank is done (ZeRO-3 over several ranks
+        gathers parameters in every forward, so a rank that stopped early would hang the rest)."""
+        self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         ids = self.tok.convert_tokens_to_ids
         self.end_ids = [ids("<|im_end|>"), ids("<|endoftext|>")]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
@@ -108,6 +110,7 @@ class HFGenerator:
             eos_token_id=self.end_ids,
             pad_token_id=self.pad_id,
             suppress_tokens=self.suppress,
+            synced_gpus=self.synced_gpus,
             stopping_criteria=StoppingCriteriaList([_StopCriteria(self.tok, L, max_new_tokens)]),
             **kwargs,
         )

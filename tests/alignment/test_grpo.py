@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from alignment.grpo import GRPOModule, token_logprobs
@@ -123,3 +124,38 @@ def test_resume_continues_the_same_run(tmp_path):
         assert x["reward_mean"] == y["reward_mean"]
         # entropy of the policy at each step: equal only if the parameters (so the optimizer) match
         assert abs(x["loss"] - y["loss"]) < 1e-6 and abs(x["m_entropy"] - y["m_entropy"]) < 1e-5
+
+
+@pytest.mark.slow
+def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
+    """ZeRO-3 on 2 ranks (gloo): parameters are gathered in every forward, so generation runs with
+    synced steps; the run must finish and both ranks' rollouts count."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    out = str(tmp_path / "z3")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "mm.cli",
+        "train",
+        os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"),
+        "train.deepspeed=zero3",
+        "train.max_steps=2",
+        "train.export=false",
+        "--output-dir",
+        out,
+    ]
+    dist_vars = ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_metrics(out)
+    assert len(rows) == 2 and 0 <= rows[0]["reward_mean"] <= 1
