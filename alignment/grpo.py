@@ -179,6 +179,7 @@ class GRPOTrainer(Trainer):
         self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         self.rollout_stats: dict = {}
+        self._draw_key = "0"
 
     def _read(self, path: str) -> list:
         if not path:
@@ -209,6 +210,7 @@ class GRPOTrainer(Trainer):
         mu, mb = self.cfg.loss.mu, self.cfg.data.micro_batch_size
         first, skip = divmod(start_step, mu)  # a resume inside a rollout's mu steps re-rolls it
         for r in range(first, self.planner.rollouts_per_epoch()):
+            self._draw_key = f"{self.train_cfg.seed}/{epoch}/{r}/{dist.rank()}"  # refills resume identically
             samples, advantages = self._rollout(self.planner.prompts(epoch, r, dist.rank()))
             batches = [
                 self._batch(samples[k : k + mb], advantages[k : k + mb]) for k in range(0, len(samples), mb)
@@ -217,19 +219,17 @@ class GRPOTrainer(Trainer):
                 yield from batches
 
     @torch.no_grad()
-    def _rollout(self, indices: list[int]):
+    def _roll(self, indices: list[int]) -> list[tuple]:
+        """Roll out G completions per prompt and score them: (record, trajectories, rewards, parts)."""
         cfg, G = self.cfg, self.cfg.rollout.num_generations
         recs = [self.records[i] for i in indices]
         prompts = [[m.to_dict() for m in r.prompt] for r in recs for _ in range(G)]
-        t0 = time.perf_counter()
         self.model.eval()
         trajs = self.engine.run(prompts, self.base_dir)
         self.model.train()
-        t_gen = time.perf_counter() - t0
-        rewards, parts_all = [], Counter()
+        groups = []
         for j, rec in enumerate(recs):
             group = trajs[j * G : (j + 1) * G]
-            completions = [t.turns[-1].text if t.turns else "" for t in group]
             n_images = sum(len(m.visual_items()) for m in rec.prompt)
             sample = {
                 "answer": rec.answer,
@@ -237,29 +237,49 @@ class GRPOTrainer(Trainer):
                 "images": group[0].images[:n_images],  # the prompt's images, as the model saw them
                 "question": prompt_question(group[0].messages),
             }
-            total, parts = combine(cfg.rewards, completions, **sample)
-            rewards += total
-            for name, vals in parts.items():
-                parts_all[name] += sum(vals)
-        r = torch.tensor(rewards)
+            total, parts = combine(
+                cfg.rewards, [t.turns[-1].text if t.turns else "" for t in group], **sample
+            )
+            groups.append((rec, group, torch.tensor(total), parts))
+        return groups
+
+    def _rollout(self, indices: list[int]):
+        cfg, G = self.cfg, self.cfg.rollout.num_generations
+        t0 = time.perf_counter()
+        rolled = self._roll(indices)
+        chosen, refills = rolled, 0
+        if cfg.loss.dynamic_sampling:  # groups with one reward for all teach nothing: draw others
+            informative = [g for g in rolled if g[2].std() > 0]
+            rng = random.Random(self._draw_key)
+            while len(informative) < len(indices) and refills < cfg.loss.max_refills:
+                more = self._roll(rng.sample(range(len(self.records)), len(indices) - len(informative)))
+                informative += [g for g in more if g[2].std() > 0]
+                rolled += more
+                refills += 1
+            rest = [g for g in rolled if g[2].std() == 0]
+            chosen = (informative + rest)[: len(indices)]  # the batch keeps its size
+        t_gen = time.perf_counter() - t0
+        r = torch.cat([g[2] for g in chosen])
         adv = group_advantages(r, G, cfg.loss.advantage_scale)
-        keep = list(range(len(trajs)))
-        if cfg.loss.dynamic_sampling:  # groups with one reward for all teach nothing
-            keep = [i for i in keep if r[(i // G) * G : (i // G + 1) * G].std() > 0] or keep
-        n = len(trajs)
-        violations = Counter(code for t in trajs for code in t.violations)
+        trajs = [t for g in chosen for t in g[1]]
+        every = [t for g in rolled for t in g[1]]
+        all_r = torch.cat([g[2] for g in rolled])
+        n = len(every)
+        parts_all = Counter()
+        for g in rolled:
+            for name, vals in g[3].items():
+                parts_all[name] += sum(vals)
+        violations = Counter(code for t in every for code in t.violations)
         self.rollout_stats = {
-            "reward_mean": float(r.mean()),
-            "reward_std": float(r.std()) if n > 1 else 0.0,
+            "reward_mean": float(all_r.mean()),
+            "reward_std": float(all_r.std()) if n > 1 else 0.0,
             **{f"reward/{k}": v / n for k, v in parts_all.items()},
             **{f"violations/{k}": v / n for k, v in violations.items()},
-            "tool_calls": sum(
-                t.image_grid_thw.shape[0] - 1 if t.image_grid_thw is not None else 0 for t in trajs
-            )
-            / n,
-            "response_length": sum(t.generated_tokens for t in trajs) / n,
+            "tool_calls": sum(rec.image_index is not None for t in every for rec in t.turns) / n,  # executed
+            "response_length": sum(t.generated_tokens for t in every) / n,
             "generation_s": t_gen,
-            "kept_fraction": len(keep) / n,
+            "informative_groups": sum(float(g[2].std() > 0) for g in chosen) / len(chosen),
+            "refills": refills,
         }
         if "accuracy" in parts_all:
             self.rollout_stats["accuracy"] = parts_all["accuracy"] / n
@@ -268,7 +288,7 @@ class GRPOTrainer(Trainer):
         shared = [k for k in shared if k in self.rollout_stats]
         means = dist.all_sum([self.rollout_stats[k] for k in shared], str(self.model.device)) / dist.world()
         self.rollout_stats.update({k: float(v) for k, v in zip(shared, means)})
-        return [trajs[i].encoded(self.engine.encoder.rope) for i in keep], adv[keep]
+        return [t.encoded(self.engine.encoder.rope) for t in trajs], adv
 
     @torch.no_grad()
     def _logp(self, model, batch: dict) -> torch.Tensor:

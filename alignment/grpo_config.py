@@ -45,7 +45,10 @@ class GRPOLossConfig:
     )
     beta: float = opt(0.0, "KL coefficient to the frozen reference (k3); 0 = no reference model")
     mu: int = opt(1, "optimizer steps per rollout batch (old log-probs stored when > 1)")
-    dynamic_sampling: bool = opt(False, "drop groups whose rewards are all equal (DAPO)")
+    dynamic_sampling: bool = opt(
+        False, "replace groups whose rewards are all equal with fresh prompts (DAPO)"
+    )
+    max_refills: int = opt(2, "dynamic sampling: extra rollout rounds per step at most")
 
 
 @dataclass

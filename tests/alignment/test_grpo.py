@@ -159,3 +159,14 @@ def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(out)
     assert len(rows) == 2 and 0 <= rows[0]["reward_mean"] <= 1
+
+
+def test_dynamic_sampling_refills_uninformative_groups(tmp_path):
+    """About 1 in 6 groups of 8 gets no x at all (0.8^8); those are replaced by fresh prompts, so
+    every group the update sees has a reward spread, and the batch keeps its size."""
+    out = str(tmp_path / "dyn")
+    over = ["train.export=false", "train.max_steps=6", "loss.dynamic_sampling=true"]
+    train(os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"), over, output_dir=out)
+    rows = read_metrics(out)
+    assert sum(r["refills"] for r in rows) >= 1
+    assert all(r["informative_groups"] == 1.0 for r in rows)
