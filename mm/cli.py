@@ -306,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=int, default=0, help="which sample record to run (default %(default)s)")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("train", help="train from a YAML config (SFT, GRPO; DPO and spatial alignment as they land)")
+    p = sub.add_parser(
+        "train", help="train from a YAML config (SFT, GRPO; DPO and spatial alignment as they land)"
+    )
     p.add_argument("config", help="YAML config, e.g. configs/quickstart/sft.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 data.max_tokens=4096")
     p.add_argument("--output-dir", help="overrides train.output_dir")
@@ -315,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pipeline", help="run the stages of a pipeline YAML in order (e.g. ViRC SFT -> SFT -> RL)")
+    p = sub.add_parser(
+        "pipeline", help="run the stages of a pipeline YAML in order (e.g. ViRC SFT -> SFT -> RL)"
+    )
     p.add_argument("config", help="pipeline YAML, e.g. configs/virc/pipeline.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
     p.add_argument("--output-root", help="overrides the pipeline's output_root")
