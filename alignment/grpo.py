@@ -24,7 +24,6 @@ import copy
 import math
 import os
 import random
-import re
 import time
 from collections import Counter
 
@@ -57,15 +56,6 @@ def token_logprobs(hidden, lm_head, labels, chunk: int = 4096) -> tuple[torch.Te
     if out:
         logp[valid] = torch.cat(out)
     return logp, ent / valid.sum().clamp(min=1)
-
-
-def prompt_question(messages: list[dict]) -> str:
-    """The ``Question: ...`` of a conversation's first user turn (for judges), or its text."""
-    users = [m for m in messages if m["role"] == "user"]
-    content = users[0]["content"] if users else ""
-    text = content if isinstance(content, str) else " ".join(c.get("text", "") for c in content)
-    found = re.search(r"Question:\s*(.*?)(?:\n\n|$)", text, re.S)
-    return found.group(1).strip() if found else text.strip()
 
 
 class GRPOModule(torch.nn.Module):
@@ -235,7 +225,7 @@ class GRPOTrainer(Trainer):
                 "answer": rec.answer,
                 "meta": rec.meta or {},
                 "images": group[0].images[:n_images],  # the prompt's images, as the model saw them
-                "question": prompt_question(group[0].messages),
+                "question": group[0].question or "",
             }
             total, parts = combine(
                 cfg.rewards, [t.turns[-1].text if t.turns else "" for t in group], **sample

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from alignment.loop import OptimConfig, TrainConfig
@@ -66,4 +66,3 @@ class GRPOConfig:
     )
     optim: OptimConfig = opt(factory=OptimConfig, help="AdamW and schedule")
     train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")
-    extra: dict = field(default_factory=dict, metadata={"help": "free-form notes (ignored)"})

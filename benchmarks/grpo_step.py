@@ -45,9 +45,7 @@ def mmpost_run(preset: str, steps: int, out: str) -> tuple[float, float]:
         f"rollout.max_completion_length={TOKENS}",
         f"optim.lr={LR}",
     ]
-    t0 = time.perf_counter()
     summary = train(str(ROOT / "configs" / "quickstart" / "grpo.yaml"), over, output_dir=out)
-    del t0
     rows = read_metrics(out)
     gen = sum(r["generation_s"] for r in rows)
     return summary["seconds"] / steps, gen / steps

@@ -279,7 +279,7 @@ def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan
         w, h = open_image(src).size
         lo = int(item.get("min_pixels", cfg.min_pixels))
         hi = int(item.get("max_pixels", cfg.max_pixels))
-        return VisualPlan("image", src, (h, w), _resize(h, w, lo, hi), item=item)
+        return VisualPlan("image", src, (h, w), smart_size(h, w, lo, hi), item=item)
     src = resolve(item.get("video"), base_dir)
     if isinstance(src, (list, tuple)):
         src = [resolve(f, base_dir) for f in src]
@@ -296,7 +296,7 @@ def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan
         "video",
         src,
         (info.height, info.width),
-        _resize(info.height, info.width, lo, hi),
+        smart_size(info.height, info.width, lo, hi),
         frames=n,
         fps=fps,
         start=item.get("video_start"),
@@ -305,7 +305,8 @@ def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan
     )
 
 
-def _resize(h: int, w: int, lo: int, hi: int) -> tuple[int, int]:
+def smart_size(h: int, w: int, lo: int, hi: int) -> tuple[int, int]:
+    """(height, width) by Qwen's smart_resize: sides multiples of 28, area in [lo, hi], aspect kept."""
     from qwen_vl_utils.vision_process import smart_resize
 
     try:
@@ -335,7 +336,7 @@ def apply_budget(plans: list[VisualPlan], cfg: VisualConfig) -> list[VisualPlan]
         sizes = []
         for p, area in zip(plans, areas):
             lo = cfg.min_pixels if p.kind == "image" else cfg.video_min_pixels
-            sizes.append(_resize(p.orig_hw[0], p.orig_hw[1], lo, max(lo, int(area * scale))))
+            sizes.append(smart_size(p.orig_hw[0], p.orig_hw[1], lo, max(lo, int(area * scale))))
         if sum(visual_tokens(hw, p.frames) for p, hw in zip(plans, sizes)) <= cfg.max_visual_tokens:
             for p, hw in zip(plans, sizes):
                 p.hw = hw

@@ -206,14 +206,14 @@ class StreamingEngine:
 
     def _frames(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """One second of frames -> (pixel_values_videos, video_grid_thw [3]) at a capped size."""
-        from mm.visual import FACTOR, _resize
+        from mm.visual import FACTOR, smart_size
 
         n = self.processor.video_processor.temporal_patch_size
         frames = list(frames)
         if len(frames) % n:  # whole temporal patches: repeat the last frame
             frames += [frames[-1]] * (n - len(frames) % n)
         h, w = frames[0].shape[:2]
-        th, tw = _resize(h, w, self.cfg.frame_min_pixels, self.cfg.frame_max_pixels)
+        th, tw = smart_size(h, w, self.cfg.frame_min_pixels, self.cfg.frame_max_pixels)
         assert th % FACTOR == 0 and tw % FACTOR == 0
         imgs = [
             np.asarray(Image.fromarray(f).resize((tw, th), Image.Resampling.BICUBIC))

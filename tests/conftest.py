@@ -24,6 +24,40 @@ def encoder(tiny):
     return ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
 
 
+DIST_VARS = ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def subprocess_env(**extra: str) -> dict:
+    """os.environ without the distributed variables in-process training runs leave behind."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(extra)
+    return env
+
+
+def start_server(cmd: list[str], url: str, timeout: float = 120):
+    """Start ``cmd`` and wait until ``url`` answers 200; fail with its output if it exits first."""
+    import subprocess
+    import time
+
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env())
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{cmd[3]} exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"{url} did not answer within {timeout:.0f} s")
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for test servers)."""
     import socket

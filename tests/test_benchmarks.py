@@ -1,12 +1,13 @@
 """The benchmark scripts run (quick settings) and print their ratios; the numbers themselves are
 measured by running them in full (see each script's docstring), never asserted here."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,13 +23,12 @@ QUICK = [
 
 @pytest.mark.parametrize("script, args, expect", QUICK, ids=[q[0] for q in QUICK])
 def test_benchmark_runs(script, args, expect):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_", "LOCAL_"))}
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env=subprocess_env(),
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert expect in r.stdout

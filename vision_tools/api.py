@@ -19,10 +19,10 @@ from typing import Any
 
 from PIL import Image
 
-from mm.visual import VisualConfig, open_image
+from mm.visual import VisualConfig, open_image, smart_size
 from vision_tools.engine import EngineConfig, ToolEngine, Trajectory
 from vision_tools.protocol import question_text, system_prompt
-from vision_tools.tools import display_size, smart_resize
+from vision_tools.tools import display_size
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Reasoning:
 def shown_image(image: Any, visual: VisualConfig) -> Image.Image:
     """An image (path, data URL or PIL) resized as the model will see it."""
     img = open_image(image, decode=True).convert("RGB")
-    h, w = smart_resize(img.height, img.width, visual.min_pixels, visual.max_pixels)
+    h, w = smart_size(img.height, img.width, visual.min_pixels, visual.max_pixels)
     return img if (w, h) == img.size else img.resize((w, h), Image.Resampling.BICUBIC)
 
 

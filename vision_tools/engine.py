@@ -87,6 +87,7 @@ class Trajectory:
     prompt_length: int
     finish_reason: Literal["answer", "max_turns", "max_tokens"]
     answer: str | None = None
+    question: str | None = None  # the prompt's question (repeated after scale_image; for judges)
 
     @property
     def generated_tokens(self) -> int:
@@ -383,4 +384,5 @@ class ToolEngine:
             prompt_length=c.prompt_length,
             finish_reason=c.finish,
             answer=c.answer,
+            question=c.question,
         )

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from mm.visual import VisualError, open_image
+from mm.visual import VisualConfig, VisualError, open_image
 from vision_tools.api import build_prompt, engine_config, shown_image
 from vision_tools.engine import EngineConfig, ToolEngine, Trajectory
 from vision_tools.protocol import system_prompt
@@ -62,8 +62,9 @@ def _data_url(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def load_request_image(ref, cfg: ServeConfig, where: str) -> Image.Image:
-    """A data URL, or a path inside one of ``cfg.image_dirs``; anything else is refused."""
+def load_request_image(ref, cfg: ServeConfig, where: str, visual: VisualConfig | None = None) -> Image.Image:
+    """A data URL, or a path inside one of ``cfg.image_dirs``; anything else is refused. With
+    ``visual``, the image comes back as the model would see it (smart_resize under its limits)."""
     if isinstance(ref, dict):  # OpenAI: {"url": ...}
         ref = ref.get("url")
     if not isinstance(ref, str) or not ref:
@@ -89,7 +90,8 @@ def load_request_image(ref, cfg: ServeConfig, where: str) -> Image.Image:
                 f"{where}: {img.width} x {img.height} pixels exceed {cfg.max_image_pixels}",
             )
         img.load()
-        return img.convert("RGB")
+        img = img.convert("RGB")
+        return shown_image(img, visual) if visual is not None else img
     except VisualError as e:
         raise ApiError(400, "bad_image", f"{where}: {e.message}") from e
     except Image.DecompressionBombError as e:
@@ -157,7 +159,7 @@ def parse_chat(body: dict, cfg: ServeConfig, tools) -> tuple[list[dict], str, En
     gen = _options(body, cfg)
     econf = engine_config(cfg.engine, **gen)
     ref, where = images[0]
-    image = shown_image(load_request_image(ref, cfg, where), econf.visual)
+    image = load_request_image(ref, cfg, where, econf.visual)
     prompt = build_prompt(image, question, tools, econf.coords)
     if system is not None:  # the client's system text, with the tool declarations appended
         prompt[0]["content"] = system_prompt(tools, preamble=system)
@@ -367,7 +369,7 @@ def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, mod
 
         def run_tool():
             # coordinates refer to the images as the model would see them (smart_resize)
-            images = [shown_image(load_request_image(r, cfg, f"images[{i}]"), v) for i, r in enumerate(refs)]
+            images = [load_request_image(r, cfg, f"images[{i}]", v) for i, r in enumerate(refs)]
             ctx = ToolContext(images=images, coords=coords, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
             return toolset[name](ctx, body.get("arguments", {}))
 

@@ -130,13 +130,15 @@ def display_size(size: tuple[int, int], coords: str) -> tuple[int, int]:
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen's rule: sides multiples of 28, area within [min_pixels, max_pixels], aspect kept."""
-    from qwen_vl_utils.vision_process import smart_resize as qwen_smart_resize
+    """``mm.visual.smart_size`` for tool results: a size it refuses is the call's violation."""
+    from mm.visual import VisualError, smart_size
 
     try:
-        return qwen_smart_resize(height, width, FACTOR, min_pixels, max_pixels)
-    except (ValueError, AssertionError) as e:
-        raise ToolError("degenerate_bbox", f"an image of {width} x {height} cannot be shown: {e}") from e
+        return smart_size(height, width, min_pixels, max_pixels)
+    except VisualError as e:
+        raise ToolError(
+            "degenerate_bbox", f"an image of {width} x {height} cannot be shown: {e.message}"
+        ) from e
 
 
 # ----------------------------------------------------------------------------- schema

@@ -133,7 +133,7 @@ def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import free_port
+    from tests.conftest import free_port, subprocess_env
 
     out = str(tmp_path / "z3")
     cmd = [
@@ -152,9 +152,7 @@ def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
         "--output-dir",
         out,
     ]
-    dist_vars = ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = subprocess_env(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(out)

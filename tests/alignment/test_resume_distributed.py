@@ -13,6 +13,7 @@ import pytest
 from alignment import checkpoint
 from alignment.metrics import read_metrics
 from tests.alignment.conftest import QUICKSTART, ROOT, base_overrides, run_sft
+from tests.conftest import subprocess_env
 
 STEPS = 40  # long enough that the kill lands mid-run (~0.15 s per step)
 
@@ -31,9 +32,7 @@ def cli(synth, out, *overrides, launcher=()):
     ]
     if not launcher:
         cmd = [sys.executable, *cmd]
-    dist_vars = ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK")  # set by in-process runs
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = subprocess_env(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")  # no leftovers of in-process runs
     return cmd, env
 
 

@@ -1,6 +1,5 @@
 """The browser demo: headless Chromium plays a generated clip; captions arrive in order, on time."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 import pytest
 
 from mm.synthetic import moving_dot_frames, write_video
-from tests.conftest import free_port
+from tests.conftest import free_port, start_server
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -21,38 +20,11 @@ def test_captions_arrive_in_order_while_their_second_plays(tmp_path):
     clip = write_video(str(tmp_path / "clip.webm"), moving_dot_frames(48, size=112), fps=8)  # 6 s
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_", "LOCAL_"))}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mm.cli",
-            "stream",
-            clip,
-            "--web",
-            "--port",
-            str(port),
-            "--seed",
-            "0",
-            "--max-new-tokens",
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    cmd = [sys.executable, "-m", "mm.cli", "stream", clip, "--web", "--port", str(port), "--seed", "0",
+           "--max-new-tokens", "4"]  # fmt: skip
+    server = start_server(cmd, url + "/")
     browser = None
     try:
-        deadline = time.time() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()[-2000:]
-            try:
-                if httpx.get(url + "/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "demo server did not start"
-            time.sleep(0.3)
         assert httpx.get(url + "/video").headers["content-type"] == "video/webm"
         browser = subprocess.Popen(
             [

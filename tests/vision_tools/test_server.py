@@ -6,11 +6,10 @@ import io
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import free_port, solid
+from tests.conftest import free_port, solid, start_server
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -29,45 +28,11 @@ def server(tmp_path_factory):
     secret = images.parent / "secret.png"
     solid(56, 56).save(secret)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_", "LOCAL_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mm.cli",
-            "serve",
-            "--model",
-            "tiny",
-            "--port",
-            str(port),
-            "--image-dir",
-            str(images),
-            "--max-turns",
-            "4",
-            "--max-turn-tokens",
-            "64",
-            "--max-image-mb",
-            "0.25",
-            "--batch-wait-ms",
-            "50",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not start in 120 s")
+    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port),
+           "--image-dir", str(images), "--max-turns", "4", "--max-turn-tokens", "64",
+           "--max-image-mb", "0.25", "--batch-wait-ms", "50"]  # fmt: skip
+    proc = start_server(cmd, url + "/health")
     yield url, secret
     proc.terminate()
     proc.wait(timeout=20)
