@@ -206,3 +206,16 @@ def test_the_curl_examples_in_the_docs_work(server):
     assert completion["trajectory"]["turns"]
     assert (crop["width"], crop["height"]) == (168, 224)
     assert len(listed["tools"]) == 3 and health["status"] == "ok"
+
+
+def test_an_image_that_cannot_be_shown_is_a_bad_request():
+    from PIL import Image
+
+    from mm.visual import VisualConfig
+    from vision_tools.server import ApiError, ServeConfig, load_request_image
+
+    with pytest.raises(ApiError) as e:  # 500:1 is beyond smart_resize's 200:1 limit
+        load_request_image(data_url(Image.new("RGB", (1000, 2))), ServeConfig(), "t", VisualConfig())
+    assert (e.value.status, e.value.code) == (400, "bad_image")
+    shown = load_request_image(data_url(solid(300, 200)), ServeConfig(), "t", VisualConfig())
+    assert shown.size == (308, 196)  # as the model sees it: 300 x 200 -> smart_resize
