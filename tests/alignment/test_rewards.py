@@ -103,7 +103,7 @@ def test_virc_turn_counts_executed_calls_only():
     comp = [call("crop_image", bbox_2d=[0, 0, 140, 224], image_index=0)]
     # without image sizes a call cannot be checked, so it earns nothing
     assert virc_turn(comp, answer="7", meta=SAMPLE["meta"]) == [0.0]
-    # with the images it is executed; a call the tool rejects at run time (budget) is a violation
+    # with the images it is executed (and scored as a precise crop of the reference tool)
     img = Image.new("RGB", (280, 224))
     assert virc_turn(comp, answer="7", images=[img], meta=SAMPLE["meta"]) == pytest.approx([1.0])
 
