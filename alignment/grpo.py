@@ -35,27 +35,49 @@ from alignment.grpo_config import GRPOConfig
 from alignment.loop import Trainer
 from alignment.losses import IGNORE, group_advantages, grpo_loss
 from alignment.rewards import combine
-from mm.attention import choose_backend
+from alignment.shared_prompt import TREE_KEYS, shared_prompt_batch
+from mm.attention import choose_backend, uses_varlen
 from mm.collate import pad_batch
 from mm.config import ConfigError
 from mm.dataset import Problem, iter_jsonl
+from mm.image_features import ImageFeatures, encoder_outputs, vision_frozen
+
+
+def target_logprobs(h, y, lm_head, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [N] of tokens ``y`` [N] given hidden states ``h`` [N, D], and their summed
+    entropy (detached); the vocabulary projection runs in chunks of ``chunk`` tokens."""
+    out, ent = [], h.new_zeros((), dtype=torch.float32)
+    for k in range(0, h.shape[0], chunk):
+        lp = F.log_softmax(lm_head(h[k : k + chunk]).float(), dim=-1)  # [n, V]
+        out.append(lp.gather(1, y[k : k + chunk, None])[:, 0])
+        ent = ent + (-(lp.exp() * lp).sum(-1)).detach().sum()
+    return (torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)), ent
 
 
 def token_logprobs(hidden, lm_head, labels, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs [B, L-1] of the labelled next tokens (0 elsewhere) and their mean entropy."""
     tgt = labels[:, 1:]
     valid = tgt != IGNORE
-    h = hidden[:, :-1][valid]  # [N, D]
-    y = tgt[valid]
-    out, ent = [], hidden.new_zeros((), dtype=torch.float32)
-    for k in range(0, h.shape[0], chunk):
-        lp = F.log_softmax(lm_head(h[k : k + chunk]).float(), dim=-1)  # [n, V]
-        out.append(lp.gather(1, y[k : k + chunk, None])[:, 0])
-        ent = ent + (-(lp.exp() * lp).sum(-1)).detach().sum()
+    lp, ent = target_logprobs(hidden[:, :-1][valid], tgt[valid], lm_head, chunk)
     logp = torch.zeros(tgt.shape, dtype=torch.float32, device=hidden.device)
-    if out:
-        logp[valid] = torch.cat(out)
+    logp[valid] = lp
     return logp, ent / valid.sum().clamp(min=1)
+
+
+def sequence_logprobs(base, labels, inputs: dict, image_embeds=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L-1] log-probs of the labelled tokens and their mean entropy, from padded rows or from
+    shared-prompt rows (``alignment.shared_prompt``: scattered back to the padded layout)."""
+    tree = [inputs.pop(k, None) for k in TREE_KEYS]
+    if image_embeds is not None:  # features cached at rollout time
+        inputs["mm_encoder_outputs"] = encoder_outputs(image_embeds)
+    hidden = base.model(**inputs).last_hidden_state  # [rows, L, D]
+    if tree[0] is None:
+        return token_logprobs(hidden, base.lm_head, labels)
+    src, dst, tgt = tree
+    lp, ent = target_logprobs(hidden.reshape(-1, hidden.shape[-1])[src], tgt, base.lm_head)
+    logp = torch.zeros(labels.shape[0] * (labels.shape[1] - 1), dtype=torch.float32, device=hidden.device)
+    logp[dst] = lp
+    return logp.view(labels.shape[0], -1), ent / max(1, tgt.numel())
 
 
 class GRPOModule(torch.nn.Module):
@@ -65,10 +87,18 @@ class GRPOModule(torch.nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, labels, advantages, old_logp=None, ref_logp=None, mm_token_type_ids=None, **inputs):
+    def forward(
+        self,
+        labels,
+        advantages,
+        old_logp=None,
+        ref_logp=None,
+        mm_token_type_ids=None,
+        image_embeds=None,
+        **inputs,
+    ):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = base.model(**inputs).last_hidden_state  # [B, L, D]
-        logp, entropy = token_logprobs(hidden, base.lm_head, labels)
+        logp, entropy = sequence_logprobs(base, labels, inputs, image_embeds)
         mask = labels[:, 1:] != IGNORE
         lc = self.cfg.loss
         loss, m = grpo_loss(
@@ -158,14 +188,14 @@ class GRPOTrainer(Trainer):
         )
         from vision_tools.generation import HFGenerator
 
-        # ZeRO-3 over several ranks: every rank must run the same generation steps (the params
-        # are gathered collectively in each forward), so generation is synced and single-turn
+        # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
+        # collectively in each), so generation steps, turns and calls are agreed between ranks
         sharded = self.train_cfg.deepspeed == "zero3" and dist.world() > 1
-        if sharded and r.max_turns > 1:
-            raise ConfigError(
-                "multi-turn rollouts under ZeRO-3 on several ranks are not supported; use zero2"
-            )
-        generator = HFGenerator(self.model, self.processor, synced_gpus=sharded)
+        # a rank that finds every image cached would skip the vision tower that the others gather
+        self.features = ImageFeatures(self.model) if r.image_cache and not sharded else None
+        self.vision_frozen = vision_frozen(self.model)
+        self.share_prompt = cfg.data.share_prompt and not uses_varlen(self.attn)
+        generator = HFGenerator(self.model, self.processor, synced_gpus=sharded, features=self.features)
         self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         self.rollout_stats: dict = {}
@@ -201,10 +231,15 @@ class GRPOTrainer(Trainer):
         first, skip = divmod(start_step, mu)  # a resume inside a rollout's mu steps re-rolls it
         for r in range(first, self.planner.rollouts_per_epoch()):
             self._draw_key = f"{self.train_cfg.seed}/{epoch}/{r}/{dist.rank()}"  # refills resume identically
-            samples, advantages = self._rollout(self.planner.prompts(epoch, r, dist.rank()))
+            samples, prompt_lengths, advantages = self._rollout(self.planner.prompts(epoch, r, dist.rank()))
             batches = [
-                self._batch(samples[k : k + mb], advantages[k : k + mb]) for k in range(0, len(samples), mb)
+                self._batch(samples[k : k + mb], prompt_lengths[k : k + mb], advantages[k : k + mb])
+                for k in range(0, len(samples), mb)
             ]
+            if self.features is not None:  # images the vision tower ran on, and lookups it was spared
+                self.rollout_stats.update(
+                    images_encoded=self.features.encoded, images_reused=self.features.hits
+                )
             for _ in range(mu - (skip if r == first else 0)):
                 yield from batches
 
@@ -236,6 +271,9 @@ class GRPOTrainer(Trainer):
     def _rollout(self, indices: list[int]):
         cfg, G = self.cfg, self.cfg.rollout.num_generations
         t0 = time.perf_counter()
+        if self.features is not None:  # features of the last rollout's images: stale or unneeded
+            self.features.clear()
+            self.features.hits = self.features.encoded = 0
         rolled = self._roll(indices)
         chosen, refills = rolled, 0
         if cfg.loss.dynamic_sampling:  # groups with one reward for all teach nothing: draw others
@@ -278,26 +316,35 @@ class GRPOTrainer(Trainer):
         shared = [k for k in shared if k in self.rollout_stats]
         means = dist.all_sum([self.rollout_stats[k] for k in shared], str(self.model.device)) / dist.world()
         self.rollout_stats.update({k: float(v) for k, v in zip(shared, means)})
-        return [t.encoded(self.engine.encoder.rope) for t in trajs], adv
+        return [t.encoded(self.engine.encoder.rope) for t in trajs], [t.prompt_length for t in trajs], adv
 
     @torch.no_grad()
-    def _logp(self, model, batch: dict) -> torch.Tensor:
+    def _logp(self, model, batch: dict, embeds: torch.Tensor | None = None) -> torch.Tensor:
         dev = model.device
-        inputs = {
-            k: v.to(dev) for k, v in batch.items() if k not in ("labels", "advantages", "mm_token_type_ids")
-        }
-        hidden = model.model(**inputs).last_hidden_state
-        return token_logprobs(hidden, model.lm_head, batch["labels"].to(dev))[0].cpu()
+        skip = ("labels", "advantages", "mm_token_type_ids", "image_embeds")
+        skip += ("pixel_values",) if embeds is not None else ()
+        inputs = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items() if k not in skip}
+        return sequence_logprobs(model, batch["labels"].to(dev), inputs, embeds)[0].cpu()
 
-    def _batch(self, samples, advantages) -> dict:
-        batch = pad_batch(samples, self.processor.tokenizer.pad_token_id)
+    def _batch(self, samples, prompt_lengths, advantages) -> dict:
+        pad = self.processor.tokenizer.pad_token_id
+        if self.share_prompt:
+            batch = shared_prompt_batch(samples, prompt_lengths, pad, self.engine.merge)
+        else:
+            batch = pad_batch(samples, pad)
         batch["advantages"] = advantages.clone()
+        embeds = None  # the rollout's cached image features: the weights have not changed since
+        if self.features is not None and "pixel_values" in batch:
+            embeds = self.features.embeds(batch["pixel_values"], batch["image_grid_thw"])
+            if self.vision_frozen:  # the training pass may use them too
+                batch["image_embeds"] = embeds
+                del batch["pixel_values"]
         if self.cfg.loss.mu > 1:  # the sampling policy's log-probs, before any of the mu updates
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             was = base.training
             base.eval()
-            batch["old_logp"] = self._logp(base, batch)
+            batch["old_logp"] = self._logp(base, batch, embeds)
             base.train(was)
-        if self.ref is not None:
-            batch["ref_logp"] = self._logp(self.ref, batch)
+        if self.ref is not None:  # the reference shares the policy's vision weights only while frozen
+            batch["ref_logp"] = self._logp(self.ref, batch, embeds if self.vision_frozen else None)
         return batch

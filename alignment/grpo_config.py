@@ -17,6 +17,11 @@ class RLDataConfig:
     eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
     prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
+    share_prompt: bool = opt(
+        True,
+        "score a group's prompt once per micro-batch: one row holds the prompt, then its completions, "
+        "each masked to see the prompt and itself (the padded rows' log-probs; SDPA/eager only)",
+    )
     visual: VisualConfig = opt(
         factory=VisualConfig, help="pixel limits and the per-sample visual-token budget"
     )
@@ -31,6 +36,12 @@ class RolloutConfig:
     max_completion_length: int = opt(512, "new tokens per turn")
     max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
     tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+    image_cache: bool = opt(
+        True,
+        "encode each distinct image once per rollout batch and reuse its features in generation and "
+        "the no-grad log-prob passes, and in the training pass when the vision tower and merger are "
+        "frozen (off by itself under ZeRO-3 on several ranks)",
+    )
 
 
 @dataclass

@@ -183,7 +183,7 @@ class ToolEngine:
         convs = [self._start(i, p, base_dir, q) for i, (p, q) in enumerate(zip(prompts, qs))]
         for _ in range(self.cfg.max_turns):  # every round commits one turn of each active conversation
             active = [c for c in convs if c.finish is None and self._room(c)]
-            if not active:
+            if not self._agree(len(active)):  # synced ranks run a round while any rank has work
                 break
             self._round(active)
         return [self._trajectory(c) for c in convs]
@@ -257,7 +257,7 @@ class ToolEngine:
                 else:
                     outcome[c.key] = (new, text, parsed, image, attempt + 1)
             pending = retry
-            if not pending:
+            if not self._agree(len(pending)):
                 break
         for c in convs:
             self._commit(c, *outcome[c.key], rejected[c.key], seconds[c.key])
@@ -266,7 +266,7 @@ class ToolEngine:
         order = sorted(range(len(convs)), key=lambda i: len(convs[i].ids))  # similar lengths together
         out: list[list[int] | None] = [None] * len(convs)
         bs = self.cfg.batch_size
-        for k in range(0, len(order), bs):
+        for k in range(0, self._agree(len(order)), bs):  # synced: as many calls as the busiest rank
             idx = order[k : k + bs]
             limits = [
                 min(self.cfg.max_turn_tokens, self.cfg.max_total_tokens - len(convs[i].ids)) for i in idx
@@ -278,6 +278,12 @@ class ToolEngine:
                     new.pop()  # but the chat template has no place for it: the turn is closed for the model
                 out[i] = new
         return out
+
+    def _agree(self, n: int) -> int:
+        """``n``, or its largest value over ranks when the generator is synced (ZeRO-3 on several
+        ranks: every rank must make the same generate calls, with empty ones where it has none)."""
+        agree = getattr(self.generator, "agree", None)
+        return agree(n) if agree is not None else n
 
     def _evaluate(self, c: _Conversation, new: list[int]):
         """(text, parsed turn or violation, tool result image or None); never raises."""

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from mm.image_features import encoder_outputs
 from mm.records import RESERVED
 
 STOP_STRINGS = ("</tool_call>", "</answer>")
@@ -65,15 +66,39 @@ class _StopCriteria:
 class HFGenerator:
     """``model.generate`` over a left-padded batch; positions come from the model's rope rule."""
 
-    def __init__(self, model, processor, synced_gpus: bool = False):
+    def __init__(self, model, processor, synced_gpus: bool = False, features=None):
         """``synced_gpus``: keep stepping until every rank is done (ZeRO-3 over several ranks
-        gathers parameters in every forward, so a rank that stopped early would hang the rest)."""
+        gathers parameters in every forward, so a rank that stopped early would hang the rest).
+        ``features``: an :class:`mm.image_features.ImageFeatures` cache, so an image shared by
+        several rows or turns is encoded once (valid while the vision weights do not change)."""
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
+        self.features = features
         ids = self.tok.convert_tokens_to_ids
         self.end_ids = [ids("<|im_end|>"), ids("<|endoftext|>")]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
         # control tokens a turn must never contain (an <|image_pad|> without pixels breaks the model)
         self.suppress = [ids(t) for t in RESERVED if ids(t) not in self.end_ids]
+
+    def agree(self, n: int) -> int:
+        """The largest ``n`` over ranks when synced, else ``n``: the engine asks how many
+        generate calls to make, so that every rank makes the same ones."""
+        if not self.synced_gpus or not torch.distributed.is_initialized():
+            return n
+        t = torch.tensor([n], device=self.model.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t[0])
+
+    def _dummy(self, image: bool) -> Context:
+        """A one-token text context, or one with a 28x28 image (one visual token): a synced rank
+        with nothing (or no image) to generate still runs every module the other ranks run."""
+        if not image:
+            return Context([self.pad_id], [0], [], [])
+        ids = self.tok.convert_tokens_to_ids
+        v = self.model.config.vision_config
+        dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
+        grid = torch.tensor([1, 2, 2])
+        tokens = [ids("<|vision_start|>"), ids("<|image_pad|>"), ids("<|vision_end|>")]
+        return Context(tokens, [0, 1, 0], [torch.zeros(4, dim)], [grid])
 
     @torch.no_grad()
     def generate(
@@ -81,6 +106,12 @@ class HFGenerator:
     ) -> list[list[int]]:
         from transformers import StoppingCriteriaList
 
+        real = len(contexts)
+        if self.synced_gpus:  # every rank has a row to run, and runs the vision tower if one does
+            has_image = any(c.pixel_values for c in contexts)
+            any_image = bool(self.agree(int(has_image)))
+            if not contexts or (any_image and not has_image):
+                contexts, max_new_tokens = [*contexts, self._dummy(any_image)], [*max_new_tokens, 1]
         B, L = len(contexts), max(len(c.input_ids) for c in contexts)
         dev = self.model.device
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
@@ -96,9 +127,13 @@ class HFGenerator:
         batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
         pixels = [p for c in contexts for p in c.pixel_values]
         if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
-            batch["image_grid_thw"] = torch.stack([g for c in contexts for g in c.grids])
+            grids = [g for c in contexts for g in c.grids]
+            batch["image_grid_thw"] = torch.stack(grids)
+            if self.features is None:
+                batch["pixel_values"] = torch.cat(pixels)
         batch = {k: v.to(dev) for k, v in batch.items()}
+        if pixels and self.features is not None:
+            batch["mm_encoder_outputs"] = encoder_outputs(torch.cat(self.features(pixels, grids)))
         kwargs = {"do_sample": sampling.do_sample}
         if sampling.do_sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
@@ -114,7 +149,8 @@ class HFGenerator:
             stopping_criteria=StoppingCriteriaList([_StopCriteria(self.tok, L, max_new_tokens)]),
             **kwargs,
         )
-        return [self._trim(row[L:].tolist(), limit) for row, limit in zip(out.cpu(), max_new_tokens)]
+        rows = zip(out.cpu()[:real], max_new_tokens[:real])
+        return [self._trim(row[L:].tolist(), limit) for row, limit in rows]
 
     def _trim(self, new: list[int], limit: int) -> list[int]:
         """Drop the padding after a finished row: keep up to the first end token or stop string."""

@@ -168,3 +168,53 @@ def test_dynamic_sampling_refills_uninformative_groups(tmp_path):
     rows = read_metrics(out)
     assert sum(r["refills"] for r in rows) >= 1
     assert all(r["informative_groups"] == 1.0 for r in rows)
+
+
+def image_letter_task(tmp_path) -> str:
+    """The bundled CLS-RL images with the letter-spotting reward (1 when the completion holds an
+    x: about 1 in 5 tiny-model samples), so groups have a reward spread and the update acts."""
+    import json
+
+    src = os.path.join(ROOT, "data", "cls", "cls_rl")
+    data = tmp_path / "x.jsonl"
+    with open(os.path.join(src, "train.jsonl")) as f, open(data, "w") as out:
+        for line in f:
+            rec = json.loads(line)
+            for item in rec["prompt"][0]["content"]:
+                if item["type"] == "image":
+                    item["image"] = os.path.normpath(os.path.join(src, item["image"]))
+            out.write(json.dumps({**rec, "answer": "x"}) + "\n")
+    return str(data)
+
+
+@pytest.mark.parametrize("freeze", ["[vision_tower,merger]", "[]"])
+def test_cached_image_features_give_the_same_run(tmp_path, freeze):
+    """GRPO on image prompts with the cache on and off: the same rewards, losses, ratios and KL
+    (the old log-probs of mu = 2 and the reference pass use the rollout's features; the training
+    pass uses them only when the vision tower and merger are frozen), while each distinct image is
+    encoded once per rollout."""
+    cfg = os.path.join(ROOT, "configs", "cls_rl", "grpo.yaml")
+    base = [
+        f"data.train={image_letter_task(tmp_path)}",
+        "rewards={contains_answer: 1.0}",
+        "train.export=false",
+        "train.max_steps=4",
+        "loss.mu=2",
+        "optim.lr=3e-3",
+        "rollout.max_completion_length=12",
+        f"model.freeze={freeze}",
+    ]
+    runs = {}
+    for cache in (True, False):
+        out = str(tmp_path / f"cache{cache}")
+        train(cfg, [*base, f"rollout.image_cache={str(cache).lower()}"], output_dir=out)
+        runs[cache] = read_metrics(out)
+    assert any(r["loss"] != 0 for r in runs[False]) and any(r["m_kl"] > 0 for r in runs[False])
+    assert any(abs(r["m_ratio"] - 1) > 1e-4 for r in runs[False])  # the mu = 2 updates moved the policy
+    for a, b in zip(runs[True], runs[False]):
+        assert a["reward_mean"] == b["reward_mean"]
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["m_kl"] - b["m_kl"]) < 1e-6
+        assert abs(a["m_ratio"] - b["m_ratio"]) < 1e-6
+    # 2 prompts x G = 4 rollouts: 2 distinct images encoded, every other use a lookup
+    assert all(r["images_encoded"] == 2 and r["images_reused"] > 0 for r in runs[True])
+    assert "images_encoded" not in runs[False][0]

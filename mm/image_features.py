@@ -1,0 +1,82 @@
+"""Visual features of distinct images, each computed once while the vision weights stay fixed.
+
+GRPO samples G completions of one prompt: without a cache the vision tower encodes the same
+image G times in generation, again in every later turn, and again in each log-prob pass. An
+:class:`ImageFeatures` keys images by their pixels and grid, encodes only the ones it has not
+seen (one batched call of the model's own ``get_image_features``) and hands back the merged
+visual tokens, which Qwen2.5-VL's forward and ``generate`` take as ``mm_encoder_outputs``.
+
+The features are valid only while the vision tower and merger do not change: a trainer clears
+the cache when it updates them, and keeps it across updates only when both are frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def image_key(pixels: torch.Tensor, grid: torch.Tensor) -> bytes:
+    """A digest of one image's patches and its (t, h, w) grid."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(bytes(str(tuple(int(x) for x in grid)), "ascii"))
+    h.update(pixels.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+def encoder_outputs(embeds: torch.Tensor) -> dict:
+    """The ``mm_encoder_outputs`` argument for image features already merged and concatenated."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"image": BaseModelOutputWithPooling(pooler_output=(embeds,))}
+
+
+def vision_frozen(model) -> bool:
+    """True when no parameter of the vision tower or merger trains (so features stay valid)."""
+    return not any(p.requires_grad for p in inner_model(model).visual.parameters())
+
+
+def inner_model(model):
+    """The Qwen2.5-VL ``.model`` (vision tower + language model) under PEFT / task wrappers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+class ImageFeatures:
+    """A cache of merged visual tokens by image content; ``hits`` / ``encoded`` count its use."""
+
+    def __init__(self, model):
+        self.model = model
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = self.encoded = 0
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    @torch.no_grad()
+    def __call__(self, pixels: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Features ``[tokens_i, D]`` of each image (``pixels[i]``: its ``[patches, dim]`` rows)."""
+        keys = [image_key(p, g) for p, g in zip(pixels, grids)]
+        todo: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self.store and k not in todo:
+                todo[k] = i
+        if todo:
+            inner = inner_model(self.model)
+            dev = next(inner.visual.parameters()).device
+            idx = list(todo.values())
+            out = inner.get_image_features(
+                torch.cat([pixels[i] for i in idx]).to(dev),
+                torch.stack([torch.as_tensor(grids[i]) for i in idx]).to(dev),
+                return_dict=True,
+            ).pooler_output
+            self.store.update(zip(todo, out))
+        self.encoded += len(todo)
+        self.hits += len(keys) - len(todo)
+        return [self.store[k] for k in keys]
+
+    def embeds(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """Features of a batch's concatenated ``pixel_values``, concatenated in the same order."""
+        sizes = image_grid_thw.prod(-1).tolist()
+        return torch.cat(self(list(torch.split(pixel_values, sizes)), list(image_grid_thw)))

@@ -1,0 +1,94 @@
+"""The image-feature cache: each distinct image is encoded once, with the model's own features."""
+
+import torch
+
+from mm.image_features import ImageFeatures, encoder_outputs
+from tests.conftest import solid
+from vision_tools.generation import Context, HFGenerator, Sampling
+
+
+def encode(encoder, image):
+    s = encoder.encode(
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}],
+        add_generation_prompt=True,
+    )
+    return s
+
+
+def count_images(model):
+    calls = {"n": 0}
+
+    def hook(module, args, kwargs):
+        calls["n"] += int(kwargs["grid_thw"].shape[0])
+
+    handle = model.model.visual.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls, handle
+
+
+def test_each_distinct_image_is_encoded_once_with_the_models_features(tiny, encoder):
+    model, _ = tiny
+    a, b = encode(encoder, solid(200, 140)), encode(encoder, solid(112, 84, (10, 200, 40)))
+    pixels = [a.pixel_values, b.pixel_values, a.pixel_values.clone(), a.pixel_values]
+    grids = [a.image_grid_thw[0], b.image_grid_thw[0], a.image_grid_thw[0], a.image_grid_thw[0]]
+    cache = ImageFeatures(model)
+    calls, handle = count_images(model)
+    try:
+        feats = cache(pixels, grids)
+        again = cache(pixels[:2], grids[:2])
+    finally:
+        handle.remove()
+    assert calls["n"] == 2 and cache.encoded == 2 and cache.hits == 4
+    with torch.no_grad():  # the model's own encoder, one image at a time
+        want_a = model.model.get_image_features(a.pixel_values, a.image_grid_thw).pooler_output[0]
+        want_b = model.model.get_image_features(b.pixel_values, b.image_grid_thw).pooler_output[0]
+    assert want_a.shape == (a.image_grid_thw.prod() // 4, model.config.text_config.hidden_size)
+    for got, want in zip(feats + again, [want_a, want_b, want_a, want_a, want_a, want_b]):
+        assert torch.allclose(got, want, atol=1e-6)
+    # a changed pixel is another image
+    other = a.pixel_values.clone()
+    other[0, 0] += 1
+    cache([other], grids[:1])
+    assert cache.encoded == 3
+
+
+def test_forward_with_cached_features_equals_forward_with_pixels(tiny, encoder):
+    model, _ = tiny
+    s = encode(encoder, solid(200, 140))
+    ids = s.input_ids[None]
+    with torch.no_grad():
+        want = model(
+            input_ids=ids,
+            pixel_values=s.pixel_values,
+            image_grid_thw=s.image_grid_thw,
+            mm_token_type_ids=s.mm_token_type_ids[None],
+        ).logits
+        emb = ImageFeatures(model).embeds(s.pixel_values, s.image_grid_thw)
+        got = model(
+            input_ids=ids,
+            mm_encoder_outputs=encoder_outputs(emb),
+            image_grid_thw=s.image_grid_thw,
+            mm_token_type_ids=s.mm_token_type_ids[None],
+        ).logits
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_generation_with_the_cache_encodes_a_shared_image_once_and_generates_the_same(tiny, encoder):
+    model, processor = tiny
+    a, b = encode(encoder, solid(200, 140)), encode(encoder, solid(140, 196, (0, 90, 200)))
+
+    def ctx(s, key):
+        return Context(
+            s.input_ids.tolist(), s.mm_token_type_ids.tolist(), [s.pixel_values], [s.image_grid_thw[0]], key
+        )
+
+    contexts = [ctx(a, 0), ctx(a, 1), ctx(b, 2), ctx(a, 3)]  # G copies of one prompt and another
+    greedy = Sampling(do_sample=False)
+    plain = HFGenerator(model, processor).generate(contexts, [10] * 4, greedy)
+    cache = ImageFeatures(model)
+    calls, handle = count_images(model)
+    try:
+        cached = HFGenerator(model, processor, features=cache).generate(contexts, [10] * 4, greedy)
+    finally:
+        handle.remove()
+    assert cached == plain
+    assert calls["n"] == 2 and cache.hits == 2
