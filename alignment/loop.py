@@ -119,8 +119,8 @@ class Trainer:
     def device(self) -> str:
         d = self.train_cfg.device
         if d == "auto":
-            return f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu"
-        return d
+            d = "cuda" if torch.cuda.is_available() else "cpu"
+        return f"cuda:{dist.local_rank()}" if d == "cuda" else d
 
     def run(self) -> dict:
         tc, oc = self.train_cfg, self.optim_cfg
@@ -200,6 +200,7 @@ class Trainer:
                 if tc.save_every and step % tc.save_every == 0 and step < total:
                     self.save(engine, step, tokens_seen)
         log.close()
+        seconds = time.time() - t_start  # the steps themselves; the final save and export follow
         ckpt = self.save(engine, step, tokens_seen)
         final = os.path.join(tc.output_dir, "final")
         if tc.export:
@@ -208,7 +209,8 @@ class Trainer:
             "steps": step,
             "tokens": tokens_seen,
             "final_loss": last_loss,
-            "seconds": time.time() - t_start,
+            "seconds": seconds,
+            "total_seconds": time.time() - t_start,
             "checkpoint": ckpt,
             "model": final if tc.export else None,
         }

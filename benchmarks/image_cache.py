@@ -1,13 +1,19 @@
-"""GRPO step time with the image-feature cache on and off, on image prompts.
+"""GRPO step time on image prompts: what encoding each image once, and scoring each prompt
+once, save.
 
-    python benchmarks/image_cache.py                   # small preset, 448x448 images (CPU: a few minutes)
-    python benchmarks/image_cache.py --preset tiny --size 224 --steps 2 --rounds 1   # smoke run
+    python benchmarks/image_cache.py                   # small preset, 224x224 images (CPU: ~10 minutes)
+    python benchmarks/image_cache.py --preset medium --size 448 --device cuda   # GPU
+    python benchmarks/image_cache.py --preset tiny --steps 2 --rounds 1          # smoke run
 
 Each step rolls out 4 prompts x G = 8 completions (one image per prompt, at most 16 new tokens)
-and updates once. Without the cache the vision tower encodes every prompt image G times in
-generation and again in the training pass; with it, once per rollout (and, when the tower and
-merger are frozen, the training pass reuses the features too). Runs alternate between the two
-settings and medians are reported, with the ratio, for a frozen and a trainable vision tower.
+and updates once. Three settings, alternated run by run (medians reported):
+
+* mmpost: the defaults: each distinct image encoded once per rollout (``rollout.image_cache``;
+  the training pass reuses the features when the tower and merger are frozen) and each group's
+  prompt scored once (``data.share_prompt``);
+* no cache: every prompt image encoded G times in generation (the training pass still sees
+  each prompt once);
+* neither: also padded rows, so the training pass runs each prompt and its image G times.
 """
 
 from __future__ import annotations
@@ -46,11 +52,18 @@ def write_task(folder: str, size: int, n: int = 16) -> str:
     return path
 
 
-def step_time(data: str, preset: str, steps: int, cache: bool, frozen: bool, out: str) -> float:
+ARMS = {
+    "mmpost": [],
+    "no cache": ["rollout.image_cache=false"],
+    "neither": ["rollout.image_cache=false", "data.share_prompt=false"],
+}
+
+
+def step_time(data: str, args, arm: str, frozen: bool, out: str) -> float:
     from alignment.train import train
 
     over = [
-        f"model.name_or_path={preset}",
+        f"model.name_or_path={args.preset}",
         f"data.train={data}",
         "data.prompts_per_step=4",
         "data.visual.max_pixels=1048576",
@@ -58,40 +71,42 @@ def step_time(data: str, preset: str, steps: int, cache: bool, frozen: bool, out
         "rollout.max_completion_length=16",
         "rewards={contains_answer: 1.0}",
         "loss.beta=0",
-        "optim.lr=1e-4",
+        "optim.lr=1e-5",
         f"model.freeze={'[vision_tower,merger]' if frozen else '[]'}",
-        f"rollout.image_cache={str(cache).lower()}",
-        f"train.max_steps={steps}",
+        f"train.max_steps={args.steps}",
+        f"train.device={args.device}",
+        "train.precision=fp32",
         "train.export=false",
         "train.save_every=0",
         "train.epochs=100",
+        *ARMS[arm],
     ]
     summary = train(str(ROOT / "configs" / "cls_rl" / "grpo.yaml"), over, output_dir=out)
-    return summary["seconds"] / steps
+    return summary["seconds"] / args.steps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["tiny", "small"], default="small")
-    ap.add_argument("--size", type=int, default=448, help="image side in pixels (448: 1024 patches)")
+    ap.add_argument("--preset", choices=["tiny", "small", "medium"], default="small")
+    ap.add_argument("--size", type=int, default=224, help="image side in pixels (224: 64 visual tokens)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--trainable", action="store_true", help="also time a trainable vision tower")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_task(tmp, args.size)
-        for frozen in (True, False):
-            times = {True: [], False: []}
+        for frozen in (True, False) if args.trainable else (True,):
+            times: dict[str, list[float]] = {a: [] for a in ARMS}
             for r in range(args.rounds):
-                for cache in (True, False) if r % 2 == 0 else (False, True):
-                    out = os.path.join(tmp, f"run{frozen}{cache}{r}")
-                    times[cache].append(step_time(data, args.preset, args.steps, cache, frozen, out))
-            on, off = statistics.median(times[True]), statistics.median(times[False])
+                for arm in list(ARMS) if r % 2 == 0 else list(reversed(ARMS)):
+                    out = os.path.join(tmp, f"run{frozen}{arm}{r}".replace(" ", ""))
+                    times[arm].append(step_time(data, args, arm, frozen, out))
+            med = {a: statistics.median(t) for a, t in times.items()}
             what = "frozen" if frozen else "trainable"
-            print(
-                f"{args.preset}, {args.size}x{args.size} images, vision {what}: cache on {on:.3f} s/step, "
-                f"off {off:.3f} s/step, off / on = {off / on:.2f}x",
-                flush=True,
-            )
+            print(f"{args.preset}, {args.size}x{args.size} images, vision {what}:", flush=True)
+            for arm, t in med.items():
+                print(f"  {arm:>8}: {t:.3f} s/step  ({t / med['mmpost']:.2f}x mmpost's time)", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,9 +119,9 @@ def cmd_stats(args) -> int:
 
 
 def _load_processor(name: str):
-    if name in ("tiny", "small"):
-        from mm.tiny import tiny_processor
+    from mm.tiny import PRESETS, tiny_processor
 
+    if name in PRESETS:
         return tiny_processor()
     from transformers import AutoProcessor
 

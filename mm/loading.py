@@ -15,6 +15,7 @@ import torch
 
 from mm.attention import choose_backend
 from mm.imports import require
+from mm.tiny import PRESETS
 
 PARTS = ("vision_tower", "merger", "language_model")
 
@@ -23,7 +24,7 @@ PARTS = ("vision_tower", "merger", "language_model")
 class ModelConfig:
     """How to load the model (also the ``model:`` section of training configs)."""
 
-    name_or_path: str = "tiny"  # "tiny", "small" (offline toy presets) or a local checkpoint directory
+    name_or_path: str = "tiny"  # "tiny", "small", "medium" (offline presets) or a local checkpoint directory
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     attn: str = "auto"  # auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2
     device: str | None = None  # None: leave on CPU (trainers place it)
@@ -69,7 +70,7 @@ def load_model(
     """Return ``(model, processor)``. See ``ModelConfig`` for the options."""
     torch_dtype = resolve_dtype(dtype, device)
     attn_impl = choose_backend(attn, device)
-    if name_or_path in ("tiny", "small"):
+    if name_or_path in PRESETS:
         from mm.tiny import tiny_model, tiny_processor
 
         processor = tiny_processor()
@@ -101,7 +102,7 @@ def _load_local(path: str, dtype: torch.dtype, attn_impl: str):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(
-            f"model {path!r} is neither 'tiny'/'small' nor a local checkpoint directory; "
+            f"model {path!r} is neither a built-in preset ({', '.join(PRESETS)}) nor a local checkpoint directory; "
             "mmpost never downloads weights: download the checkpoint first and pass its folder"
         )
     config = AutoConfig.from_pretrained(path, local_files_only=True)

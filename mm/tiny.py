@@ -6,7 +6,8 @@ template, plus the real Qwen2.5-VL image and video processors. ``tiny_model()`` 
 ``Qwen2_5_VLForConditionalGeneration`` with 2 decoder layers of width 64 and a 2-block vision
 tower, with deterministic weights; its special-token ids are the tokenizer's. The "small"
 preset is wider and deeper (tens of millions of parameters) for benchmarks where compute,
-not Python overhead, decides.
+not Python overhead, decides on a CPU; "medium" (0.8 B parameters, head dim 128 as in the real
+models) is for GPU benchmarks.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ PRESETS = {
     # hidden, layers, heads, kv heads, mlp, vision width, vision depth
     "tiny": dict(hidden=64, layers=2, heads=4, kv=2, mlp=128, v_hidden=32, v_depth=2, v_heads=2),
     "small": dict(hidden=512, layers=8, heads=8, kv=4, mlp=1536, v_hidden=256, v_depth=4, v_heads=4),
+    "medium": dict(hidden=2048, layers=16, heads=16, kv=4, mlp=5504, v_hidden=1024, v_depth=8, v_heads=16),
 }
 
 

@@ -17,6 +17,7 @@ conversation (``Trajectory.messages``) rendered by the processor gives the same 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -180,7 +181,8 @@ class ToolEngine:
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
         qs = questions or [None] * len(prompts)
-        convs = [self._start(i, p, base_dir, q) for i, (p, q) in enumerate(zip(prompts, qs))]
+        memo: dict = {}
+        convs = [self._start(i, p, base_dir, q, memo) for i, (p, q) in enumerate(zip(prompts, qs))]
         for _ in range(self.cfg.max_turns):  # every round commits one turn of each active conversation
             active = [c for c in convs if c.finish is None and self._room(c)]
             if not self._agree(len(active)):  # synced ranks run a round while any rank has work
@@ -191,7 +193,7 @@ class ToolEngine:
     # -- conversation setup ---------------------------------------------------------------
 
     def _start(
-        self, key: int, prompt: list[dict], base_dir: str | None, question: str | None
+        self, key: int, prompt: list[dict], base_dir: str | None, question: str | None, memo: dict
     ) -> _Conversation:
         msgs = [
             m if isinstance(m, Message) else parse_message(m, f"prompt {key} message {j}")
@@ -199,6 +201,29 @@ class ToolEngine:
         ]
         if not msgs or msgs[-1].role != "user":
             raise ValueError(f"prompt {key}: must end with a user turn")
+        try:  # G copies of one prompt (GRPO) load and encode their images once and share them
+            ident = json.dumps(prompt, sort_keys=True)
+        except TypeError:  # images in memory
+            ident = None
+        encoded = memo.get(ident) if ident is not None else None
+        if encoded is None:
+            encoded = self._encode_prompt(key, msgs, base_dir)
+            if ident is not None:
+                memo[ident] = encoded
+        messages, images, enc = encoded
+        found = _QUESTION.search(msgs[-1].text())
+        c = _Conversation(key, question or (found.group(1).strip() if found else None))
+        c.extend(enc.input_ids.tolist(), enc.mm_token_type_ids.tolist())
+        c.messages, c.images, c.prompt_length = list(messages), list(images), len(c.ids)
+        if images:
+            sizes = (enc.image_grid_thw.prod(-1)).tolist()
+            c.pixels = list(torch.split(enc.pixel_values, sizes))
+            c.grids = list(enc.image_grid_thw)
+            c.visual_used = sum(sizes) // self.merge
+        return c
+
+    def _encode_prompt(self, key: int, msgs: list[Message], base_dir: str | None):
+        """(messages with the images as the model sees them, those images, the encoded prompt)."""
         plans = self.encoder.plan(msgs, base_dir)
         if any(p.kind == "video" for p in plans):
             raise ValueError(f"prompt {key}: the tool engine takes image prompts; videos are not supported")
@@ -212,17 +237,7 @@ class ToolEngine:
                     {"type": "image", "image": next(shown)} if is_visual(it) else dict(it) for it in m.content
                 ]
             messages.append(d)
-        enc = self.encoder.encode(messages, add_generation_prompt=True)
-        found = _QUESTION.search(msgs[-1].text())
-        c = _Conversation(key, question or (found.group(1).strip() if found else None))
-        c.extend(enc.input_ids.tolist(), enc.mm_token_type_ids.tolist())
-        c.messages, c.images, c.prompt_length = messages, list(images), len(c.ids)
-        if images:
-            sizes = (enc.image_grid_thw.prod(-1)).tolist()
-            c.pixels = list(torch.split(enc.pixel_values, sizes))
-            c.grids = list(enc.image_grid_thw)
-            c.visual_used = sum(sizes) // self.merge
-        return c
+        return messages, images, self.encoder.encode(messages, add_generation_prompt=True)
 
     def _left(self, c: _Conversation) -> int:
         """New tokens a turn may still take (2 stay free for the ``<|im_end|>\n`` that closes it)."""
