@@ -167,6 +167,14 @@ class VLADataset(torch.utils.data.Dataset):
         self.rows: list[int] = []  # position of each record among the file's records (feature files)
         self.problems: list[Problem] = []
         for row, (line, rec) in enumerate(iter_jsonl(path)):
+            if isinstance(rec, Problem) and rec.code == "no_assistant":  # a messages record without actions
+                rec = Problem(
+                    path,
+                    line,
+                    "missing_actions",
+                    "record has no 'actions'",
+                    f"add 'actions': {chunk} steps x {dims} numbers",
+                )
             problem = rec if isinstance(rec, Problem) else self._check(rec, line, chunk, dims, max_views)
             if problem is None:
                 self.records.append(rec)
