@@ -14,7 +14,7 @@ from mm.visual import VisualConfig
 @dataclass
 class VLADataConfig:
     train: str = opt("", "VLA records: messages (one image per view + the instruction), actions, proprio")
-    eval: str | None = opt(None, "optional held-out VLA records (action L1 reported by the benchmark)")
+    eval: str | None = opt(None, "optional held-out VLA records (not read by training; for VLAPolicy checks)")
     micro_batch_size: int = opt(8, "samples per micro-batch on each rank")
     max_views: int = opt(2, "camera views per sample at most; samples with fewer have the rest masked")
     on_error: Literal["raise", "skip"] = opt(
