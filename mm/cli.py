@@ -271,10 +271,13 @@ def cmd_vla_synth(args) -> int:
 
 
 def cmd_teacher_features(args) -> int:
+    import torch
+
     from alignment.spatial.features import write_features
     from alignment.spatial.teacher import build_teacher
 
-    teacher = build_teacher(args.teacher, args.teacher_weights, args.image_size)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = build_teacher(args.teacher, args.teacher_weights, args.image_size).to(device)
     meta = write_features(args.data, args.out, teacher, args.batch_size)
     print(
         f"wrote {len(meta['ids'])} feature grids {meta['grid']} x {meta['dim']} of teacher {meta['teacher']} "
@@ -524,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="random", help="random, timm:NAME or vggt (default %(default)s)")
     p.add_argument("--teacher-weights", default=None, help="local weights file of a timm or VGGT teacher")
     p.add_argument("--image-size", type=int, default=0, help="teacher input side (0: the teacher's default)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="records per teacher forward")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     p.set_defaults(func=cmd_teacher_features)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     return parser

@@ -55,7 +55,8 @@ def write_features(
         mask = torch.zeros(len(pending), V, dtype=torch.bool)
         for b, (_, x) in enumerate(pending):
             imgs[b, : len(x)], mask[b, : len(x)] = x, True
-        feats = teacher(imgs, mask)  # [b, V, h, w, d]
+        device = next(teacher.parameters()).device
+        feats = teacher(imgs.to(device), mask.to(device)).cpu()  # [b, V, h, w, d]
         grid = list(feats.shape[2:4])
         for b, (i, x) in enumerate(pending):
             torch.save(feats[b, : len(x)].clone().contiguous(), os.path.join(out, f"{i:06d}.pt"))

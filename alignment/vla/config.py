@@ -52,7 +52,8 @@ class AlignConfig:
     teacher: str = opt("random", "frozen teacher: random (tests), timm:NAME (local weights) or vggt")
     teacher_weights: str | None = opt(None, "local weights file of a timm or VGGT teacher (never downloaded)")
     teacher_image_size: int = opt(
-        0, "side the views are resized to for the teacher (0: the teacher's default)"
+        0,
+        "side the views are resized to for the teacher (0: the teacher's default; with align.features: any)",
     )
     features: str | None = opt(
         None,
