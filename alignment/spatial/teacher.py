@@ -39,11 +39,6 @@ class Teacher(torch.nn.Module):
     def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode
         return super().train(False)
 
-    def grid(self) -> tuple[int, int]:
-        """Feature grid (h, w) for one ``image_size`` view."""
-        x = torch.zeros(1, 1, 3, self.image_size, self.image_size)
-        return tuple(self(x, torch.ones(1, 1, dtype=torch.bool)).shape[2:4])
-
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] -> [N, h, w, d] (views independently)."""
         raise NotImplementedError

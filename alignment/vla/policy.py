@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from alignment.vla.data import NormStats, VLAEncoder, collate, view_messages
+from alignment.vla.data import NormStats, VLAEncoder, VLASample, collate, view_messages
 from alignment.vla.model import VLAHeads, VLAModel
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
@@ -64,8 +64,6 @@ class VLAPolicy:
             raise ValueError(
                 f"proprio has {len(p)} values, the model was trained with {self.meta['proprio_dim']}"
             )
-        from alignment.vla.data import VLASample
-
         enc, slots, prop, views = self.encoder.encode(
             view_messages(list(images), instruction), os.getcwd(), self.stats.normalize_proprio(p)
         )

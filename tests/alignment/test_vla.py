@@ -15,7 +15,7 @@ from alignment.spatial.align import AlignProjector
 from alignment.spatial.features import FeatureStore, write_features
 from alignment.spatial.teacher import RandomTeacher, build_teacher
 from alignment.train import build_config
-from alignment.vla.data import VLADataset, collate
+from alignment.vla.data import VLADataset, VLASample, collate, view_messages
 from alignment.vla.model import VLAHeads, VLAModel
 from alignment.vla.synth import write_vla_synth
 from alignment.vla.trainer import HEADS, VLATrainer
@@ -202,10 +202,8 @@ def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
     # the exported policy predicts what the trained module predicts (normalised, then de-normalised)
     ds = trainer.dataset
     sample = ds.vla.encode(
-        policy_messages(images, text), None, ds.stats.normalize_proprio(np.asarray(rec["proprio"]))
+        view_messages(images, text), None, ds.stats.normalize_proprio(np.asarray(rec["proprio"]))
     )
-    from alignment.vla.data import VLASample
-
     batch = collate([VLASample(*sample)], trainer.processor.tokenizer.pad_token_id, 2)
     keys = (
         "input_ids",
@@ -221,12 +219,6 @@ def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
     assert np.allclose(ds.stats.denormalize_actions(y), actions, atol=1e-5)
     with pytest.raises(ValueError, match="proprio has 2 values, the model was trained with 4"):
         policy.predict_actions(images, text, [0.0, 0.0])
-
-
-def policy_messages(images, text):
-    from alignment.vla.data import view_messages
-
-    return view_messages(images, text)
 
 
 def test_cli_vla_synth_is_deterministic_and_features_write(tmp_path):
@@ -282,3 +274,22 @@ def test_vggt_teacher_without_package_is_a_clear_error():
         build_teacher("vggt", "weights.pt")
     with pytest.raises(ValueError, match="unknown teacher 'dino'"):
         build_teacher("dino")
+
+
+def test_resume_continues_exactly(vla_data, tmp_path):
+    """A run stopped after step 2 (its last checkpoint) and resumed gives the losses of an
+    uninterrupted run: heads, projector, optimizer, data position and RNG are all restored."""
+    import shutil
+
+    from alignment.train import train
+
+    common = [f"data.train={vla_data['train']}", "data.micro_batch_size=4", "train.max_steps=4"]
+    common += ["optim.warmup_ratio=0", "train.export=false", "train.save_every=2"]
+    train(SF_YAML, common, output_dir=str(tmp_path / "full"))
+    train(SF_YAML, common, output_dir=str(tmp_path / "cut"))
+    shutil.rmtree(tmp_path / "cut" / "checkpoint-000004")  # as if killed before the last save
+    train(SF_YAML, common, output_dir=str(tmp_path / "cut"))
+    full, cut = read_metrics(str(tmp_path / "full")), read_metrics(str(tmp_path / "cut"))
+    assert [m["step"] for m in cut] == [1, 2, 3, 4]
+    for a, b in zip(full, cut):
+        assert a["loss"] == b["loss"] and a["m_align"] == b["m_align"]
