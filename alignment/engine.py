@@ -104,8 +104,9 @@ def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, floa
     return out
 
 
-def export_hf(engine, model, processor, out_dir: str, stage: int) -> None:
-    """Write the trained model (LoRA merged) and processor to ``out_dir`` atomically (rank 0)."""
+def export_hf(engine, model, processor, out_dir: str, stage: int, extras=None) -> None:
+    """Write the trained model (LoRA merged) and processor to ``out_dir`` atomically (rank 0);
+    ``extras(folder)`` adds files (e.g. a VLA's heads) before the folder is renamed into place."""
     if stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
     else:
@@ -125,6 +126,8 @@ def export_hf(engine, model, processor, out_dir: str, stage: int) -> None:
         state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
     target.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     processor.save_pretrained(tmp)
+    if extras is not None:
+        extras(tmp)
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

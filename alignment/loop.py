@@ -111,6 +111,14 @@ class Trainer:
     def count_tokens(batch: dict) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
+    def extra_param_groups(self) -> list[dict]:
+        """AdamW groups of trainable modules outside ``self.model`` (heads of the VLA trainer)."""
+        return []
+
+    def export(self, engine, out_dir: str, stage: int) -> None:
+        """Write the final model to ``out_dir`` (Hugging Face format)."""
+        export_hf(engine, self.model, self.processor, out_dir, stage)
+
     def step_metrics(self) -> dict:
         """Extra metrics of the last step (rollout statistics of RL trainers)."""
         return {}
@@ -136,7 +144,7 @@ class Trainer:
         total = tc.max_steps or tc.epochs * steps_per_epoch
         groups = param_groups(
             self.model, oc.lr, oc.weight_decay, {"vision_tower": oc.lr_vision_tower, "merger": oc.lr_merger}
-        )
+        ) + [g for g in self.extra_param_groups() if g["params"]]
         # fused AdamW: one kernel over all parameters (4x faster than the default loop on CPU, 30M params)
         optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, fused=True)
         warm = warmup_steps(total, oc.warmup_ratio)
@@ -204,7 +212,7 @@ class Trainer:
         ckpt = self.save(engine, step, tokens_seen)
         final = os.path.join(tc.output_dir, "final")
         if tc.export:
-            export_hf(engine, self.model, self.processor, final, zero_stage(ds_cfg))
+            self.export(engine, final, zero_stage(ds_cfg))
         summary = {
             "steps": step,
             "tokens": tokens_seen,

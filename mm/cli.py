@@ -7,6 +7,8 @@
     mmpost data synth DIR             the generated visual-reasoning set
     mmpost data crux PROBLEMS OUT     CRU trajectories (ViRC stage 1 + 2) from problems
     mmpost data stream-chunks V T OUT streaming SFT chunks from a video and word timestamps
+    mmpost data vla-synth OUT         the synthetic two-view reaching task (VLA / Spatial Forcing)
+    mmpost data teacher-features D O  precomputed Spatial Forcing teacher features
     mmpost train CONFIG [k=v ...]     train (SFT, ...) from a YAML config
     mmpost pipeline PIPELINE.yaml     run training stages in order
     mmpost eval MODEL --data FILE     greedy generation + accuracy
@@ -258,6 +260,32 @@ def cmd_cls_synth(args) -> int:
     return 0
 
 
+def cmd_vla_synth(args) -> int:
+    from alignment.vla.synth import write_vla_synth
+
+    paths = write_vla_synth(
+        args.out, args.n, args.n_test, args.seed, args.size, args.chunk, args.dims, args.distractors
+    )
+    print(f"wrote {paths['train']} ({args.n} VLA records, 2 views each) and {paths['test']} ({args.n_test})")
+    return 0
+
+
+def cmd_teacher_features(args) -> int:
+    import torch
+
+    from alignment.spatial.features import write_features
+    from alignment.spatial.teacher import build_teacher
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = build_teacher(args.teacher, args.teacher_weights, args.image_size).to(device)
+    meta = write_features(args.data, args.out, teacher, args.batch_size)
+    print(
+        f"wrote {len(meta['ids'])} feature grids {meta['grid']} x {meta['dim']} of teacher {meta['teacher']} "
+        f"to {args.out}; train with align.features={args.out}"
+    )
+    return 0
+
+
 def cmd_virc_rl(args) -> int:
     from alignment.virc_rl import write_next_turn_records
 
@@ -481,6 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--per-class", type=int, default=10)
     p.set_defaults(func=cmd_cls_synth)
+    p = dsub.add_parser("vla-synth", help="the synthetic two-view reaching task for VLA / Spatial Forcing")
+    p.add_argument("out", help="output folder (train.jsonl, test.jsonl, images/)")
+    p.add_argument("--n", type=int, default=256, help="training records (default %(default)s)")
+    p.add_argument("--n-test", type=int, default=32, help="test records (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=112, help="side of each rendered view in pixels")
+    p.add_argument("--chunk", type=int, default=8, help="K: actions per chunk")
+    p.add_argument("--dims", type=int, default=7, help="D: dimensions per action")
+    p.add_argument("--distractors", type=int, default=0, help="extra balls of other colours per scene")
+    p.set_defaults(func=cmd_vla_synth)
+    p = dsub.add_parser(
+        "teacher-features", help="precompute Spatial Forcing teacher features for a VLA data set"
+    )
+    p.add_argument("data", help="VLA records JSONL")
+    p.add_argument("out", help="output folder (meta.json + one tensor per record)")
+    p.add_argument("--teacher", default="random", help="random, timm:NAME or vggt (default %(default)s)")
+    p.add_argument("--teacher-weights", default=None, help="local weights file of a timm or VGGT teacher")
+    p.add_argument("--image-size", type=int, default=0, help="teacher input side (0: the teacher's default)")
+    p.add_argument("--batch-size", type=int, default=16, help="records per teacher forward")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    p.set_defaults(func=cmd_teacher_features)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     return parser
 

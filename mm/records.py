@@ -218,6 +218,41 @@ def _messages(obj: dict, key: str, need_assistant: bool, only_assistant: bool = 
     return msgs
 
 
+def _numbers(xs: Any) -> bool:
+    return (
+        isinstance(xs, list)
+        and bool(xs)
+        and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+            for x in xs
+        )
+    )
+
+
+def _vla_fields(obj: dict) -> tuple[list | None, list | None]:
+    """``actions`` (chunk x dims finite numbers, equal widths) and ``proprio`` (finite numbers)."""
+    actions, proprio = obj.get("actions"), obj.get("proprio")
+    if actions is not None:
+        if not isinstance(actions, list) or not actions or not all(_numbers(a) for a in actions):
+            raise RecordError(
+                "bad_actions",
+                "'actions' must be a non-empty list of steps, each a non-empty list of finite numbers",
+                'write "actions": [[dx, dy, dz, droll, dpitch, dyaw, grip], ...] (chunk x dims)',
+            )
+        widths = sorted({len(a) for a in actions})
+        if len(widths) > 1:
+            raise RecordError(
+                "bad_actions", f"'actions' steps have different lengths {widths}", "every step has all dims"
+            )
+    if proprio is not None and not _numbers(proprio):
+        raise RecordError(
+            "bad_proprio",
+            "'proprio' must be a non-empty list of finite numbers",
+            'write "proprio": [x, y, z, ...]',
+        )
+    return actions, proprio
+
+
 def parse_record(obj: Any) -> Record:
     """Validate a decoded JSON object and return the typed record (variant picked by its keys)."""
     if not isinstance(obj, dict):
@@ -229,13 +264,14 @@ def parse_record(obj: Any) -> Record:
     if not isinstance(meta, dict):
         raise RecordError("bad_record", "'meta' must be an object")
     if "messages" in obj:
+        actions, proprio = _vla_fields(obj)
         return SFTRecord(
-            _messages(obj, "messages", need_assistant=True),
+            _messages(obj, "messages", need_assistant=actions is None),  # VLA records train the actions
             rid,
             obj.get("answer"),
             meta,
-            obj.get("actions"),
-            obj.get("proprio"),
+            actions,
+            proprio,
         )
     if "chosen" in obj or "rejected" in obj:
         prompt = _messages(obj, "prompt", need_assistant=False)

@@ -18,6 +18,7 @@ QUICK = [
         "batched / one at a time",
     ),
     ("streaming.py", ["--checkpoints", "3,6", "--tokens", "2"], "latency per second vs ours"),
+    ("spatial_forcing.py", ["--quick"], "live / precomputed"),
 ]
 
 
