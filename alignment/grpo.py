@@ -35,12 +35,13 @@ from alignment.grpo_config import GRPOConfig
 from alignment.loop import Trainer
 from alignment.losses import IGNORE, group_advantages, grpo_loss
 from alignment.rewards import combine
-from alignment.shared_prompt import TREE_KEYS, shared_prompt_batch
+from alignment.shared_prompt import TREE_KEYS, shared_prompt_batch, worth_sharing
 from mm.attention import choose_backend, uses_varlen
 from mm.collate import pad_batch
 from mm.config import ConfigError
 from mm.dataset import Problem, iter_jsonl
 from mm.image_features import ImageFeatures, encoder_outputs, vision_frozen
+from mm.loading import unwrap
 
 
 def target_logprobs(h, y, lm_head, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,9 +96,10 @@ class GRPOModule(torch.nn.Module):
         ref_logp=None,
         mm_token_type_ids=None,
         image_embeds=None,
+        seq_ids=None,  # shared-prompt rows: each token's sample (the loop counts samples from it)
         **inputs,
     ):
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base = unwrap(self.model)
         logp, entropy = sequence_logprobs(base, labels, inputs, image_embeds)
         mask = labels[:, 1:] != IGNORE
         lc = self.cfg.loss
@@ -190,11 +192,20 @@ class GRPOTrainer(Trainer):
 
         # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
         # collectively in each), so generation steps, turns and calls are agreed between ranks
-        sharded = self.train_cfg.deepspeed == "zero3" and dist.world() > 1
+        sharded = self.sharded = self.train_cfg.deepspeed == "zero3" and dist.world() > 1
+        with_images = {any(m.visual_items() for m in rec.prompt) for rec in self.records}
+        if sharded and len(with_images) > 1:  # a rank without images would skip gathering the ViT
+            raise ConfigError(
+                f"{cfg.data.train}: some prompts have images and some do not; under ZeRO-3 on several "
+                "ranks every rank must run the vision tower in each pass: split the data by modality "
+                "or use zero2"
+            )
         # a rank that finds every image cached would skip the vision tower that the others gather
         self.features = ImageFeatures(self.model) if r.image_cache and not sharded else None
         self.vision_frozen = vision_frozen(self.model)
         self.share_prompt = cfg.data.share_prompt and not uses_varlen(self.attn)
+        text = self.model.config.get_text_config()
+        self.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
         generator = HFGenerator(self.model, self.processor, synced_gpus=sharded, features=self.features)
         self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
@@ -231,9 +242,11 @@ class GRPOTrainer(Trainer):
         first, skip = divmod(start_step, mu)  # a resume inside a rollout's mu steps re-rolls it
         for r in range(first, self.planner.rollouts_per_epoch()):
             self._draw_key = f"{self.train_cfg.seed}/{epoch}/{r}/{dist.rank()}"  # refills resume identically
-            samples, prompt_lengths, advantages = self._rollout(self.planner.prompts(epoch, r, dist.rank()))
+            samples, plens, groups, advantages = self._rollout(self.planner.prompts(epoch, r, dist.rank()))
             batches = [
-                self._batch(samples[k : k + mb], prompt_lengths[k : k + mb], advantages[k : k + mb])
+                self._batch(
+                    samples[k : k + mb], plens[k : k + mb], groups[k : k + mb], advantages[k : k + mb]
+                )
                 for k in range(0, len(samples), mb)
             ]
             if self.features is not None:  # images the vision tower ran on, and lookups it was spared
@@ -273,14 +286,15 @@ class GRPOTrainer(Trainer):
         t0 = time.perf_counter()
         if self.features is not None:  # features of the last rollout's images: stale or unneeded
             self.features.clear()
-            self.features.hits = self.features.encoded = 0
         rolled = self._roll(indices)
         chosen, refills = rolled, 0
         if cfg.loss.dynamic_sampling:  # groups with one reward for all teach nothing: draw others
             informative = [g for g in rolled if g[2].std() > 0]
             rng = random.Random(self._draw_key)
-            while len(informative) < len(indices) and refills < cfg.loss.max_refills:
-                more = self._roll(rng.sample(range(len(self.records)), len(indices) - len(informative)))
+            # under ZeRO-3 on several ranks every rank rolls (maybe nothing) while any rank refills
+            while refills < cfg.loss.max_refills and self._any_rank(len(informative) < len(indices)):
+                want = max(0, len(indices) - len(informative))
+                more = self._roll(rng.sample(range(len(self.records)), want))
                 informative += [g for g in more if g[2].std() > 0]
                 rolled += more
                 refills += 1
@@ -316,20 +330,29 @@ class GRPOTrainer(Trainer):
         shared = [k for k in shared if k in self.rollout_stats]
         means = dist.all_sum([self.rollout_stats[k] for k in shared], str(self.model.device)) / dist.world()
         self.rollout_stats.update({k: float(v) for k, v in zip(shared, means)})
-        return [t.encoded(self.engine.encoder.rope) for t in trajs], [t.prompt_length for t in trajs], adv
+        samples = [t.encoded(self.engine.encoder.rope) for t in trajs]
+        groups = [j for j, g in enumerate(chosen) for _ in g[1]]
+        return samples, [t.prompt_length for t in trajs], groups, adv
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` on any rank (ZeRO-3 on several ranks), else this rank's ``flag``."""
+        if not self.sharded:
+            return flag
+        return bool(dist.all_sum([float(flag)], str(self.model.device))[0] > 0)
 
     @torch.no_grad()
     def _logp(self, model, batch: dict, embeds: torch.Tensor | None = None) -> torch.Tensor:
         dev = model.device
-        skip = ("labels", "advantages", "mm_token_type_ids", "image_embeds")
+        skip = ("labels", "advantages", "mm_token_type_ids", "image_embeds", "seq_ids")
         skip += ("pixel_values",) if embeds is not None else ()
         inputs = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items() if k not in skip}
         return sequence_logprobs(model, batch["labels"].to(dev), inputs, embeds)[0].cpu()
 
-    def _batch(self, samples, prompt_lengths, advantages) -> dict:
+    def _batch(self, samples, prompt_lengths, groups, advantages) -> dict:
         pad = self.processor.tokenizer.pad_token_id
-        if self.share_prompt:
-            batch = shared_prompt_batch(samples, prompt_lengths, pad, self.engine.merge)
+        lengths = [len(s) for s in samples]
+        if self.share_prompt and worth_sharing(lengths, prompt_lengths, groups, self.pair_cost):
+            batch = shared_prompt_batch(samples, prompt_lengths, groups, pad, self.engine.merge)
         else:
             batch = pad_batch(samples, pad)
         batch["advantages"] = advantages.clone()
@@ -340,7 +363,7 @@ class GRPOTrainer(Trainer):
                 batch["image_embeds"] = embeds
                 del batch["pixel_values"]
         if self.cfg.loss.mu > 1:  # the sampling policy's log-probs, before any of the mu updates
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            base = unwrap(self.model)
             was = base.training
             base.eval()
             batch["old_logp"] = self._logp(base, batch, embeds)

@@ -20,7 +20,8 @@ class RLDataConfig:
     share_prompt: bool = opt(
         True,
         "score a group's prompt once per micro-batch: one row holds the prompt, then its completions, "
-        "each masked to see the prompt and itself (the padded rows' log-probs; SDPA/eager only)",
+        "each masked to see the prompt and itself (the padded rows' log-probs; SDPA/eager only; "
+        "used for a micro-batch when a FLOP estimate says it is cheaper)",
     )
     visual: VisualConfig = opt(
         factory=VisualConfig, help="pixel limits and the per-sample visual-token budget"

@@ -17,7 +17,7 @@ from alignment.sft_config import SFTConfig
 from mm.attention import choose_backend
 from mm.dataset import RecordDataset
 from mm.encode import ConversationEncoder
-from mm.loading import load_model
+from mm.loading import load_model, unwrap
 from mm.records import drop_tool_result_images
 from mm.rope import RopeSpec
 
@@ -30,7 +30,7 @@ class CausalLMLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, labels, seq_ids=None, mm_token_type_ids=None, **inputs):
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base = unwrap(self.model)
         hidden = base.model(**inputs).last_hidden_state  # [B, L, D]
         total, n = token_nll_sum(hidden, base.lm_head, labels)
         return total, n, {}

@@ -13,6 +13,12 @@ before it in the row, so the batch carries per labelled token where its predicto
 (``tree_src``, a flat index into the rows), its id (``tree_tgt``) and where its log-prob goes in
 the padded ``[B, L - 1]`` layout (``tree_dst``); ``labels`` stay padded ``[B, L]``.
 
+Which samples share is the caller's knowledge (the rollout's group of each sample), never
+guessed from tokens: two prompts with the same text and image-token count have the same ids but
+different images. A row is worth it when the tokens saved outweigh its attention, which grows
+with the square of the row (the dense mask also rules out causal-skipping kernels):
+:func:`worth_sharing` compares the two layouts' cost estimates per micro-batch.
+
 SDPA and eager attention only: flash-attn's varlen kernels cannot express the mask.
 """
 
@@ -44,47 +50,50 @@ def _split_images(sample: EncodedSample, prompt_length: int, merge: int) -> int:
     return n
 
 
-def _same_prompt(a: EncodedSample, b: EncodedSample, n: int) -> bool:
-    return (
-        len(a) >= n
-        and len(b) >= n
-        and torch.equal(a.input_ids[:n], b.input_ids[:n])
-        and torch.equal(a.mm_token_type_ids[:n], b.mm_token_type_ids[:n])
-    )
-
-
-def group_rows(samples: list[EncodedSample], prompt_lengths: list[int]) -> list[list[int]]:
-    """Consecutive samples that share their prompt (same length, ids and token types) form a row."""
+def group_rows(groups: list[int]) -> list[list[int]]:
+    """Consecutive samples of one rollout group form a row."""
     rows: list[list[int]] = []
-    for i, s in enumerate(samples):
-        if rows:
-            j = rows[-1][0]
-            if prompt_lengths[i] == prompt_lengths[j] and _same_prompt(samples[j], s, prompt_lengths[j]):
-                rows[-1].append(i)
-                continue
-        rows.append([i])
+    for i, g in enumerate(groups):
+        if rows and groups[rows[-1][0]] == g:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
     return rows
 
 
-def shared_prompt_batch(
-    samples: list[EncodedSample], prompt_lengths: list[int], pad_id: int, merge: int = 4
-) -> dict:
-    """Model kwargs with one row per shared prompt, plus padded ``labels`` and the tree indices.
+def worth_sharing(lengths: list[int], prompt_lengths: list[int], groups: list[int], pair_cost: float) -> bool:
+    """True when shared-prompt rows cost less than padded rows by a FLOP estimate: one unit per
+    token (the linear layers) plus ``pair_cost`` per attended (query, key) pair, all pairs of a
+    masked row counted. ``pair_cost`` = attention FLOPs per pair / linear FLOPs per token,
+    about 2 / (4 * hidden + 3 * intermediate) per layer."""
+    padded = len(lengths) * (max(lengths) + pair_cost * max(lengths) ** 2)
+    rows = [prompt_lengths[r[0]] + sum(lengths[i] - prompt_lengths[i] for i in r) for r in group_rows(groups)]
+    shared = len(rows) * (max(rows) + pair_cost * max(rows) ** 2)
+    return shared < padded
 
-    ``merge``: patches per visual token (Qwen2.5-VL merges 2 x 2)."""
+
+def shared_prompt_batch(
+    samples: list[EncodedSample], prompt_lengths: list[int], groups: list[int], pad_id: int, merge: int = 4
+) -> dict:
+    """Model kwargs with one row per group, plus padded ``labels``, the tree indices and
+    ``seq_ids`` (each token's sample; a prompt counts for its group's first sample).
+
+    ``groups``: the rollout group of each sample (samples of a group are consecutive and share
+    their first ``prompt_lengths`` tokens and images); ``merge``: patches per visual token."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     B, Lp = len(samples), max(len(s) for s in samples)
     labels = torch.full((B, Lp), IGNORE, dtype=torch.long)
     for i, s in enumerate(samples):
         labels[i, : len(s)] = s.labels
-    rows = group_rows(samples, prompt_lengths)
+    rows = group_rows(groups)
     lengths = [prompt_lengths[r[0]] + sum(len(samples[i]) - prompt_lengths[i] for i in r) for r in rows]
     R, L = len(rows), max(lengths)
     ids = torch.full((R, L), pad_id, dtype=torch.long)
     types = torch.zeros(R, L, dtype=torch.long)
     pos = torch.zeros(3, R, L, dtype=torch.long)
     seg = torch.full((R, L), -1, dtype=torch.long)
+    owner = torch.full((R, L), -1, dtype=torch.long)
     pixels, grids, src, dst, tgt = [], [], [], [], []
     for r, members in enumerate(rows):
         first, P = samples[members[0]], prompt_lengths[members[0]]
@@ -99,18 +108,22 @@ def shared_prompt_batch(
         if n_img:
             pixels.append(first.pixel_values[: sum(patches[:n_img])])
             grids.append(first.image_grid_thw[:n_img])
+        owner[r, :P] = members[0]
         off = P
         for k, i in enumerate(members, start=1):
             s = samples[i]
+            if prompt_lengths[i] != P or not torch.equal(s.input_ids[:P], first.input_ids[:P]):
+                raise ValueError(f"sample {i}: its prompt differs from its group's first sample's")
             if (s.labels[:P] != IGNORE).any():
                 raise ValueError(f"sample {i}: labelled tokens inside its prompt; nothing to share")
             n = len(s) - P
             sl = slice(off, off + n)
-            ids[r, sl], types[r, sl], pos[:, r, sl], seg[r, sl] = (
+            ids[r, sl], types[r, sl], pos[:, r, sl], seg[r, sl], owner[r, sl] = (
                 s.input_ids[P:],
                 s.mm_token_type_ids[P:],
                 s.position_ids[:, P:],
                 k,
+                i,
             )
             own = s.image_grid_thw.prod(-1).tolist() if s.image_grid_thw is not None else []
             if len(own) > n_img:  # tool results: the images after the prompt's
@@ -132,6 +145,7 @@ def shared_prompt_batch(
         "position_ids": pos,
         "mm_token_type_ids": types,
         "labels": labels,
+        "seq_ids": owner,
         "use_cache": False,
         "tree_src": torch.cat(src),
         "tree_dst": torch.cat(dst),

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import torch
 
+from mm.loading import unwrap
+
 
 def fingerprint(pixels: torch.Tensor, grid: torch.Tensor, samples: int = 4096) -> tuple:
     """A cheap key for one image: its grid, size and a strided sample of its patches. Images with
     equal fingerprints are compared in full before features are shared."""
     flat = pixels.detach().reshape(-1)
     step = max(1, flat.numel() // samples)
-    return (tuple(int(x) for x in grid), flat.numel(), hash(flat[::step].cpu().numpy().tobytes()))
+    return (tuple(int(x) for x in grid), flat.numel(), hash(flat[::step].float().cpu().numpy().tobytes()))
 
 
 def encoder_outputs(embeds: torch.Tensor) -> dict:
@@ -37,8 +39,7 @@ def vision_frozen(model) -> bool:
 
 def inner_model(model):
     """The Qwen2.5-VL ``.model`` (vision tower + language model) under PEFT / task wrappers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
+    return unwrap(model).model
 
 
 class ImageFeatures:
@@ -50,11 +51,13 @@ class ImageFeatures:
         self.hits = self.encoded = 0
 
     def clear(self) -> None:
+        """Forget every feature (the vision weights changed, or a new rollout starts)."""
         self.store.clear()
+        self.hits = self.encoded = 0
 
     def _find(self, key: tuple, pixels: torch.Tensor) -> torch.Tensor | None:
         for seen, feats in self.store.get(key, ()):
-            if seen is pixels or torch.equal(seen, pixels):
+            if torch.equal(seen, pixels):
                 return feats
         return None
 

@@ -125,9 +125,14 @@ def _model_classes() -> dict:
     return {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
 
 
+def unwrap(model):
+    """The ``...ForConditionalGeneration`` under a PEFT wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def model_parts(model) -> dict[str, list[torch.nn.Parameter]]:
     """Parameters by part: the vision tower (without merger), the merger, the language model (+ head)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     visual = base.model.visual
     merger = list(visual.merger.parameters())
     merger_ids = {id(p) for p in merger}

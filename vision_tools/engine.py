@@ -113,6 +113,14 @@ class Trajectory:
         )
 
 
+def _copy_messages(messages: list[dict]) -> list[dict]:
+    """New message dicts and content lists (the images themselves are shared, read-only)."""
+    return [
+        {**m, "content": [dict(it) for it in m["content"]]} if isinstance(m["content"], list) else dict(m)
+        for m in messages
+    ]
+
+
 class _Conversation:
     """Mutable state of one running conversation."""
 
@@ -214,7 +222,7 @@ class ToolEngine:
         found = _QUESTION.search(msgs[-1].text())
         c = _Conversation(key, question or (found.group(1).strip() if found else None))
         c.extend(enc.input_ids.tolist(), enc.mm_token_type_ids.tolist())
-        c.messages, c.images, c.prompt_length = list(messages), list(images), len(c.ids)
+        c.messages, c.images, c.prompt_length = _copy_messages(messages), list(images), len(c.ids)
         if images:
             sizes = (enc.image_grid_thw.prod(-1)).tolist()
             c.pixels = list(torch.split(enc.pixel_values, sizes))

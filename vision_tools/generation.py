@@ -71,6 +71,10 @@ class HFGenerator:
         gathers parameters in every forward, so a rank that stopped early would hang the rest).
         ``features``: an :class:`mm.image_features.ImageFeatures` cache, so an image shared by
         several rows or turns is encoded once (valid while the vision weights do not change)."""
+        if features is not None and synced_gpus:  # a rank finding every image cached skips a gather
+            raise ValueError(
+                "an image-feature cache cannot be used with synced_gpus (ZeRO-3 on several ranks)"
+            )
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         self.features = features
         ids = self.tok.convert_tokens_to_ids

@@ -3,11 +3,12 @@ padded rows' (the model run on each trajectory in its own row)."""
 
 import os
 
+import pytest
 import torch
 
 from alignment.grpo import sequence_logprobs
 from alignment.metrics import read_metrics
-from alignment.shared_prompt import group_rows, shared_prompt_batch
+from alignment.shared_prompt import group_rows, shared_prompt_batch, worth_sharing
 from alignment.train import train
 from mm.collate import pad_batch
 from tests.alignment.conftest import ROOT
@@ -20,8 +21,9 @@ CROP = '<think>look</think><tool_call>{{"name": "crop_image", "arguments": {{"bb
 
 
 def rollouts(tiny):
-    """Two prompts (images of different sizes), three rollouts each: a plain answer, one crop
-    then an answer, two crops then an answer (tool-result images inside the completions)."""
+    """Two prompts with the same text and image size but different images (so the same token
+    ids), three rollouts each: a plain answer, one crop then an answer, two crops then an answer
+    (tool-result images inside the completions)."""
     model, processor = tiny
     turns = []
     for _ in range(2):
@@ -33,10 +35,16 @@ def rollouts(tiny):
     engine = ToolEngine(
         model, processor, config=EngineConfig(), generator=ScriptedGenerator(processor, turns)
     )
-    prompts = [build_prompt(solid(112, 112), "How many?")] * 3 + [build_prompt(solid(168, 140), "Which?")] * 3
+    prompts = [build_prompt(solid(112, 112), "How many?")] * 3
+    prompts += [build_prompt(solid(112, 112, (20, 60, 220)), "How many?")] * 3
     trajs = engine.run(prompts)
     assert [len(t.turns) for t in trajs] == [1, 2, 3] * 2
+    P = trajs[0].prompt_length
+    assert torch.equal(trajs[0].input_ids[:P], trajs[3].input_ids[:P])  # only the pixels differ
     return [t.encoded(engine.encoder.rope) for t in trajs], [t.prompt_length for t in trajs]
+
+
+GROUPS = [0, 0, 0, 1, 1, 1]
 
 
 def test_shared_rows_give_the_padded_log_probs(tiny):
@@ -44,11 +52,11 @@ def test_shared_rows_give_the_padded_log_probs(tiny):
     samples, plens = rollouts(tiny)
     pad = processor.tokenizer.pad_token_id
     padded = pad_batch(samples, pad)
-    shared = shared_prompt_batch(samples, plens, pad)
-    assert shared["input_ids"].shape[0] == 2  # one row per prompt
+    shared = shared_prompt_batch(samples, plens, GROUPS, pad)
+    assert shared["input_ids"].shape[0] == 2  # one row per group
+    assert int(shared["seq_ids"].max()) + 1 == 6 and int((shared["seq_ids"] >= 0).sum()) < n_tokens(samples)
     # each prompt and its image once: fewer tokens and patches than the padded rows
-    n_tokens = sum(len(s) for s in samples)
-    assert shared["input_ids"].shape[1] < n_tokens / 2 - plens[0]
+    assert shared["input_ids"].shape[1] < n_tokens(samples) / 2 - plens[0]
     assert shared["pixel_values"].shape[0] < padded["pixel_values"].shape[0]
     with torch.no_grad():
         labels = padded.pop("labels")
@@ -63,12 +71,28 @@ def test_shared_rows_give_the_padded_log_probs(tiny):
     assert int(mask.sum()) == shared["tree_tgt"].numel()
 
 
-def test_rows_share_only_identical_prompts(tiny):
+def n_tokens(samples):
+    return sum(len(s) for s in samples)
+
+
+def test_rows_follow_the_rollout_groups(tiny):
+    assert group_rows(GROUPS) == [[0, 1, 2], [3, 4, 5]]
+    assert group_rows([0, 1, 0, 1]) == [[0], [1], [2], [3]]  # a group's samples must be neighbours
     samples, plens = rollouts(tiny)
-    assert group_rows(samples, plens) == [[0, 1, 2], [3, 4, 5]]
-    # the same prompts interleaved: no two neighbours share, so one row each
-    order = [0, 3, 1, 4]
-    assert group_rows([samples[i] for i in order], [plens[i] for i in order]) == [[0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="its prompt differs"):  # ids of another prompt in a group
+        other = [samples[0], samples[1]]
+        other[1] = type(other[1])(**{**vars(other[1]), "input_ids": other[1].input_ids.flip(0)})
+        shared_prompt_batch(other, plens[:2], [0, 0], 0)
+
+
+def test_worth_sharing_compares_the_two_layouts_costs():
+    # 8 completions of 10 tokens after a 90-token prompt: padded 8 rows x 100, shared 1 row x 170
+    lengths, plens, groups = [100] * 8, [90] * 8, [0] * 8
+    assert worth_sharing(lengths, plens, groups, pair_cost=0.0)  # tokens only: 170 < 800
+    # cost per pair 0.01: padded 8 * (100 + 100) = 1600, shared 170 + 289 = 459
+    assert worth_sharing(lengths, plens, groups, pair_cost=0.01)
+    # long completions, a short prompt: padded 8 * (1010 + 0.01 * 1010^2), shared 8010 + 0.01 * 8010^2
+    assert not worth_sharing([1010] * 8, [10] * 8, groups, pair_cost=0.01)
 
 
 def test_grpo_with_shared_prompts_runs_like_padded_rows(tmp_path):
