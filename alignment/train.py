@@ -18,6 +18,7 @@ from mm.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
 ALGORITHMS = {
     "sft": ("alignment.sft_config:SFTConfig", "alignment.sft:SFTTrainer"),
     "grpo": ("alignment.grpo_config:GRPOConfig", "alignment.grpo:GRPOTrainer"),
+    "dpo": ("alignment.dpo_config:DPOConfig", "alignment.dpo:DPOTrainer"),
 }
 
 
