@@ -18,6 +18,7 @@ QUICK = [
         "batched / one at a time",
     ),
     ("streaming.py", ["--checkpoints", "3,6", "--tokens", "2"], "latency per second vs ours"),
+    ("dpo_step.py", ["--no-trl", "--rounds", "1", "--pairs", "4", "--batch-size", "2"], "median s/step"),
 ]
 
 
