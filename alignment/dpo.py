@@ -37,6 +37,7 @@ from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
 from mm.rope import RopeSpec
 
+FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "use_cache")  # of a pair batch, to the LM
 STATS = ("dpo_loss", "sft_loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
 
 
@@ -84,9 +85,6 @@ def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     hidden = base.model(**inputs, mm_encoder_outputs=encoded or None).last_hidden_state  # [B, L, D]
     n_seq = int(batch["seq_ids"].max()) + 1
     return sequence_logps(hidden, base.lm_head, batch["labels"], batch["seq_ids"], n_seq)
-
-
-FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "use_cache")
 
 
 class DPOModule(torch.nn.Module):
