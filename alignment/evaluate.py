@@ -95,6 +95,20 @@ def run_eval(
     limit: int = 0,
     max_turns: int = 8,
 ) -> int:
+    evaluate(model_name, data, out, batch_size, max_new_tokens, limit, max_turns)
+    return 0
+
+
+def evaluate(
+    model_name: str,
+    data: str,
+    out: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    limit: int = 0,
+    max_turns: int = 8,
+) -> float:
+    """Evaluate one model on one file (see the module docstring); returns the accuracy (0-1)."""
     from tqdm import tqdm
 
     from mm.encode import ConversationEncoder
@@ -155,4 +169,30 @@ def run_eval(
         + (f", {skipped} record(s) without prompt/answer skipped" if skipped else "")
     )
     print(f"per-sample results: {out}")
-    return 0
+    return correct / n
+
+
+def run_gf(
+    models: list[str], base: str, data: str, ood: str, beta: float = 2.0, out_dir: str | None = None, **kw
+) -> list[dict]:
+    """Accuracy of ``base`` and every model on the ID and OOD sets, gains over base and the
+    Generalization Factor (``alignment.gf``), printed as a table; returns the rows."""
+    from alignment.gf import format_table, gf_rows
+
+    def acc(model: str, path: str, tag: str) -> float:
+        out = None
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            parts = os.path.normpath(resolve_model(model)).split(os.sep)
+            name = parts[-2] if parts[-1] == "final" and len(parts) > 1 else parts[-1]
+            out = os.path.join(out_dir, f"{len(seen)}_{name}_{tag}.jsonl")
+        seen.append(model)
+        return 100 * evaluate(model, path, out, **kw)
+
+    seen: list[str] = []
+    base_acc = (acc(base, data, "id"), acc(base, ood, "ood"))
+    accs = [(m, (acc(m, data, "id"), acc(m, ood, "ood"))) for m in models]
+    rows = gf_rows(base_acc, accs, beta)
+    print(f"\nGeneralization Factor: ID {data}, OOD {ood}, base {base}")
+    print(format_table(rows, beta))
+    return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from mm.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
 
@@ -19,6 +20,7 @@ ALGORITHMS = {
     "sft": ("alignment.sft_config:SFTConfig", "alignment.sft:SFTTrainer"),
     "grpo": ("alignment.grpo_config:GRPOConfig", "alignment.grpo:GRPOTrainer"),
     "vla": ("alignment.vla.config:VLAConfig", "alignment.vla.trainer:VLATrainer"),
+    "dpo": ("alignment.dpo_config:DPOConfig", "alignment.dpo:DPOTrainer"),
 }
 
 
@@ -61,6 +63,17 @@ class Stage:
     config: str = opt("", "the stage's training YAML (relative to the pipeline file)")
     init_from: str | None = opt(None, "name of an earlier stage whose final model this stage starts from")
     overrides: list[str] = opt(factory=list, help="dotted overrides for this stage only")
+    run: Literal["train", "specs-pairs"] = opt(
+        "train", "train: train `config`; specs-pairs: build SPECS preference pairs from `args`"
+    )
+    args: dict[str, Any] = opt(
+        factory=dict,
+        help="specs-pairs: alignment.specs_pairs.PairsConfig fields; zero/base may name earlier stages",
+    )
+    data_from: str | None = opt(None, "name of an earlier specs-pairs stage whose pairs become data.train")
+    model: str | None = opt(
+        None, "train nothing: the stage stands for this model (folder or 'tiny'); later stages start from it"
+    )
 
 
 @dataclass
@@ -69,32 +82,61 @@ class Pipeline:
     stages: list[Stage] = opt(factory=list, help="stages, run in order")
 
 
+def _stage_overrides(name: str, overrides: list[str]) -> list[str]:
+    return [o.split(":", 1)[1] for o in overrides if o.split("=")[0].startswith(f"{name}:")]
+
+
 def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str | None = None) -> list[dict]:
-    """Run every stage of a pipeline file; ``overrides`` apply to every stage, or to one stage
-    when written ``STAGE:key=value``."""
+    """Run every stage of a pipeline file; ``overrides`` apply to every training stage, or to one
+    stage when written ``STAGE:key=value`` (``STAGE:model=PATH`` turns a stage into a named model;
+    on a specs-pairs stage, ``STAGE:n=4`` sets one of its args)."""
     raw = load_yaml(path)
     pipe = from_dict(Pipeline, raw)
     if output_root:
         pipe.output_root = output_root
     if not pipe.stages:
         raise ConfigError(f"{path}: 'stages' is empty")
+    overrides = overrides or []
     base = os.path.dirname(os.path.abspath(path))
-    done: dict[str, str] = {}
+    done: dict[str, tuple[str, str]] = {}  # stage -> (kind, output folder or model)
     results = []
     for i, st in enumerate(pipe.stages):
-        if not st.name or not st.config:
-            raise ConfigError(f"{path}: stages[{i}] needs a name and a config")
-        if st.init_from and st.init_from not in done:
+        mine = _stage_overrides(st.name, overrides)
+        for o in [o for o in mine if o.startswith("model=")]:
+            st.model = o.split("=", 1)[1]
+        mine = [o for o in mine if not o.startswith("model=")]
+        if not st.name or not (st.config or st.run != "train" or st.model):
             raise ConfigError(
-                f"{path}: stage {st.name!r} starts from {st.init_from!r}, which is not an earlier stage"
+                f"{path}: stages[{i}] needs a name and a config (or run: specs-pairs, or model)"
             )
+        for ref in (st.init_from, st.data_from):
+            if ref and ref not in done:
+                raise ConfigError(
+                    f"{path}: stage {st.name!r} refers to {ref!r}, which is not an earlier stage"
+                )
         out = os.path.join(pipe.output_root, st.name)
+        if st.model:
+            print(f"[pipeline] {st.name}: the model {st.model}", flush=True)
+            done[st.name] = ("model", st.model)
+            results.append({"stage": st.name, "skipped": True, "model": st.model})
+            continue
+        if st.run == "specs-pairs":
+            done[st.name] = ("pairs", out)
+            results.append({"stage": st.name, **_run_pairs(st, mine, out, done)})
+            continue
         cfg_path = st.config if os.path.isabs(st.config) else os.path.join(base, st.config)
-        extra = list(st.overrides) + [o for o in overrides or [] if ":" not in o.split("=")[0]]
-        extra += [o.split(":", 1)[1] for o in overrides or [] if o.split("=")[0].startswith(f"{st.name}:")]
+        extra = list(st.overrides) + [o for o in overrides if ":" not in o.split("=")[0]] + mine
         if st.init_from:
-            extra.append(f"init_from={done[st.init_from]}")
-        done[st.name] = out
+            kind, where = done[st.init_from]
+            extra.append(f"model.name_or_path={where}" if kind == "model" else f"init_from={where}")
+        if st.data_from:
+            kind, where = done[st.data_from]
+            if kind != "pairs":
+                raise ConfigError(
+                    f"{path}: stage {st.name!r} takes data from {st.data_from!r}, not a specs-pairs stage"
+                )
+            extra.append(f"data.train={os.path.join(where, PAIRS_FILE)}")
+        done[st.name] = ("train", out)
         if os.path.isdir(os.path.join(out, "final")):
             print(f"[pipeline] {st.name}: {out}/final exists, skipping", flush=True)
             results.append({"stage": st.name, "skipped": True, "model": os.path.join(out, "final")})
@@ -102,3 +144,32 @@ def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str
         print(f"[pipeline] stage {i + 1}/{len(pipe.stages)}: {st.name} ({cfg_path})", flush=True)
         results.append({"stage": st.name, **train(cfg_path, extra, output_dir=out)})
     return results
+
+
+PAIRS_FILE = "pairs.jsonl"
+
+
+def _run_pairs(st: Stage, overrides: list[str], out: str, done: dict) -> dict:
+    """A specs-pairs stage: zero/base name earlier stages (their final models) or models."""
+    from alignment.specs_pairs import PairsConfig, build_pairs
+
+    cfg = from_dict(PairsConfig, apply_overrides(dict(st.args), overrides), f"{st.name}.args")
+    for side in ("zero", "base"):
+        ref = getattr(cfg, side)
+        if ref in done:
+            kind, where = done[ref]
+            setattr(cfg, side, where if kind == "model" else os.path.join(where, "final"))
+    target = os.path.join(out, PAIRS_FILE)
+    if os.path.isfile(target):
+        print(f"[pipeline] {st.name}: {target} exists, skipping", flush=True)
+        return {"skipped": True, "data": target}
+    print(f"[pipeline] {st.name}: SPECS pairs from {cfg.zero} (zero) and {cfg.base} (base)", flush=True)
+    counts = build_pairs(cfg, target + ".partial")
+    if not counts["pairs"]:
+        raise RuntimeError(
+            f"{st.name}: no pair was kept (counts in {target}.partial.counts.json); sample more (n), "
+            "train the zero model longer, or check the prompts' answers"
+        )
+    os.replace(target + ".partial.counts.json", target + ".counts.json")
+    os.replace(target + ".partial", target)
+    return {"pairs": counts["pairs"], "data": target, "counts": dict(counts)}

@@ -9,9 +9,10 @@
     mmpost data stream-chunks V T OUT streaming SFT chunks from a video and word timestamps
     mmpost data vla-synth OUT         the synthetic two-view reaching task (VLA / Spatial Forcing)
     mmpost data teacher-features D O  precomputed Spatial Forcing teacher features
+    mmpost data specs-pairs ...       SPECS preference pairs (zero vs corrupted base responses)
     mmpost train CONFIG [k=v ...]     train (SFT, ...) from a YAML config
     mmpost pipeline PIPELINE.yaml     run training stages in order
-    mmpost eval MODEL --data FILE     greedy generation + accuracy
+    mmpost eval MODEL --data FILE     greedy generation + accuracy (+ --base B --ood F: SPECS GF)
     mmpost serve --model tiny         the HTTP tool-call API on 127.0.0.1:8000
     mmpost stream VIDEO               live commentary (StreamingVLM), terminal / --jsonl / --vtt / --web
 
@@ -151,17 +152,61 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from alignment.evaluate import run_eval
+    from alignment.evaluate import run_eval, run_gf
 
-    return run_eval(
-        args.model,
-        args.data,
-        out=args.out,
+    kw = dict(
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
         max_turns=args.max_turns,
     )
+    if args.ood or args.base:
+        if not (args.ood and args.base):
+            raise ValueError("the Generalization Factor needs both --base MODEL and --ood FILE (plus --data)")
+        run_gf(args.model, args.base, args.data, args.ood, args.beta, out_dir=args.out, **kw)
+        return 0
+    if len(args.model) > 1 and args.out:
+        raise ValueError(
+            "--out names one results file; give one model, or use --base/--ood (then --out is a folder)"
+        )
+    for m in args.model:
+        run_eval(m, args.data, out=args.out, **kw)
+    return 0
+
+
+def cmd_specs_toy(args) -> int:
+    from alignment.specs_toy import write_toy
+
+    counts = write_toy(args.out, args.seed)
+    print(", ".join(f"{k}.jsonl: {v}" for k, v in counts.items()) + f" (in {args.out})")
+    return 0
+
+
+def cmd_specs_pairs(args) -> int:
+    from alignment.specs_pairs import PairsConfig, build_pairs
+
+    judge = None
+    if args.judge_url:
+        from alignment.rewards import HTTPJudge
+
+        judge = HTTPJudge(args.judge_url, args.judge_model, os.environ.get("MMPOST_JUDGE_KEY", ""))
+    cfg = PairsConfig(
+        zero=args.zero,
+        base=args.base,
+        prompts=args.prompts,
+        n=args.n,
+        mode=args.mode,
+        pairs_per_prompt=args.pairs_per_prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        judge_threshold=args.judge_threshold,
+    )
+    counts = build_pairs(cfg, args.out, judge)
+    return 0 if counts["pairs"] else 1
 
 
 def cmd_synth(args) -> int:
@@ -335,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser(
-        "train", help="train from a YAML config (SFT, GRPO; DPO and spatial alignment as they land)"
+        "train", help="train from a YAML config (SFT, GRPO, DPO; spatial alignment as it lands)"
     )
     p.add_argument("config", help="YAML config, e.g. configs/quickstart/sft.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 data.max_tokens=4096")
@@ -357,9 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="generate answers (greedy, batched; the tool loop for prompts with tools) and report accuracy",
     )
-    p.add_argument("model", help="a model folder (e.g. runs/quickstart/final), 'tiny', or a training YAML")
-    p.add_argument("--data", required=True, help="JSONL with prompts and answers (RL or SFT records)")
-    p.add_argument("--out", help="per-sample results JSONL (default: next to the model, eval_<data>.jsonl)")
+    p.add_argument(
+        "model", nargs="+", help="model folder(s) (e.g. runs/quickstart/final), 'tiny', or training YAML(s)"
+    )
+    p.add_argument("--data", required=True, help="JSONL with prompts and answers (RL or SFT records); ID set")
+    p.add_argument(
+        "--out",
+        help="per-sample results JSONL (default: next to the model, eval_<data>.jsonl); a folder with --base",
+    )
+    p.add_argument("--ood", help="out-of-distribution JSONL: with --base, report G_ID, G_OOD and GF (SPECS)")
+    p.add_argument("--base", help="the base model the gains are measured against (with --ood)")
+    p.add_argument("--beta", type=float, default=2.0, help="GF's beta (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256, help="per turn (default %(default)s)")
     p.add_argument(
@@ -505,6 +558,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuts", choices=("all", "hard"), default="all", help="every turn, or ViRC's hard cases")
     p.add_argument("--min-turns", type=int, default=15, help="hard: answer turns after more turns than this")
     p.set_defaults(func=cmd_virc_rl)
+    p = dsub.add_parser(
+        "specs-pairs",
+        help="SPECS preference pairs: zero-model chosen vs format-corrupted base-model rejected",
+    )
+    p.add_argument("--zero", required=True, help="the zero model (GRPO from base): folder or 'tiny'")
+    p.add_argument("--base", required=True, help="the base model: folder or 'tiny'")
+    p.add_argument("--prompts", required=True, help="verifiable prompts: RL records (prompt + answer)")
+    p.add_argument("--out", required=True, help="output preference JSONL (counts in OUT.counts.json)")
+    p.add_argument(
+        "--n", type=int, default=8, help="samples per prompt from each model (default %(default)s)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("decoupled", "coupled"),
+        default="decoupled",
+        help="decoupled: both sides correct, only the format differs; coupled: rejected also wrong",
+    )
+    p.add_argument("--pairs-per-prompt", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts sampled together (x --n sequences)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--judge-url",
+        help="OpenAI-compatible endpoint scoring reasoning-answer consistency (key: MMPOST_JUDGE_KEY)",
+    )
+    p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
+    p.add_argument("--judge-threshold", type=float, default=0.5, help="chosen needs a judge score >= this")
+    p.set_defaults(func=cmd_specs_pairs)
+    p = dsub.add_parser("specs-toy", help="the toy SPECS task the tiny model runs end to end (data/specs)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_specs_toy)
     p = dsub.add_parser("cls-synth", help="a generated image-folder set of six shape classes")
     p.add_argument("out", help="output folder")
     p.add_argument("--per-class", type=int, default=10)

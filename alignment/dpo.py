@@ -1,0 +1,228 @@
+"""DPO with an SFT term on the shared DeepSpeed loop (``mmpost train`` with ``algorithm: dpo``).
+
+    mmpost train configs/specs/dpo_cold_start.yaml [key=value ...]
+
+Loss per pair (``alignment.losses.dpo_loss``): sigmoid DPO (or IPO / hinge) on the policy's and
+the reference's log-probs of the chosen and rejected responses, plus ``sft_weight`` x the mean
+NLL per token of the chosen response (SPECS: lambda = 1). The loop averages over the pairs of
+the optimizer step (the denominator is pairs, summed over micro-batches and ranks).
+
+One forward per micro-batch covers both sides of every pair: chosen and rejected are two
+samples of the same (packed or padded) batch, and the prompt's images go through the vision
+tower once per pair, their features filling the placeholders of both sides.
+
+The reference is the starting model. By default its log-probs are computed once before the
+first step (the policy in eval mode, before any update) and cached in memory and in
+``OUTPUT/ref_logps.pt`` (a resumed run reads them back), so no second model is kept. With
+``loss.precompute_ref: false`` a frozen copy scores each micro-batch (under LoRA, the policy
+with its adapters disabled: no copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+
+from alignment import distributed as dist
+from alignment.data import StepPlanner
+from alignment.dpo_config import DPOConfig
+from alignment.dpo_data import PairDataset, PairMicroBatches, check_pair_lengths
+from alignment.loop import Trainer
+from alignment.losses import IGNORE, dpo_loss
+from mm.attention import choose_backend
+from mm.encode import ConversationEncoder
+from mm.rope import RopeSpec
+
+FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "use_cache")  # of a pair batch, to the LM
+STATS = ("dpo_loss", "sft_loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
+
+
+def sequence_logps(hidden, lm_head, labels, seq_ids, n_seq: int, chunk: int = 4096):
+    """Summed log-prob of the labelled tokens of each sample, and their count: ([S], [S]).
+
+    ``hidden`` [B, L, D], ``labels`` and ``seq_ids`` [B, L]; logits only at labelled positions.
+    """
+    tgt = labels[:, 1:]
+    valid = tgt != IGNORE
+    h = hidden[:, :-1][valid]  # [N, D]
+    y = tgt[valid]  # [N]
+    sid = seq_ids[:, 1:][valid]  # [N] which sample each labelled token belongs to
+    parts = [
+        -F.cross_entropy(lm_head(h[k : k + chunk]).float(), y[k : k + chunk], reduction="none")
+        for k in range(0, h.shape[0], chunk)
+    ]
+    tok = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    total = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(0, sid, tok)
+    count = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(
+        0, sid, torch.ones_like(tok)
+    )
+    return total, count
+
+
+def _unwrap(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (summed log-prob, token count) of a pair batch in one forward, images encoded
+    once per pair (see ``alignment.dpo_data``)."""
+    base = _unwrap(model)
+    inputs = {k: v for k, v in batch.items() if k in FORWARD_KEYS}
+    encoded = {}
+    for kind, pix, grid, order, fn in (
+        ("image", "pixel_values", "image_grid_thw", "image_order", base.model.get_image_features),
+        ("video", "pixel_values_videos", "video_grid_thw", "video_order", base.model.get_video_features),
+    ):
+        if batch.get(pix) is not None:
+            out = fn(batch[pix], batch[grid], return_dict=True)
+            feats = out.pooler_output  # one [tokens, D] tensor per image of the pairs
+            out.pooler_output = tuple(feats[i] for i in batch[order].tolist())
+            encoded[kind] = out
+    hidden = base.model(**inputs, mm_encoder_outputs=encoded or None).last_hidden_state  # [B, L, D]
+    n_seq = int(batch["seq_ids"].max()) + 1
+    return sequence_logps(hidden, base.lm_head, batch["labels"], batch["seq_ids"], n_seq)
+
+
+class DPOModule(torch.nn.Module):
+    """forward(**pair batch) -> (summed loss over pairs, number of pairs, summed metrics)."""
+
+    def __init__(self, model, cfg: DPOConfig, ref=None):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        # not a submodule: DeepSpeed must neither train nor shard the reference
+        self.__dict__["ref"] = ref
+
+    def reference(self, batch: dict) -> torch.Tensor:
+        """Per-sample log-probs under the reference (when not precomputed)."""
+        with torch.no_grad():
+            if self.ref is not None:
+                total, count = policy_logps(self.ref, batch)
+            else:  # LoRA: the policy without its adapters is the starting model
+                with self.model.disable_adapter():
+                    total, count = policy_logps(self.model, batch)
+        return total / count if self.cfg.loss.length_normalize else total
+
+    def forward(self, ref_logps=None, pair_index=None, **batch):
+        lc = self.cfg.loss
+        total, count = policy_logps(self.model, batch)
+        logps = total / count if lc.length_normalize else total
+        if ref_logps is None:
+            ref_logps = self.reference(batch)
+        loss, m = dpo_loss(
+            logps[0::2],
+            logps[1::2],
+            ref_logps[0::2],
+            ref_logps[1::2],
+            lc.beta,
+            lc.kind,
+            chosen_nll=-total[0::2] / count[0::2],
+            sft_weight=lc.sft_weight,
+        )
+        stats = {k: float(m[k].sum()) for k in STATS}
+        return loss.sum(), torch.tensor(loss.shape[0]), stats
+
+
+class DPOTrainer(Trainer):
+    name = "dpo"
+
+    def setup(self, device: str):
+        cfg: DPOConfig = self.cfg
+        from alignment.sft import load_for_training
+
+        self.attn = choose_backend(cfg.model.attn, device)
+        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
+        self.model.to(device)
+        if not cfg.data.train:
+            raise ValueError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
+        encoder = ConversationEncoder(
+            self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
+        )
+        self.dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error)
+        lengths = self.dataset.lengths()
+        check_pair_lengths(self.dataset, lengths, cfg.data.max_tokens, cfg.data.on_error)
+        self.planner = StepPlanner(
+            lengths, cfg.data, dist.world(), self.train_cfg.gradient_accumulation_steps, self.train_cfg.seed
+        )
+        self.ref_model, self.ref_logps = None, None
+        if cfg.loss.precompute_ref:
+            self.ref_logps = self._cached_reference(device)
+        elif not hasattr(self.model, "disable_adapter"):
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.model.train()
+        if self.dataset.skipped and dist.is_main():
+            print(
+                f"skipping {self.dataset.skipped} bad pair(s); first: {self.dataset.problems[0]}", flush=True
+            )
+
+    def _cached_reference(self, device: str) -> torch.Tensor:
+        """[n_pairs, 2] reference log-probs (chosen, rejected), computed once with the starting model."""
+        path = os.path.join(self.train_cfg.output_dir, "ref_logps.pt")
+        key = {
+            "data": os.path.abspath(self.cfg.data.train),
+            "mtime": os.path.getmtime(self.cfg.data.train),
+            "pairs": len(self.dataset),
+            "length_normalize": self.cfg.loss.length_normalize,
+        }
+        if os.path.isfile(path):
+            saved = torch.load(path)
+            if saved.get("key") == key:
+                return saved["ref"]
+        ref = torch.zeros(len(self.dataset), 2)
+        mb = max(1, self.cfg.data.micro_batch_size)
+        order = list(range(len(self.dataset)))
+        plan = [order[k : k + mb] for k in range(0, len(order), mb)]
+        batches = PairMicroBatches(
+            self.dataset, plan, "pad", self.processor.tokenizer.pad_token_id, self.attn
+        )
+        from tqdm import tqdm
+
+        self.model.eval()
+        with torch.no_grad(), _no_adapters(self.model):
+            for batch in tqdm(
+                batches, desc="reference log-probs", disable=not dist.is_main() or len(plan) < 20
+            ):
+                if batch is None:
+                    continue
+                b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                total, count = policy_logps(self.model, b)
+                lp = total / count if self.cfg.loss.length_normalize else total
+                ref[batch["pair_index"]] = lp.view(-1, 2).float().cpu()
+        if dist.is_main():
+            os.makedirs(self.train_cfg.output_dir, exist_ok=True)
+            torch.save({"key": key, "ref": ref}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        return ref
+
+    def build_module(self):
+        return DPOModule(self.model, self.cfg, self.ref_model)
+
+    @staticmethod
+    def count_tokens(batch: dict) -> int:
+        return int(batch["pair_index"].numel())  # the loss is a mean over pairs
+
+    def micro_batches(self, epoch: int, start_step: int):
+        plan = self.planner.rank_micro_batches(epoch, dist.rank(), start_step)
+        mb = PairMicroBatches(
+            self.dataset,
+            plan,
+            self.cfg.data.layout,
+            self.processor.tokenizer.pad_token_id,
+            self.attn,
+            self.ref_logps,
+        )
+        return torch.utils.data.DataLoader(
+            mb,
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.cfg.data.num_workers,
+            prefetch_factor=2 if self.cfg.data.num_workers else None,
+        )
+
+
+def _no_adapters(model):
+    """The starting model: LoRA adapters disabled (a no-op without LoRA)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()

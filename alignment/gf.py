@@ -1,0 +1,58 @@
+"""The Generalization Factor of SPECS: one number for in- and out-of-distribution gains.
+
+With accuracy gains over the base model G_ID (in-distribution eval sets) and G_OOD
+(out-of-distribution), GF = (1 + b^2) * G_ID * G_OOD / (b^2 * G_ID + G_OOD), b = 2: an F-beta
+style harmonic mean that weighs the out-of-distribution gain b^2 = 4 times as much. Gains are in
+accuracy points; GF is undefined (NaN) where the denominator is 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def generalization_factor(g_id: float, g_ood: float, beta: float = 2.0) -> float:
+    b2 = beta * beta
+    den = b2 * g_id + g_ood
+    return (1 + b2) * g_id * g_ood / den if den != 0 else math.nan
+
+
+def gf_rows(base: tuple[float, float], models, beta: float = 2.0) -> list[dict]:
+    """Per model: accuracies (ID, OOD), gains over ``base`` and GF. Accuracies in points (0-100);
+    ``models``: {name: (acc_id, acc_ood)} or a list of (name, (acc_id, acc_ood))."""
+    rows = [
+        {"model": "base", "acc_id": base[0], "acc_ood": base[1], "g_id": 0.0, "g_ood": 0.0, "gf": math.nan}
+    ]
+    for name, (a_id, a_ood) in models.items() if isinstance(models, dict) else models:
+        g_id, g_ood = a_id - base[0], a_ood - base[1]
+        rows.append(
+            {
+                "model": name,
+                "acc_id": a_id,
+                "acc_ood": a_ood,
+                "g_id": g_id,
+                "g_ood": g_ood,
+                "gf": generalization_factor(g_id, g_ood, beta),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict], beta: float = 2.0) -> str:
+    head = ["model", "acc ID", "acc OOD", "G_ID", "G_OOD", f"GF (b={beta:g})"]
+    body = [
+        [
+            r["model"],
+            f"{r['acc_id']:.2f}",
+            f"{r['acc_ood']:.2f}",
+            f"{r['g_id']:+.2f}",
+            f"{r['g_ood']:+.2f}",
+            "-" if math.isnan(r["gf"]) else f"{r['gf']:.2f}",
+        ]
+        for r in rows
+    ]
+    table = [head, *body]
+    w = [max(len(r[i]) for r in table) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in table
+    )
