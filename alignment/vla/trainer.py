@@ -171,7 +171,7 @@ class VLATrainer(Trainer):
                 }
                 json.dump(meta, f, indent=1)
 
-        export_hf(engine, self.model, self.processor, out_dir, stage, extras)
+        export_hf(engine, self.model, self.processor, out_dir, stage, extras, prefix="backbone.")
 
     def print_summary(self, s: dict) -> None:
         print(f"\nvla done: {s['steps']} steps in {s['seconds']:.1f}s, final loss {s['final_loss']:.4f}")

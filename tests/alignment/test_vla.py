@@ -293,3 +293,33 @@ def test_resume_continues_exactly(vla_data, tmp_path):
     assert [m["step"] for m in cut] == [1, 2, 3, 4]
     for a, b in zip(full, cut):
         assert a["loss"] == b["loss"] and a["m_align"] == b["m_align"]
+
+
+def _test_views(vla_data):
+    rec = _records(vla_data["test"])[0]
+    base = os.path.dirname(vla_data["test"])
+    images = [
+        os.path.join(base, it["image"]) for it in rec["messages"][0]["content"] if it.get("type") == "image"
+    ]
+    return images, rec["messages"][0]["content"][-1]["text"], rec["proprio"]
+
+
+def test_zero3_export_holds_only_the_backbone(vla_data, tiny, tmp_path):
+    """ZeRO-3 (one process): model.safetensors has exactly the keys transformers writes for the
+    tiny model (no heads, projector or second copy of the decoder layers), and the export predicts."""
+    from safetensors import safe_open
+
+    from alignment.vla import VLAPolicy
+
+    out = str(tmp_path / "z3")
+    overrides = [f"data.train={vla_data['train']}", "train.max_steps=2", "train.deepspeed=zero3"]
+    summary = VLATrainer(build_config(SF_YAML, overrides, output_dir=out)).run()
+    ref = str(tmp_path / "ref")
+    tiny[0].save_pretrained(ref, safe_serialization=True)
+    with safe_open(os.path.join(ref, "model.safetensors"), "pt") as f:
+        want = set(f.keys())
+    with safe_open(os.path.join(summary["model"], "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == want
+    images, text, proprio = _test_views(vla_data)
+    actions = VLAPolicy.from_pretrained(summary["model"]).predict_actions(images, text, proprio)
+    assert actions.shape == (8, 7) and np.isfinite(actions).all()
