@@ -75,7 +75,8 @@ def zero_stage(cfg: dict) -> int:
 
 
 def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, float | None]) -> list[dict]:
-    """AdamW groups: one per (part, decay) with the part's lr; frozen parameters are left out.
+    """AdamW groups: one per (part, decay) with the part's lr; frozen parameters are left out
+    (a fully frozen model gives no groups: a trainer may still train modules of its own).
 
     Biases and norm weights (1-D) get no weight decay.
     """
@@ -99,8 +100,6 @@ def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, floa
                 "name": f"{part}{'' if decay else '_no_decay'}",
             }
         )
-    if not out:
-        raise ValueError("no trainable parameters: everything is frozen")
     return out
 
 

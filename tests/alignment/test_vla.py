@@ -323,3 +323,75 @@ def test_zero3_export_holds_only_the_backbone(vla_data, tiny, tmp_path):
     images, text, proprio = _test_views(vla_data)
     actions = VLAPolicy.from_pretrained(summary["model"]).predict_actions(images, text, proprio)
     assert actions.shape == (8, 7) and np.isfinite(actions).all()
+
+
+def test_frozen_backbone_trains_only_the_heads(vla_data, synth, tmp_path):
+    """model.freeze of every part: the heads train (the backbone's groups are empty, not an error),
+    the exported backbone is bit-identical to the base model."""
+    from mm.loading import load_model
+
+    class Watched(VLATrainer):
+        def build_module(self):
+            module = super().build_module()
+            self.initial = {k: v.clone() for k, v in self.heads.state_dict().items()}
+            return module
+
+    out = str(tmp_path / "frozen")
+    overrides = [
+        f"data.train={vla_data['train']}",
+        "train.max_steps=2",
+        "model.freeze=[vision_tower,merger,language_model]",
+    ]
+    trainer = Watched(build_config(VLA_YAML, overrides, output_dir=out))
+    summary = trainer.run()
+    heads = trainer.heads.state_dict()
+    assert all(not torch.equal(heads[k], v) for k, v in trainer.initial.items())
+    exported, _ = load_model(summary["model"])
+    base, _ = load_model("tiny")
+    assert all(torch.equal(p, q) for p, q in zip(exported.parameters(), base.parameters()))
+    # SFT with everything frozen still stops with the clear message
+    from alignment.train import train
+
+    sft_yaml = os.path.join(ROOT, "configs", "quickstart", "sft.yaml")
+    with pytest.raises(ValueError, match="no trainable parameters: everything is frozen"):
+        train(
+            sft_yaml,
+            [f"data.train={synth['train']}", "model.freeze=[vision_tower,merger,language_model]"],
+            output_dir=str(tmp_path / "sft"),
+        )
+
+
+def test_head_groups_lr_zero_and_no_decay_on_queries(vla_data):
+    """action.lr_heads=0 is a learning rate, not 'unset'; action queries get no weight decay."""
+    overrides = [f"data.train={vla_data['train']}", "action.lr_heads=0", "optim.weight_decay=0.1"]
+    trainer = VLATrainer(build_config(SF_YAML, overrides))
+    trainer.heads = VLAHeads(16, 8, 7, 4)
+    trainer.vla = VLAModel.__new__(VLAModel)
+    torch.nn.Module.__init__(trainer.vla)
+    trainer.vla.projector = AlignProjector(16, 32)
+    groups = {g["name"]: g for g in trainer.extra_param_groups()}
+    assert [g["lr"] for g in groups.values()] == [0.0, 0.0]
+    decay = {id(p) for p in groups["vla_heads"]["params"]}
+    rest = {id(p) for p in groups["vla_heads_no_decay"]["params"]}
+    h, pr = trainer.heads, trainer.vla.projector
+    want_decay = [
+        h.proprio_proj[0],
+        h.proprio_proj[2],
+        h.action_head[1],
+        h.action_head[3],
+        pr.net[1],
+        pr.net[3],
+    ]
+    assert decay == {id(m.weight) for m in want_decay}
+    assert id(h.action_queries) in rest and groups["vla_heads_no_decay"]["weight_decay"] == 0.0
+    assert groups["vla_heads"]["weight_decay"] == 0.1
+    assert len(decay) + len(rest) == len(list(h.parameters())) + len(list(pr.parameters()))
+
+
+def test_teacher_width_must_divide_by_4(vla_data, monkeypatch):
+    import alignment.vla.trainer as vla_trainer
+
+    monkeypatch.setattr(vla_trainer, "build_teacher", lambda *a, **k: RandomTeacher(dim=30))
+    trainer = VLATrainer(build_config(SF_YAML, [f"data.train={vla_data['train']}"]))
+    with pytest.raises(ValueError, match="30-d features; .* divisible by 4"):
+        trainer.setup("cpu")
