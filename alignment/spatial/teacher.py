@@ -144,7 +144,13 @@ class VGGTTeacher(Teacher):
         from vggt.models.vggt import VGGT
 
         self.model = VGGT()
-        self.model.load_state_dict(load_state_dict(weights), strict=False)
+        missing, _unexpected = self.model.load_state_dict(load_state_dict(weights), strict=False)
+        missing = [k for k in missing if k.startswith("aggregator.")]  # the heads are never run
+        if missing:
+            raise ValueError(
+                f"{weights} does not fit VGGT: {len(missing)} aggregator weights missing "
+                f"({', '.join(missing[:5])}, ...); pass VGGT-1B's weights file"
+            )
         self.spec, self.dim, self.image_size = "vggt", 2048, image_size or 518
         if self.image_size % 14:
             raise ValueError(f"VGGT needs image sizes divisible by 14, got {self.image_size}")

@@ -395,3 +395,36 @@ def test_teacher_width_must_divide_by_4(vla_data, monkeypatch):
     trainer = VLATrainer(build_config(SF_YAML, [f"data.train={vla_data['train']}"]))
     with pytest.raises(ValueError, match="30-d features; .* divisible by 4"):
         trainer.setup("cpu")
+
+
+def test_vggt_weights_are_checked(tmp_path, monkeypatch):
+    """A weights file without the aggregator's keys is an error naming the file and the keys
+    (not a silently random teacher); the heads may be absent (they are never run)."""
+    import sys
+    import types
+
+    import alignment.spatial.teacher as teacher_mod
+
+    class FakeVGGT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.aggregator = torch.nn.Linear(3, 4)
+            self.camera_head = torch.nn.Linear(4, 2)
+
+    fake = types.ModuleType("vggt.models.vggt")
+    fake.VGGT = FakeVGGT
+    for name in ("vggt", "vggt.models"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "vggt.models.vggt", fake)
+    monkeypatch.setattr(teacher_mod, "is_available", lambda name: True)
+    ref = FakeVGGT()
+    good = str(tmp_path / "vggt.pt")
+    torch.save({k: v for k, v in ref.state_dict().items() if k.startswith("aggregator.")}, good)
+    teacher = build_teacher("vggt", good)
+    assert torch.equal(teacher.model.aggregator.weight, ref.aggregator.weight)
+    wrong = str(tmp_path / "dino.pt")
+    torch.save({"blocks.0.weight": torch.zeros(4, 3), "camera_head.weight": torch.zeros(2, 4)}, wrong)
+    with pytest.raises(
+        ValueError, match=r"dino.pt does not fit VGGT: 2 aggregator weights missing \(aggregator.weight"
+    ):
+        build_teacher("vggt", wrong)
