@@ -82,9 +82,7 @@ class VLATrainer(Trainer):
         if al.alpha > 0:
             if al.features:
                 self.features = FeatureStore(al.features)
-                self.features.check(
-                    al.teacher, al.teacher_image_size, self.dataset.rows, [r.id for r in self.dataset.records]
-                )
+                self.features.check(al.teacher, al.teacher_image_size, cfg.data.train, al.teacher_weights)
                 self.teacher_dim = self.features.meta["dim"]
             else:
                 self.teacher = build_teacher(al.teacher, al.teacher_weights, al.teacher_image_size).to(device)

@@ -98,7 +98,7 @@ def test_precomputed_features_give_the_live_loss(tiny, vla_data, vla_encoder, tm
     meta = write_features(vla_data["train"], out, teacher, batch_size=5, progress=False)
     assert (meta["teacher"], meta["grid"], meta["dim"], len(meta["ids"])) == ("random", [7, 7], 32, 32)
     store = FeatureStore(out)
-    store.check("random", 56, ds.rows, [r.id for r in ds.records])
+    store.check("random", 56, vla_data["train"])
     samples = [ds[i] for i in (3, 0, 7, 12)]
     pad = tiny[1].tokenizer.pad_token_id
     live = collate(samples, pad, 2, teacher_size=teacher.image_size)
@@ -111,11 +111,75 @@ def test_precomputed_features_give_the_live_loss(tiny, vla_data, vla_encoder, tm
     assert n == 4 and sa["align"] > 0
     assert abs(float(a) - float(b)) < 1e-6 and abs(float(sa["align"]) - float(sb["align"])) < 1e-6
     with pytest.raises(ValueError, match="teacher 'random', the config asks for 'timm:vit_small"):
-        store.check("timm:vit_small", 0, ds.rows, [r.id for r in ds.records])
+        store.check("timm:vit_small", 0, vla_data["train"])
     with pytest.raises(ValueError, match="image size 56, the config asks for 112"):
-        store.check("random", 112, ds.rows, [r.id for r in ds.records])
-    with pytest.raises(ValueError, match="do not match the training records"):
-        store.check("random", 56, ds.rows, [r.id for r in ds.records][::-1])
+        store.check("random", 112, vla_data["train"])
+
+
+def test_feature_store_records_data_and_weights(vla_data, tmp_path):
+    """meta.json pins the data file and the teacher weights by sha256: training refuses an edited
+    data file (same ids, other actions) and another weights file, with the command that recomputes."""
+    from alignment.spatial.features import file_sha256
+
+    recs = _records(vla_data["train"])[:3]
+    data = _write(tmp_path / "d.jsonl", recs)
+    os.symlink(os.path.join(os.path.dirname(vla_data["train"]), "images"), tmp_path / "images")
+    weights, other = tmp_path / "w.bin", tmp_path / "other.bin"
+    weights.write_bytes(b"teacher weights")
+    other.write_bytes(b"teacher wEights")  # same size, other contents
+    teacher = build_teacher("random")
+    teacher.weights = str(weights)  # as a timm / VGGT teacher records its file
+    out = str(tmp_path / "feats")
+    meta = write_features(data, out, teacher, progress=False)
+    assert meta["data_sha256"] == file_sha256(data)
+    assert meta["teacher_weights"] == {
+        "path": str(weights),
+        "size": 15,
+        "sha256": "90d25392a0559aa17e21775e238a703a195a1747d8f67a2c5f8c82a86ece5ccd",
+    }
+    store = FeatureStore(out)
+    store.check("random", 56, data, str(weights))
+    store.check("random", 56, data)  # a run reading features need not name the weights
+    with pytest.raises(
+        ValueError, match=r"teacher weights .*w.bin, which differ from align.teacher_weights=.*other.bin"
+    ):
+        store.check("random", 56, data, str(other))
+    recs[1]["actions"][0][0] += 1.0  # same ids, other contents
+    with pytest.raises(
+        ValueError, match=r"features of data file .*d.jsonl, whose contents differ.*recompute: mmpost"
+    ):
+        store.check("random", 56, _write(tmp_path / "d.jsonl", recs))
+
+
+def test_write_features_replaces_the_folder_atomically(vla_data, tmp_path):
+    recs = _records(vla_data["train"])[:3]
+    os.symlink(os.path.join(os.path.dirname(vla_data["train"]), "images"), tmp_path / "images")
+    out = tmp_path / "feats"
+    teacher = build_teacher("random")
+    write_features(_write(tmp_path / "three.jsonl", recs), str(out), teacher, batch_size=1, progress=False)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+
+    class Failing(RandomTeacher):
+        calls = 0
+
+        def features(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            return super().features(images)
+
+    two = _write(tmp_path / "two.jsonl", recs[:2])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        write_features(two, str(out), Failing(), batch_size=1, progress=False)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before  # untouched
+    write_features(two, str(out), teacher, batch_size=1, progress=False)
+    assert sorted(os.listdir(out)) == ["000000.pt", "000001.pt", "meta.json"]  # no stale 000002.pt
+    assert json.loads((out / "meta.json").read_text())["ids"] == [r["id"] for r in recs[:2]]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a teacher-features folder"):
+        write_features(two, str(tmp_path / "notes"), teacher, progress=False)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep"
 
 
 def test_absent_views_are_masked(tiny, vla_data, vla_encoder, tmp_path):
@@ -253,6 +317,7 @@ def test_timm_teacher_loads_local_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
     teacher = build_teacher("timm:vit_tiny_patch16_224", path, image_size=32)
     assert (teacher.spec, teacher.dim, teacher.image_size) == ("timm:vit_tiny_patch16_224", 192, 32)
+    assert teacher.weights == path  # recorded in precomputed features
     x = torch.rand(1, 2, 3, 32, 32)
     y = teacher(x, torch.ones(1, 2, dtype=torch.bool))
     assert y.shape == (1, 2, 2, 2, 192)
