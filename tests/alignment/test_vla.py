@@ -493,3 +493,53 @@ def test_vggt_weights_are_checked(tmp_path, monkeypatch):
         ValueError, match=r"dino.pt does not fit VGGT: 2 aggregator weights missing \(aggregator.weight"
     ):
         build_teacher("vggt", wrong)
+
+
+def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder):
+    """Non-square views of different sizes, in either order: L_align equals a hand loop over each
+    (sample, view) that takes the view's tokens, its merged grid (rows = height / 28) and its own
+    teacher grid resampled to it; swapping the two views' teacher features changes the loss."""
+    import torch.nn.functional as F
+
+    from alignment.spatial.align import alignment_targets
+    from alignment.vla.data import VLAEncoder
+    from tests.conftest import solid
+
+    wide, tall = solid(84, 56), solid(56, 112, (30, 200, 30))  # merged grids 2 x 3 and 4 x 2
+    grid = {id(wide): (2, 3), id(tall): (4, 2)}
+    enc = VLAEncoder(vla_encoder, 8, 4)
+    views = [[wide, tall], [tall, wide]]
+    samples = []
+    for ims in views:
+        e, slots, prop, v = enc.encode(view_messages(ims, "go"), None, np.zeros(4, np.float32))
+        samples.append(VLASample(e, slots, prop, v, torch.zeros(8, 7)))
+    batch = collate(samples, tiny[1].tokenizer.pad_token_id, 2)
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 6], [1, 8, 4], [1, 8, 4], [1, 4, 6]]
+    torch.manual_seed(1)
+    feats = torch.randn(2, 2, 5, 5, 32)  # [B, V, h_t, w_t, d_t]
+    vla = _model(tiny)
+    with torch.no_grad():
+        _, _, stats = vla(**batch, teacher_feats=feats)
+        keys = ("attention_mask", "position_ids", "pixel_values", "image_grid_thw")
+        _, h_l = vla.encode(
+            batch["input_ids"],
+            batch["slot_ids"],
+            batch["proprio"],
+            capture=True,
+            **{k: batch[k] for k in keys},
+        )
+        want = []
+        for b, ims in enumerate(views):
+            pos = (batch["input_ids"][b] == tiny[0].config.image_token_id).nonzero().flatten().tolist()
+            cos, start = [], 0
+            for v, im in enumerate(ims):
+                gh, gw = grid[id(im)]
+                pred = vla.projector(h_l[b, pos[start : start + gh * gw]]).float()
+                cos.append(F.cosine_similarity(pred, alignment_targets(feats[b, v], (gh, gw), 0.1), dim=-1))
+                start += gh * gw
+            assert start == len(pos)
+            want.append(1 - torch.cat(cos).mean())
+        assert float(stats["align"]) == pytest.approx(float(sum(want)), abs=1e-5)
+        assert float(stats["align_tokens"]) == 2 * (6 + 8)
+        _, _, swapped = vla(**batch, teacher_feats=feats[:, [1, 0]])
+    assert abs(float(swapped["align"]) - float(stats["align"])) > 1e-3
