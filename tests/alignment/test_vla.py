@@ -543,3 +543,14 @@ def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder
         assert float(stats["align_tokens"]) == 2 * (6 + 8)
         _, _, swapped = vla(**batch, teacher_feats=feats[:, [1, 0]])
     assert abs(float(swapped["align"]) - float(stats["align"])) > 1e-3
+
+
+def test_sft_refuses_vla_records(vla_data, encoder):
+    """A VLA record (actions, no assistant turn) passes `mmpost data validate` for the VLA trainer,
+    but SFT would train zero tokens on it: its dataset stops with file:line, or skips and counts."""
+    from mm.dataset import RecordDataset
+
+    with pytest.raises(DataError, match=r"train.jsonl:1: \[no_assistant\].*SFT would train nothing"):
+        RecordDataset(vla_data["train"], encoder)
+    ds = RecordDataset(vla_data["train"], encoder, on_error="skip")
+    assert len(ds) == 0 and ds.skipped == 32
