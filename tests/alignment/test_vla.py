@@ -67,11 +67,17 @@ def test_records_and_their_errors(vla_data, vla_encoder, tmp_path):
         for it in m["content"]:
             if it.get("type") == "image":
                 it["image"] = os.path.join(base, it["image"])
+    video = json.loads(json.dumps(rec))  # one view and one video: 2 visual items, within max_views
+    video["messages"][0]["content"][1] = {
+        "type": "video",
+        "video": [rec["messages"][0]["content"][1]["image"]] * 2,
+    }
     bad = [
         ({k: v for k, v in rec.items() if k != "actions"}, "missing_actions", "no 'actions'"),
         ({**rec, "actions": rec["actions"][:5]}, "bad_actions", "5 x 7, the config wants 8 x 7"),
         ({**rec, "actions": [[1, "x"]] * 8}, "bad_actions", "finite numbers"),
         ({**rec, "proprio": [1, None]}, "bad_proprio", "proprio"),
+        (video, "bad_views", "a video item; a VLA view is one image"),
     ]
     for i, (r, code, text) in enumerate(bad):
         path = _write(tmp_path / f"bad{i}.jsonl", [rec, r])
