@@ -289,6 +289,12 @@ def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
     assert np.allclose(ds.stats.denormalize_actions(y), actions, atol=1e-5)
     with pytest.raises(ValueError, match="proprio has 2 values, the model was trained with 4"):
         policy.predict_actions(images, text, [0.0, 0.0])
+    assert json.load(open(os.path.join(summary["model"], "vla.json")))["max_views"] == 2
+    for views in ([], images + images[:1]):
+        with pytest.raises(
+            ValueError, match=rf"{len(views)} view\(s\) given; the model was trained with 1..2"
+        ):
+            policy.predict_actions(views, text, rec["proprio"])
 
 
 def test_cli_vla_synth_is_deterministic_and_features_write(tmp_path):
