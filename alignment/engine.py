@@ -75,7 +75,8 @@ def zero_stage(cfg: dict) -> int:
 
 
 def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, float | None]) -> list[dict]:
-    """AdamW groups: one per (part, decay) with the part's lr; frozen parameters are left out.
+    """AdamW groups: one per (part, decay) with the part's lr; frozen parameters are left out
+    (a fully frozen model gives no groups: a trainer may still train modules of its own).
 
     Biases and norm weights (1-D) get no weight decay.
     """
@@ -99,14 +100,19 @@ def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, floa
                 "name": f"{part}{'' if decay else '_no_decay'}",
             }
         )
-    if not out:
-        raise ValueError("no trainable parameters: everything is frozen")
     return out
 
 
-def export_hf(engine, model, processor, out_dir: str, stage: int, extras=None) -> None:
+def export_hf(
+    engine, model, processor, out_dir: str, stage: int, extras=None, prefix: str = "model."
+) -> None:
     """Write the trained model (LoRA merged) and processor to ``out_dir`` atomically (rank 0);
-    ``extras(folder)`` adds files (e.g. a VLA's heads) before the folder is renamed into place."""
+    ``extras(folder)`` adds files (e.g. a VLA's heads) before the folder is renamed into place.
+
+    Under ZeRO-3 the weights come from the engine's consolidated state: only the keys under
+    ``prefix`` (where the wrapping module holds ``model``) are the model's, with the prefix
+    stripped; the rest (a VLA's heads and projector) is left out.
+    """
     if stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
     else:
@@ -122,8 +128,7 @@ def export_hf(engine, model, processor, out_dir: str, stage: int, extras=None) -
             raise RuntimeError("exporting LoRA under ZeRO-3 is not supported; train LoRA with zero2")
         target = model.merge_and_unload()
     if state is not None:
-        prefix = "model."
-        state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     target.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     processor.save_pretrained(tmp)
     if extras is not None:

@@ -145,6 +145,8 @@ class Trainer:
         groups = param_groups(
             self.model, oc.lr, oc.weight_decay, {"vision_tower": oc.lr_vision_tower, "merger": oc.lr_merger}
         ) + [g for g in self.extra_param_groups() if g["params"]]
+        if not groups:
+            raise ValueError("no trainable parameters: everything is frozen (see model.freeze)")
         # fused AdamW: one kernel over all parameters (4x faster than the default loop on CPU, 30M params)
         optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, fused=True)
         warm = warmup_steps(total, oc.warmup_ratio)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from mm.encode import ConversationEncoder, EncodedSample
-from mm.records import Record, RecordError, parse_record
+from mm.records import Record, RecordError, SFTRecord, parse_record
 from mm.visual import VisualError
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,14 @@ class RecordDataset(Dataset):
         self.lines: list[int] = []
         self.problems: list[Problem] = []
         for n, rec in iter_jsonl(path):
+            if isinstance(rec, SFTRecord) and not any(m.role == "assistant" for m in rec.messages):
+                rec = Problem(  # a VLA record (actions, no assistant turn): no token would be trained
+                    path,
+                    n,
+                    "no_assistant",
+                    "record has 'actions' but no assistant turn, so SFT would train nothing on it",
+                    "train VLA records with algorithm: vla, or add the target answer as an assistant turn",
+                )
             if isinstance(rec, Problem):
                 self._fail(rec)
             else:

@@ -2,18 +2,23 @@
 
 Layout of OUT::
 
-    meta.json            {"teacher", "image_size", "grid", "dim", "data", "ids", "dtype"}
+    meta.json            {"teacher", "teacher_weights", "image_size", "grid", "dim", "data",
+                          "data_sha256", "ids", "dtype"}
     000000.pt ...        one float32 tensor [V, h, w, d] per record (record index in DATA)
 
+``teacher_weights`` is the weights file's path, size and sha256 (null for the random teacher).
+The folder is written as OUT.tmp and renamed into place, so OUT is never a mix of two runs.
 Training with ``align.features=OUT`` reads these instead of running the teacher (the same loss,
-without the teacher's compute); ``FeatureStore`` refuses a folder written by another teacher,
-image size or data file.
+without the teacher's compute); ``FeatureStore.check`` refuses a folder written by another
+teacher, weights file, image size or data file (compared by sha256).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 
 import torch
 
@@ -30,6 +35,21 @@ def record_views(rec, base_dir: str) -> list:
     return [open_image(resolve(it.get("image", it.get("image_url")), base_dir), decode=True) for it in items]
 
 
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_identity(path: str | None) -> dict | None:
+    """Path, size and sha256 of a teacher's weights file (None without one)."""
+    if not path:
+        return None
+    return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
 def write_features(
     data: str, out: str, teacher: Teacher, batch_size: int = 16, progress: bool = True
 ) -> dict:
@@ -41,7 +61,11 @@ def write_features(
     bad = [r for _, r in rows if isinstance(r, Problem)]
     if bad:
         raise ValueError(f"{bad[0]}\n(run `mmpost data validate {data}`)")
-    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, META)):
+        raise ValueError(f"{out} exists and is not a teacher-features folder (no {META}); pick another")
+    final, out = out, out.rstrip("/") + ".tmp"
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     ids, grid = [], None
     S = teacher.image_size
     pending: list[tuple[int, torch.Tensor]] = []
@@ -70,15 +94,19 @@ def write_features(
     flush()
     meta = {
         "teacher": teacher.spec,
+        "teacher_weights": weights_identity(teacher.weights),
         "image_size": S,
         "grid": grid,
         "dim": teacher.dim,
         "data": os.path.abspath(data),
+        "data_sha256": file_sha256(data),
         "ids": ids,
         "dtype": "float32",
     }
     with open(os.path.join(out, META), "w") as f:
         json.dump(meta, f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(out, final)
     return meta
 
 
@@ -95,9 +123,12 @@ class FeatureStore:
         with open(path) as f:
             self.meta = json.load(f)
 
-    def check(self, teacher: str, image_size: int, rows: list[int], ids: list) -> None:
-        """Same teacher, image size and records (``rows``: positions of the records in the data file)."""
-        m, fix = self.meta, f"recompute: mmpost data teacher-features DATA {self.folder} --teacher {teacher}"
+    def check(self, teacher: str, image_size: int, data: str, weights: str | None = None) -> None:
+        """Same teacher, image size and data file (sha256); the same weights file when ``weights``
+        is given (a run reading features may leave align.teacher_weights unset)."""
+        m = self.meta
+        fix = f"recompute: mmpost data teacher-features {data} {self.folder} --teacher {teacher}"
+        fix += f" --teacher-weights {weights}" if weights else ""
         if m["teacher"] != teacher:
             raise ValueError(
                 f"{self.folder}: features of teacher {m['teacher']!r}, the config asks for {teacher!r}; {fix}"
@@ -106,11 +137,17 @@ class FeatureStore:
             raise ValueError(
                 f"{self.folder}: features at image size {m['image_size']}, the config asks for {image_size}; {fix}"
             )
-        for r, i in zip(rows, ids):
-            if r >= len(m["ids"]) or m["ids"][r] != i:
+        if m.get("data_sha256") != file_sha256(data):
+            raise ValueError(
+                f"{self.folder}: features of data file {m['data']}, whose contents differ from the "
+                f"training data {data} (sha256); {fix}"
+            )
+        if weights:
+            had = m.get("teacher_weights") or {}
+            if had.get("size") != os.path.getsize(weights) or had.get("sha256") != file_sha256(weights):
                 raise ValueError(
-                    f"{self.folder}: features of {len(m['ids'])} records ({m['data']}) do not match the "
-                    f"training records (record {r} is {i!r} in the data); {fix}"
+                    f"{self.folder}: features of teacher weights {had.get('path')}, which differ from "
+                    f"align.teacher_weights={weights} (size or sha256); {fix}"
                 )
 
     def get(self, index: int, rec_id=None) -> torch.Tensor:

@@ -30,6 +30,7 @@ class Teacher(torch.nn.Module):
     spec: str = ""
     dim: int = 0
     image_size: int = 0
+    weights: str | None = None  # the local weights file (precomputed features record it)
 
     def freeze(self) -> Teacher:
         self.eval()
@@ -113,7 +114,7 @@ class TimmTeacher(Teacher):
         if missing:
             raise ValueError(f"{weights} does not fit timm model {name}: missing {missing[:5]} ...")
         cfg = self.model.pretrained_cfg
-        self.spec = f"timm:{name}"
+        self.spec, self.weights = f"timm:{name}", weights
         self.dim = self.model.num_features
         self.image_size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)))[:, None, None])
@@ -144,8 +145,14 @@ class VGGTTeacher(Teacher):
         from vggt.models.vggt import VGGT
 
         self.model = VGGT()
-        self.model.load_state_dict(load_state_dict(weights), strict=False)
-        self.spec, self.dim, self.image_size = "vggt", 2048, image_size or 518
+        missing, _unexpected = self.model.load_state_dict(load_state_dict(weights), strict=False)
+        missing = [k for k in missing if k.startswith("aggregator.")]  # the heads are never run
+        if missing:
+            raise ValueError(
+                f"{weights} does not fit VGGT: {len(missing)} aggregator weights missing "
+                f"({', '.join(missing[:5])}, ...); pass VGGT-1B's weights file"
+            )
+        self.spec, self.dim, self.image_size, self.weights = "vggt", 2048, image_size or 518, weights
         if self.image_size % 14:
             raise ValueError(f"VGGT needs image sizes divisible by 14, got {self.image_size}")
         self.freeze()

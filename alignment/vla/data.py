@@ -29,7 +29,7 @@ import torch
 from mm.collate import pad_batch
 from mm.dataset import DataError, Problem, iter_jsonl
 from mm.encode import IGNORE, ConversationEncoder, EncodedSample
-from mm.records import Message, RecordError, SFTRecord
+from mm.records import Message, RecordError, SFTRecord, is_video
 from mm.visual import VisualError, open_image
 
 NORM_STATS = "norm_stats.json"
@@ -223,7 +223,14 @@ class VLADataset(torch.utils.data.Dataset):
                 f"actions are {k} x {d}, the config wants {chunk} x {dims}",
                 "fix the record or set action.chunk / action.dims",
             )
-        n = sum(len(m.visual_items()) for m in rec.messages if m.role != "assistant")
+        items = [it for m in rec.messages if m.role != "assistant" for it in m.visual_items()]
+        if any(is_video(it) for it in items):
+            return bad(
+                "bad_views",
+                "record has a video item; a VLA view is one image",
+                "one image item per camera view (a frame of the video, not the video)",
+            )
+        n = len(items)
         if not 1 <= n <= max_views:
             return bad(
                 "bad_views",

@@ -84,8 +84,9 @@ class VLAModel(torch.nn.Module):
         base = self.base
         self.image_id = base.config.image_token_id
         self.merge = base.config.vision_config.spatial_merge_size
-        self.layers = base.model.language_model.layers
-        self.layer_idx = resolve_layer(layer, len(self.layers))
+        # the decoder layers are read from the base model when needed, never registered here a
+        # second time (a second name for the same weights breaks the ZeRO-3 export)
+        self.layer_idx = resolve_layer(layer, len(base.model.language_model.layers))
 
     @property
     def base(self):
@@ -100,7 +101,7 @@ class VLAModel(torch.nn.Module):
         captured = []
         hook = None
         if capture:
-            hook = self.layers[self.layer_idx].register_forward_hook(
+            hook = base.model.language_model.layers[self.layer_idx].register_forward_hook(
                 lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
             )
         try:

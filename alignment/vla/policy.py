@@ -1,7 +1,7 @@
 """Inference from an exported VLA folder: ``VLAPolicy.from_pretrained(OUT/final).predict_actions(...)``.
 
 The folder holds the backbone (Hugging Face format, loads with ``mm.load_model``), the heads
-(``vla_heads.safetensors``), ``vla.json`` (chunk, dims, proprio size, visual limits) and
+(``vla_heads.safetensors``), ``vla.json`` (chunk, dims, proprio size, the training's max_views, visual limits) and
 ``norm_stats.json``. No teacher and no projector: inference costs what the plain VLA costs.
 """
 
@@ -59,13 +59,18 @@ class VLAPolicy:
     def predict_actions(self, images: list, instruction: str, proprio=None) -> np.ndarray:
         """One action chunk [K, D], de-normalised, for the views (PIL images or paths, in the
         training order) and the instruction; ``proprio`` as in the records' ``proprio``."""
+        images = list(images)
+        if not 1 <= len(images) <= self.meta["max_views"]:
+            raise ValueError(
+                f"{len(images)} view(s) given; the model was trained with 1..{self.meta['max_views']} views"
+            )
         p = np.zeros(0, np.float32) if proprio is None else np.asarray(proprio, np.float32)
         if len(p) != self.meta["proprio_dim"]:
             raise ValueError(
                 f"proprio has {len(p)} values, the model was trained with {self.meta['proprio_dim']}"
             )
         enc, slots, prop, views = self.encoder.encode(
-            view_messages(list(images), instruction), os.getcwd(), self.stats.normalize_proprio(p)
+            view_messages(images, instruction), os.getcwd(), self.stats.normalize_proprio(p)
         )
         batch = collate(
             [VLASample(enc, slots, prop, views)], self.processor.tokenizer.pad_token_id, len(views)

@@ -82,13 +82,16 @@ class VLATrainer(Trainer):
         if al.alpha > 0:
             if al.features:
                 self.features = FeatureStore(al.features)
-                self.features.check(
-                    al.teacher, al.teacher_image_size, self.dataset.rows, [r.id for r in self.dataset.records]
-                )
+                self.features.check(al.teacher, al.teacher_image_size, cfg.data.train, al.teacher_weights)
                 self.teacher_dim = self.features.meta["dim"]
             else:
                 self.teacher = build_teacher(al.teacher, al.teacher_weights, al.teacher_image_size).to(device)
                 self.teacher_dim = self.teacher.dim
+            if self.teacher_dim % 4:
+                raise ValueError(
+                    f"teacher {al.teacher!r} gives {self.teacher_dim}-d features; Spatial Forcing's 2-D "
+                    "position embedding needs a width divisible by 4"
+                )
         n = len(self.dataset)
         shim = DataConfig(layout="pad", micro_batch_size=cfg.data.micro_batch_size, max_tokens=1)
         self.planner = StepPlanner(
@@ -108,12 +111,15 @@ class VLATrainer(Trainer):
         return self.vla
 
     def extra_param_groups(self) -> list[dict]:
-        lr = self.cfg.action.lr_heads or self.optim_cfg.lr
+        lr = self.cfg.action.lr_heads
+        lr = self.optim_cfg.lr if lr is None else lr  # lr_heads=0 freezes the heads
         params = list(self.heads.parameters()) + (
             list(self.vla.projector.parameters()) if self.vla.projector else []
         )
-        decay = [p for p in params if p.ndim >= 2]
-        rest = [p for p in params if p.ndim < 2]
+        # biases, norms and the action-query embeddings get no weight decay
+        no_decay = {id(self.heads.action_queries)}
+        decay = [p for p in params if p.ndim >= 2 and id(p) not in no_decay]
+        rest = [p for p in params if p.ndim < 2 or id(p) in no_decay]
         return [
             {"params": decay, "lr": lr, "weight_decay": self.optim_cfg.weight_decay, "name": "vla_heads"},
             {"params": rest, "lr": lr, "weight_decay": 0.0, "name": "vla_heads_no_decay"},
@@ -171,7 +177,7 @@ class VLATrainer(Trainer):
                 }
                 json.dump(meta, f, indent=1)
 
-        export_hf(engine, self.model, self.processor, out_dir, stage, extras)
+        export_hf(engine, self.model, self.processor, out_dir, stage, extras, prefix="backbone.")
 
     def print_summary(self, s: dict) -> None:
         print(f"\nvla done: {s['steps']} steps in {s['seconds']:.1f}s, final loss {s['final_loss']:.4f}")

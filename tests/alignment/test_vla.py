@@ -67,11 +67,17 @@ def test_records_and_their_errors(vla_data, vla_encoder, tmp_path):
         for it in m["content"]:
             if it.get("type") == "image":
                 it["image"] = os.path.join(base, it["image"])
+    video = json.loads(json.dumps(rec))  # one view and one video: 2 visual items, within max_views
+    video["messages"][0]["content"][1] = {
+        "type": "video",
+        "video": [rec["messages"][0]["content"][1]["image"]] * 2,
+    }
     bad = [
         ({k: v for k, v in rec.items() if k != "actions"}, "missing_actions", "no 'actions'"),
         ({**rec, "actions": rec["actions"][:5]}, "bad_actions", "5 x 7, the config wants 8 x 7"),
         ({**rec, "actions": [[1, "x"]] * 8}, "bad_actions", "finite numbers"),
         ({**rec, "proprio": [1, None]}, "bad_proprio", "proprio"),
+        (video, "bad_views", "a video item; a VLA view is one image"),
     ]
     for i, (r, code, text) in enumerate(bad):
         path = _write(tmp_path / f"bad{i}.jsonl", [rec, r])
@@ -98,7 +104,7 @@ def test_precomputed_features_give_the_live_loss(tiny, vla_data, vla_encoder, tm
     meta = write_features(vla_data["train"], out, teacher, batch_size=5, progress=False)
     assert (meta["teacher"], meta["grid"], meta["dim"], len(meta["ids"])) == ("random", [7, 7], 32, 32)
     store = FeatureStore(out)
-    store.check("random", 56, ds.rows, [r.id for r in ds.records])
+    store.check("random", 56, vla_data["train"])
     samples = [ds[i] for i in (3, 0, 7, 12)]
     pad = tiny[1].tokenizer.pad_token_id
     live = collate(samples, pad, 2, teacher_size=teacher.image_size)
@@ -111,11 +117,75 @@ def test_precomputed_features_give_the_live_loss(tiny, vla_data, vla_encoder, tm
     assert n == 4 and sa["align"] > 0
     assert abs(float(a) - float(b)) < 1e-6 and abs(float(sa["align"]) - float(sb["align"])) < 1e-6
     with pytest.raises(ValueError, match="teacher 'random', the config asks for 'timm:vit_small"):
-        store.check("timm:vit_small", 0, ds.rows, [r.id for r in ds.records])
+        store.check("timm:vit_small", 0, vla_data["train"])
     with pytest.raises(ValueError, match="image size 56, the config asks for 112"):
-        store.check("random", 112, ds.rows, [r.id for r in ds.records])
-    with pytest.raises(ValueError, match="do not match the training records"):
-        store.check("random", 56, ds.rows, [r.id for r in ds.records][::-1])
+        store.check("random", 112, vla_data["train"])
+
+
+def test_feature_store_records_data_and_weights(vla_data, tmp_path):
+    """meta.json pins the data file and the teacher weights by sha256: training refuses an edited
+    data file (same ids, other actions) and another weights file, with the command that recomputes."""
+    from alignment.spatial.features import file_sha256
+
+    recs = _records(vla_data["train"])[:3]
+    data = _write(tmp_path / "d.jsonl", recs)
+    os.symlink(os.path.join(os.path.dirname(vla_data["train"]), "images"), tmp_path / "images")
+    weights, other = tmp_path / "w.bin", tmp_path / "other.bin"
+    weights.write_bytes(b"teacher weights")
+    other.write_bytes(b"teacher wEights")  # same size, other contents
+    teacher = build_teacher("random")
+    teacher.weights = str(weights)  # as a timm / VGGT teacher records its file
+    out = str(tmp_path / "feats")
+    meta = write_features(data, out, teacher, progress=False)
+    assert meta["data_sha256"] == file_sha256(data)
+    assert meta["teacher_weights"] == {
+        "path": str(weights),
+        "size": 15,
+        "sha256": "90d25392a0559aa17e21775e238a703a195a1747d8f67a2c5f8c82a86ece5ccd",
+    }
+    store = FeatureStore(out)
+    store.check("random", 56, data, str(weights))
+    store.check("random", 56, data)  # a run reading features need not name the weights
+    with pytest.raises(
+        ValueError, match=r"teacher weights .*w.bin, which differ from align.teacher_weights=.*other.bin"
+    ):
+        store.check("random", 56, data, str(other))
+    recs[1]["actions"][0][0] += 1.0  # same ids, other contents
+    with pytest.raises(
+        ValueError, match=r"features of data file .*d.jsonl, whose contents differ.*recompute: mmpost"
+    ):
+        store.check("random", 56, _write(tmp_path / "d.jsonl", recs))
+
+
+def test_write_features_replaces_the_folder_atomically(vla_data, tmp_path):
+    recs = _records(vla_data["train"])[:3]
+    os.symlink(os.path.join(os.path.dirname(vla_data["train"]), "images"), tmp_path / "images")
+    out = tmp_path / "feats"
+    teacher = build_teacher("random")
+    write_features(_write(tmp_path / "three.jsonl", recs), str(out), teacher, batch_size=1, progress=False)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+
+    class Failing(RandomTeacher):
+        calls = 0
+
+        def features(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            return super().features(images)
+
+    two = _write(tmp_path / "two.jsonl", recs[:2])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        write_features(two, str(out), Failing(), batch_size=1, progress=False)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before  # untouched
+    write_features(two, str(out), teacher, batch_size=1, progress=False)
+    assert sorted(os.listdir(out)) == ["000000.pt", "000001.pt", "meta.json"]  # no stale 000002.pt
+    assert json.loads((out / "meta.json").read_text())["ids"] == [r["id"] for r in recs[:2]]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a teacher-features folder"):
+        write_features(two, str(tmp_path / "notes"), teacher, progress=False)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep"
 
 
 def test_absent_views_are_masked(tiny, vla_data, vla_encoder, tmp_path):
@@ -219,6 +289,12 @@ def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
     assert np.allclose(ds.stats.denormalize_actions(y), actions, atol=1e-5)
     with pytest.raises(ValueError, match="proprio has 2 values, the model was trained with 4"):
         policy.predict_actions(images, text, [0.0, 0.0])
+    assert json.load(open(os.path.join(summary["model"], "vla.json")))["max_views"] == 2
+    for views in ([], images + images[:1]):
+        with pytest.raises(
+            ValueError, match=rf"{len(views)} view\(s\) given; the model was trained with 1..2"
+        ):
+            policy.predict_actions(views, text, rec["proprio"])
 
 
 def test_cli_vla_synth_is_deterministic_and_features_write(tmp_path):
@@ -253,6 +329,7 @@ def test_timm_teacher_loads_local_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
     teacher = build_teacher("timm:vit_tiny_patch16_224", path, image_size=32)
     assert (teacher.spec, teacher.dim, teacher.image_size) == ("timm:vit_tiny_patch16_224", 192, 32)
+    assert teacher.weights == path  # recorded in precomputed features
     x = torch.rand(1, 2, 3, 32, 32)
     y = teacher(x, torch.ones(1, 2, dtype=torch.bool))
     assert y.shape == (1, 2, 2, 2, 192)
@@ -293,3 +370,199 @@ def test_resume_continues_exactly(vla_data, tmp_path):
     assert [m["step"] for m in cut] == [1, 2, 3, 4]
     for a, b in zip(full, cut):
         assert a["loss"] == b["loss"] and a["m_align"] == b["m_align"]
+
+
+def _test_views(vla_data):
+    rec = _records(vla_data["test"])[0]
+    base = os.path.dirname(vla_data["test"])
+    images = [
+        os.path.join(base, it["image"]) for it in rec["messages"][0]["content"] if it.get("type") == "image"
+    ]
+    return images, rec["messages"][0]["content"][-1]["text"], rec["proprio"]
+
+
+def test_zero3_export_holds_only_the_backbone(vla_data, tiny, tmp_path):
+    """ZeRO-3 (one process): model.safetensors has exactly the keys transformers writes for the
+    tiny model (no heads, projector or second copy of the decoder layers), and the export predicts."""
+    from safetensors import safe_open
+
+    from alignment.vla import VLAPolicy
+
+    out = str(tmp_path / "z3")
+    overrides = [f"data.train={vla_data['train']}", "train.max_steps=2", "train.deepspeed=zero3"]
+    summary = VLATrainer(build_config(SF_YAML, overrides, output_dir=out)).run()
+    ref = str(tmp_path / "ref")
+    tiny[0].save_pretrained(ref, safe_serialization=True)
+    with safe_open(os.path.join(ref, "model.safetensors"), "pt") as f:
+        want = set(f.keys())
+    with safe_open(os.path.join(summary["model"], "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == want
+    images, text, proprio = _test_views(vla_data)
+    actions = VLAPolicy.from_pretrained(summary["model"]).predict_actions(images, text, proprio)
+    assert actions.shape == (8, 7) and np.isfinite(actions).all()
+
+
+def test_frozen_backbone_trains_only_the_heads(vla_data, synth, tmp_path):
+    """model.freeze of every part: the heads train (the backbone's groups are empty, not an error),
+    the exported backbone is bit-identical to the base model."""
+    from mm.loading import load_model
+
+    class Watched(VLATrainer):
+        def build_module(self):
+            module = super().build_module()
+            self.initial = {k: v.clone() for k, v in self.heads.state_dict().items()}
+            return module
+
+    out = str(tmp_path / "frozen")
+    overrides = [
+        f"data.train={vla_data['train']}",
+        "train.max_steps=2",
+        "model.freeze=[vision_tower,merger,language_model]",
+    ]
+    trainer = Watched(build_config(VLA_YAML, overrides, output_dir=out))
+    summary = trainer.run()
+    heads = trainer.heads.state_dict()
+    assert all(not torch.equal(heads[k], v) for k, v in trainer.initial.items())
+    exported, _ = load_model(summary["model"])
+    base, _ = load_model("tiny")
+    assert all(torch.equal(p, q) for p, q in zip(exported.parameters(), base.parameters()))
+    # SFT with everything frozen still stops with the clear message
+    from alignment.train import train
+
+    sft_yaml = os.path.join(ROOT, "configs", "quickstart", "sft.yaml")
+    with pytest.raises(ValueError, match="no trainable parameters: everything is frozen"):
+        train(
+            sft_yaml,
+            [f"data.train={synth['train']}", "model.freeze=[vision_tower,merger,language_model]"],
+            output_dir=str(tmp_path / "sft"),
+        )
+
+
+def test_head_groups_lr_zero_and_no_decay_on_queries(vla_data):
+    """action.lr_heads=0 is a learning rate, not 'unset'; action queries get no weight decay."""
+    overrides = [f"data.train={vla_data['train']}", "action.lr_heads=0", "optim.weight_decay=0.1"]
+    trainer = VLATrainer(build_config(SF_YAML, overrides))
+    trainer.heads = VLAHeads(16, 8, 7, 4)
+    trainer.vla = VLAModel.__new__(VLAModel)
+    torch.nn.Module.__init__(trainer.vla)
+    trainer.vla.projector = AlignProjector(16, 32)
+    groups = {g["name"]: g for g in trainer.extra_param_groups()}
+    assert [g["lr"] for g in groups.values()] == [0.0, 0.0]
+    decay = {id(p) for p in groups["vla_heads"]["params"]}
+    rest = {id(p) for p in groups["vla_heads_no_decay"]["params"]}
+    h, pr = trainer.heads, trainer.vla.projector
+    want_decay = [
+        h.proprio_proj[0],
+        h.proprio_proj[2],
+        h.action_head[1],
+        h.action_head[3],
+        pr.net[1],
+        pr.net[3],
+    ]
+    assert decay == {id(m.weight) for m in want_decay}
+    assert id(h.action_queries) in rest and groups["vla_heads_no_decay"]["weight_decay"] == 0.0
+    assert groups["vla_heads"]["weight_decay"] == 0.1
+    assert len(decay) + len(rest) == len(list(h.parameters())) + len(list(pr.parameters()))
+
+
+def test_teacher_width_must_divide_by_4(vla_data, monkeypatch):
+    import alignment.vla.trainer as vla_trainer
+
+    monkeypatch.setattr(vla_trainer, "build_teacher", lambda *a, **k: RandomTeacher(dim=30))
+    trainer = VLATrainer(build_config(SF_YAML, [f"data.train={vla_data['train']}"]))
+    with pytest.raises(ValueError, match="30-d features; .* divisible by 4"):
+        trainer.setup("cpu")
+
+
+def test_vggt_weights_are_checked(tmp_path, monkeypatch):
+    """A weights file without the aggregator's keys is an error naming the file and the keys
+    (not a silently random teacher); the heads may be absent (they are never run)."""
+    import sys
+    import types
+
+    import alignment.spatial.teacher as teacher_mod
+
+    class FakeVGGT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.aggregator = torch.nn.Linear(3, 4)
+            self.camera_head = torch.nn.Linear(4, 2)
+
+    fake = types.ModuleType("vggt.models.vggt")
+    fake.VGGT = FakeVGGT
+    for name in ("vggt", "vggt.models"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "vggt.models.vggt", fake)
+    monkeypatch.setattr(teacher_mod, "is_available", lambda name: True)
+    ref = FakeVGGT()
+    good = str(tmp_path / "vggt.pt")
+    torch.save({k: v for k, v in ref.state_dict().items() if k.startswith("aggregator.")}, good)
+    teacher = build_teacher("vggt", good)
+    assert torch.equal(teacher.model.aggregator.weight, ref.aggregator.weight)
+    wrong = str(tmp_path / "dino.pt")
+    torch.save({"blocks.0.weight": torch.zeros(4, 3), "camera_head.weight": torch.zeros(2, 4)}, wrong)
+    with pytest.raises(
+        ValueError, match=r"dino.pt does not fit VGGT: 2 aggregator weights missing \(aggregator.weight"
+    ):
+        build_teacher("vggt", wrong)
+
+
+def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder):
+    """Non-square views of different sizes, in either order: L_align equals a hand loop over each
+    (sample, view) that takes the view's tokens, its merged grid (rows = height / 28) and its own
+    teacher grid resampled to it; swapping the two views' teacher features changes the loss."""
+    import torch.nn.functional as F
+
+    from alignment.spatial.align import alignment_targets
+    from alignment.vla.data import VLAEncoder
+    from tests.conftest import solid
+
+    wide, tall = solid(84, 56), solid(56, 112, (30, 200, 30))  # merged grids 2 x 3 and 4 x 2
+    grid = {id(wide): (2, 3), id(tall): (4, 2)}
+    enc = VLAEncoder(vla_encoder, 8, 4)
+    views = [[wide, tall], [tall, wide]]
+    samples = []
+    for ims in views:
+        e, slots, prop, v = enc.encode(view_messages(ims, "go"), None, np.zeros(4, np.float32))
+        samples.append(VLASample(e, slots, prop, v, torch.zeros(8, 7)))
+    batch = collate(samples, tiny[1].tokenizer.pad_token_id, 2)
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 6], [1, 8, 4], [1, 8, 4], [1, 4, 6]]
+    torch.manual_seed(1)
+    feats = torch.randn(2, 2, 5, 5, 32)  # [B, V, h_t, w_t, d_t]
+    vla = _model(tiny)
+    with torch.no_grad():
+        _, _, stats = vla(**batch, teacher_feats=feats)
+        keys = ("attention_mask", "position_ids", "pixel_values", "image_grid_thw")
+        _, h_l = vla.encode(
+            batch["input_ids"],
+            batch["slot_ids"],
+            batch["proprio"],
+            capture=True,
+            **{k: batch[k] for k in keys},
+        )
+        want = []
+        for b, ims in enumerate(views):
+            pos = (batch["input_ids"][b] == tiny[0].config.image_token_id).nonzero().flatten().tolist()
+            cos, start = [], 0
+            for v, im in enumerate(ims):
+                gh, gw = grid[id(im)]
+                pred = vla.projector(h_l[b, pos[start : start + gh * gw]]).float()
+                cos.append(F.cosine_similarity(pred, alignment_targets(feats[b, v], (gh, gw), 0.1), dim=-1))
+                start += gh * gw
+            assert start == len(pos)
+            want.append(1 - torch.cat(cos).mean())
+        assert float(stats["align"]) == pytest.approx(float(sum(want)), abs=1e-5)
+        assert float(stats["align_tokens"]) == 2 * (6 + 8)
+        _, _, swapped = vla(**batch, teacher_feats=feats[:, [1, 0]])
+    assert abs(float(swapped["align"]) - float(stats["align"])) > 1e-3
+
+
+def test_sft_refuses_vla_records(vla_data, encoder):
+    """A VLA record (actions, no assistant turn) passes `mmpost data validate` for the VLA trainer,
+    but SFT would train zero tokens on it: its dataset stops with file:line, or skips and counts."""
+    from mm.dataset import RecordDataset
+
+    with pytest.raises(DataError, match=r"train.jsonl:1: \[no_assistant\].*SFT would train nothing"):
+        RecordDataset(vla_data["train"], encoder)
+    ds = RecordDataset(vla_data["train"], encoder, on_error="skip")
+    assert len(ds) == 0 and ds.skipped == 32
