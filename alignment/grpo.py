@@ -166,8 +166,8 @@ class GRPOTrainer(Trainer):
         self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
         self.model.to(device)
         self.ref = None
-        if cfg.loss.beta > 0:  # a frozen copy of the starting policy
-            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if cfg.loss.beta > 0:  # a frozen copy of the starting policy, in the policy's training dtype
+            self.ref = copy.deepcopy(self.model).to(self.train_dtype(device)).eval().requires_grad_(False)
         self.records = self._read(cfg.data.train)
         self.base_dir = os.path.dirname(os.path.abspath(cfg.data.train))
         G = cfg.rollout.num_generations

@@ -130,6 +130,12 @@ class Trainer:
             d = "cuda" if torch.cuda.is_available() else "cpu"
         return f"cuda:{dist.local_rank()}" if d == "cuda" else d
 
+    def train_dtype(self, device: str) -> torch.dtype:
+        """The dtype DeepSpeed trains in (bf16 on CUDA under precision auto): frozen copies that
+        must match the policy (a reference model) are cast to it."""
+        p = self.train_cfg.precision
+        return torch.bfloat16 if p == "bf16" or (p == "auto" and device.startswith("cuda")) else torch.float32
+
     def run(self) -> dict:
         tc, oc = self.train_cfg, self.optim_cfg
         device = self.device()
@@ -137,7 +143,7 @@ class Trainer:
             torch.cuda.set_device(torch.device(device))
         dist.init(device)
         seed_everything(tc.seed)
-        bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.startswith("cuda"))
+        bf16 = self.train_dtype(device) == torch.bfloat16
         self.setup(device)
         module = self.build_module()
         steps_per_epoch = self.planner.steps_per_epoch()
