@@ -67,6 +67,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(nproc: int = 2) -> list[str]:
+    """The start of a command running a script or module on ``nproc`` local processes."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+    ]
+
+
 def solid(w: int, h: int, color=(200, 30, 30)) -> Image.Image:
     img = Image.new("RGB", (w, h), color)
     # a gradient so different crops/sizes give different features

@@ -131,17 +131,12 @@ def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
     """ZeRO-3 on 2 ranks (gloo): parameters are gathered in every forward, so generation runs with
     synced steps; the run must finish and both ranks' rollouts count."""
     import subprocess
-    import sys
 
-    from tests.conftest import free_port, subprocess_env
+    from tests.conftest import subprocess_env, torchrun
 
     out = str(tmp_path / "z3")
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
+        *torchrun(),
         "-m",
         "mm.cli",
         "train",

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 from alignment import checkpoint
 from alignment.metrics import read_metrics
 from tests.alignment.conftest import QUICKSTART, ROOT, base_overrides, run_sft
-from tests.conftest import subprocess_env
+from tests.conftest import subprocess_env, torchrun
 
 STEPS = 40  # long enough that the kill lands mid-run (~0.15 s per step)
 
@@ -89,10 +88,7 @@ def test_two_process_zero2_matches_single_process(synth, tmp_path):
     )
     _, single = run_sft(synth, str(tmp_path / "single"), *common, "train.gradient_accumulation_steps=2")
     out = str(tmp_path / "two")
-    with socket.socket() as sock:  # torchrun passes --master_port=0 to the workers as is, so pick one
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}")
+    launcher = tuple(torchrun())  # a free port: torchrun hands --master_port=0 to the workers as is
     cmd, env = cli(synth, out, *common, "train.gradient_accumulation_steps=1", launcher=launcher)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -3,11 +3,10 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import free_port, subprocess_env
+from tests.conftest import subprocess_env, torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,15 +17,7 @@ def test_ranks_with_different_turn_counts_do_not_hang(tmp_path):
     forwards: rank 0 runs three rounds (two crop calls, then the answer) while rank 1 answers in
     the first; rank 1 joins rounds 2 and 3 with a dummy row. Without the agreement rank 0 would
     wait forever in its second round (the test's timeout)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        os.path.join(ROOT, "tests", "vision_tools", "zero3_turns.py"),
-        str(tmp_path),
-    ]
+    cmd = [*torchrun(), os.path.join(ROOT, "tests", "vision_tools", "zero3_turns.py"), str(tmp_path)]
     env = subprocess_env(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
