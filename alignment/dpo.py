@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from alignment import distributed as dist
-from alignment.data import StepPlanner
+from alignment.data import StepPlanner, check_lengths
 from alignment.dpo_config import DPOConfig
-from alignment.dpo_data import PairDataset, PairMicroBatches, check_pair_lengths
+from alignment.dpo_data import PairDataset, PairMicroBatches
 from alignment.loop import Trainer
 from alignment.losses import IGNORE, dpo_loss
 from mm.attention import choose_backend
@@ -147,7 +147,7 @@ class DPOTrainer(Trainer):
         )
         self.dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error)
         lengths = self.dataset.lengths()
-        check_pair_lengths(self.dataset, lengths, cfg.data.max_tokens, cfg.data.on_error)
+        check_lengths(self.dataset, lengths, cfg.data, "pair (prompt twice + both responses)")
         self.planner = StepPlanner(
             lengths, cfg.data, dist.world(), self.train_cfg.gradient_accumulation_steps, self.train_cfg.seed
         )
