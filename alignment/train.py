@@ -67,7 +67,9 @@ class Stage:
     name: str = opt("", "stage name; its output goes to OUTPUT_ROOT/<name>")
     config: str = opt("", "the stage's training YAML (relative to the pipeline file)")
     init_from: str | None = opt(None, "name of an earlier stage whose final model this stage starts from")
-    overrides: list[str] = opt(factory=list, help="dotted overrides for this stage only")
+    overrides: list[str] = opt(
+        factory=list, help="dotted overrides for this stage only (on a specs-pairs stage: of its args)"
+    )
     run: Literal["train", "specs-pairs"] = opt(
         "train", "train: train `config`; specs-pairs: build SPECS preference pairs from `args`"
     )
@@ -127,7 +129,7 @@ def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str
             continue
         if st.run == "specs-pairs":
             done[st.name] = ("pairs", out)
-            results.append({"stage": st.name, **_run_pairs(st, mine, out, done)})
+            results.append({"stage": st.name, **_run_pairs(st, list(st.overrides) + mine, out, done)})
             continue
         cfg_path = st.config if os.path.isabs(st.config) else os.path.join(base, st.config)
         # the stage's overrides, then the wiring to earlier stages, then the user's (they win)

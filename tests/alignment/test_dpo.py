@@ -145,6 +145,9 @@ def run_dpo(out, *overrides, data=None):
             "optim.schedule=constant",
             "optim.warmup_ratio=0",
             "data.max_tokens=1024",
+            "data.layout=pack",  # one packed row of pairs per step (the measurements below)
+            "data.micro_batch_size=1",
+            "train.gradient_accumulation_steps=1",
             *overrides,
         ],
         output_dir=out,
@@ -199,7 +202,8 @@ def test_sft_term_keeps_the_chosen_reward_up(tmp_path):
 
 def reference_of(out, *overrides, data):
     """The trainer's setup only (no DeepSpeed): its reference log-probs [n_pairs, 2]."""
-    cfg = build_config(DPO_CONFIG, [f"data.train={data}", *overrides], output_dir=out)
+    over = [f"data.train={data}", "train.gradient_accumulation_steps=1", *overrides]
+    cfg = build_config(DPO_CONFIG, over, output_dir=out)
     trainer = DPOTrainer(cfg)
     trainer.setup("cpu")
     return trainer.ref_logps, trainer

@@ -87,7 +87,11 @@ def test_pipeline_wiring_model_stage_user_overrides_and_pairs_args(tmp_path):
                         "config": os.path.join(ROOT, "configs", "specs", "dpo_cold_start.yaml"),
                         "init_from": "base",
                         "data_from": "pairs",
-                        "overrides": ["train.max_steps=1", "data.max_tokens=1024", "train.export=false"],
+                        "overrides": [
+                            "train.max_steps=1",
+                            "train.gradient_accumulation_steps=1",
+                            "train.export=false",
+                        ],
                     },
                 ]
             }
