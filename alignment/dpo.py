@@ -17,10 +17,9 @@ would cast it, so policy and reference agree at step 0. By default its log-probs
 once before the first step (the policy in eval mode, before any update; each rank scores its
 share of the pairs the planner uses) and cached in memory and in ``OUTPUT/ref_logps.pt``, keyed
 by the data, the starting model (path + weight fingerprint), visual limits, chat template, dtype
-and normalisation: a resumed run reads them back, a changed setup recomputes them. So no second
-model is kept. With
-``loss.precompute_ref: false`` a frozen copy scores each micro-batch (under LoRA, the policy
-with its adapters disabled: no copy).
+and normalisation: a resumed run reads them back, a changed setup recomputes them, and no second
+model is kept. With ``loss.precompute_ref: false`` a frozen copy (same dtype) scores each
+micro-batch (under LoRA, the policy with its adapters disabled: no copy).
 """
 
 from __future__ import annotations
