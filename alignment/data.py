@@ -123,15 +123,16 @@ def loader(ds: RecordDataset, plan: list[list], cfg: DataConfig, pad_id: int, at
     )
 
 
-def check_lengths(ds: RecordDataset, lengths: list[int], cfg: DataConfig) -> None:
-    """Samples over max_tokens: an error naming the line, or counted as skipped."""
+def check_lengths(ds: RecordDataset, lengths: list[int], cfg: DataConfig, what: str = "sample") -> None:
+    """Items over max_tokens: an error naming the line, or counted as skipped. ``what`` names an
+    item in the message (DPO: a pair, prompt twice + both responses)."""
     for i, n in enumerate(lengths):
         if n > cfg.max_tokens:
             p = Problem(
                 ds.path,
                 ds.lines[i],
                 "too_long",
-                f"sample has {n} tokens, more than data.max_tokens={cfg.max_tokens}",
+                f"{what} has {n} tokens, more than data.max_tokens={cfg.max_tokens}",
                 "raise data.max_tokens or lower the visual limits",
             )
             if cfg.on_error == "raise":

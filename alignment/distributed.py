@@ -75,3 +75,12 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not (dist.is_initialized() and world() > 1):
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out

@@ -11,30 +11,37 @@ One forward per micro-batch covers both sides of every pair: chosen and rejected
 samples of the same (packed or padded) batch, and the prompt's images go through the vision
 tower once per pair, their features filling the placeholders of both sides.
 
-The reference is the starting model. By default its log-probs are computed once before the
-first step (the policy in eval mode, before any update) and cached in memory and in
-``OUTPUT/ref_logps.pt`` (a resumed run reads them back), so no second model is kept. With
-``loss.precompute_ref: false`` a frozen copy scores each micro-batch (under LoRA, the policy
-with its adapters disabled: no copy).
+The reference is the starting model, in the training dtype: under bf16 (``train.precision``
+bf16, or auto on CUDA) the policy is cast to bf16 before the reference is taken, as DeepSpeed
+would cast it, so policy and reference agree at step 0. By default its log-probs are computed
+once before the first step (the policy in eval mode, before any update; each rank scores its
+share of the pairs the planner uses) and cached in memory and in ``OUTPUT/ref_logps.pt``, keyed
+by the data, the starting model (path + weight fingerprint), visual limits, chat template, dtype
+and normalisation: a resumed run reads them back, a changed setup recomputes them, and no second
+model is kept. With ``loss.precompute_ref: false`` a frozen copy (same dtype) scores each
+micro-batch (under LoRA, the policy with its adapters disabled: no copy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import hashlib
 import os
 
 import torch
 import torch.nn.functional as F
 
 from alignment import distributed as dist
-from alignment.data import StepPlanner
+from alignment.data import StepPlanner, check_lengths
 from alignment.dpo_config import DPOConfig
-from alignment.dpo_data import PairDataset, PairMicroBatches, check_pair_lengths
+from alignment.dpo_data import PairDataset, PairMicroBatches
 from alignment.loop import Trainer
 from alignment.losses import IGNORE, dpo_loss
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
+from mm.loading import unwrap
 from mm.rope import RopeSpec
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "use_cache")  # of a pair batch, to the LM
@@ -63,14 +70,10 @@ def sequence_logps(hidden, lm_head, labels, seq_ids, n_seq: int, chunk: int = 40
     return total, count
 
 
-def _unwrap(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (summed log-prob, token count) of a pair batch in one forward, images encoded
     once per pair (see ``alignment.dpo_data``)."""
-    base = _unwrap(model)
+    base = unwrap(model)
     inputs = {k: v for k, v in batch.items() if k in FORWARD_KEYS}
     encoded = {}
     for kind, pix, grid, order, fn in (
@@ -104,12 +107,12 @@ class DPOModule(torch.nn.Module):
             else:  # LoRA: the policy without its adapters is the starting model
                 with self.model.disable_adapter():
                     total, count = policy_logps(self.model, batch)
-        return total / count if self.cfg.loss.length_normalize else total
+        return total / count if self.cfg.loss.normalized() else total
 
     def forward(self, ref_logps=None, pair_index=None, **batch):
         lc = self.cfg.loss
         total, count = policy_logps(self.model, batch)
-        logps = total / count if lc.length_normalize else total
+        logps = total / count if lc.normalized() else total
         if ref_logps is None:
             ref_logps = self.reference(batch)
         loss, m = dpo_loss(
@@ -143,11 +146,15 @@ class DPOTrainer(Trainer):
         )
         self.dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error)
         lengths = self.dataset.lengths()
-        check_pair_lengths(self.dataset, lengths, cfg.data.max_tokens, cfg.data.on_error)
+        check_lengths(self.dataset, lengths, cfg.data, "pair (prompt twice + both responses)")
         self.planner = StepPlanner(
             lengths, cfg.data, dist.world(), self.train_cfg.gradient_accumulation_steps, self.train_cfg.seed
         )
         self.ref_model, self.ref_logps = None, None
+        if self.bf16:
+            # DeepSpeed casts the policy to bf16 (its fp32 master weights are made from those bf16
+            # values), so the reference is the bf16 starting model too: step 0 has h = 0 exactly
+            self.model.to(torch.bfloat16)
         if cfg.loss.precompute_ref:
             self.ref_logps = self._cached_reference(device)
         elif not hasattr(self.model, "disable_adapter"):
@@ -158,28 +165,47 @@ class DPOTrainer(Trainer):
                 f"skipping {self.dataset.skipped} bad pair(s); first: {self.dataset.problems[0]}", flush=True
             )
 
-    def _cached_reference(self, device: str) -> torch.Tensor:
-        """[n_pairs, 2] reference log-probs (chosen, rejected), computed once with the starting model."""
-        path = os.path.join(self.train_cfg.output_dir, "ref_logps.pt")
-        key = {
-            "data": os.path.abspath(self.cfg.data.train),
-            "mtime": os.path.getmtime(self.cfg.data.train),
+    def _reference_key(self) -> dict:
+        """What the cached reference log-probs depend on: the data, the starting model (path and
+        a fingerprint of its weights), how samples are rendered, the dtype and the normalisation."""
+        from alignment.sft import resolve_init
+
+        cfg = self.cfg
+        return {
+            "data": os.path.abspath(cfg.data.train),
+            "mtime": os.path.getmtime(cfg.data.train),
             "pairs": len(self.dataset),
-            "length_normalize": self.cfg.loss.length_normalize,
+            "usable": len(self.planner.usable),
+            "model": resolve_init(cfg),
+            "weights": weights_fingerprint(self.model),
+            "visual": dataclasses.asdict(cfg.data.visual),
+            "chat_template": getattr(self.processor, "chat_template", None)
+            or self.processor.tokenizer.chat_template,
+            "dtype": str(next(self.model.parameters()).dtype),
+            "length_normalize": cfg.loss.normalized(),
         }
+
+    def _cached_reference(self, device: str) -> torch.Tensor:
+        """[n_pairs, 2] reference log-probs (chosen, rejected), computed once with the starting model
+        (in the training dtype) for the pairs the planner uses (the rest stay 0), each rank scoring
+        its share; cached in ``OUTPUT/ref_logps.pt`` under ``_reference_key``."""
+        path = os.path.join(self.train_cfg.output_dir, "ref_logps.pt")
+        key = self._reference_key()
         if os.path.isfile(path):
             saved = torch.load(path)
             if saved.get("key") == key:
                 return saved["ref"]
-        ref = torch.zeros(len(self.dataset), 2)
+            if dist.is_main():
+                print(f"{path} was computed for other data or another model: recomputing", flush=True)
         mb = max(1, self.cfg.data.micro_batch_size)
-        order = list(range(len(self.dataset)))
-        plan = [order[k : k + mb] for k in range(0, len(order), mb)]
+        mine = self.planner.usable[dist.rank() :: dist.world()]
+        plan = [mine[k : k + mb] for k in range(0, len(mine), mb)]
         batches = PairMicroBatches(
             self.dataset, plan, "pad", self.processor.tokenizer.pad_token_id, self.attn
         )
         from tqdm import tqdm
 
+        index, values = [], []
         self.model.eval()
         with torch.no_grad(), _no_adapters(self.model):
             for batch in tqdm(
@@ -189,8 +215,17 @@ class DPOTrainer(Trainer):
                     continue
                 b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 total, count = policy_logps(self.model, b)
-                lp = total / count if self.cfg.loss.length_normalize else total
-                ref[batch["pair_index"]] = lp.view(-1, 2).float().cpu()
+                lp = total / count if self.cfg.loss.normalized() else total
+                index.append(batch["pair_index"])
+                values.append(lp.view(-1, 2).float().cpu())
+        ref = torch.zeros(len(self.dataset), 2)
+        for idx, val in dist.all_gather_object(
+            (
+                torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
+                torch.cat(values) if values else ref[:0],
+            )
+        ):
+            ref[idx] = val
         if dist.is_main():
             os.makedirs(self.train_cfg.output_dir, exist_ok=True)
             torch.save({"key": key, "ref": ref}, path + ".tmp")
@@ -221,6 +256,20 @@ class DPOTrainer(Trainer):
             num_workers=self.cfg.data.num_workers,
             prefetch_factor=2 if self.cfg.data.num_workers else None,
         )
+
+
+def weights_fingerprint(model, samples: int = 8) -> str:
+    """sha256 of the starting model's weights (LoRA adapters left out): per tensor, its name,
+    shape and ``samples`` evenly spaced values. Cheap, and any training step changes it."""
+    h = hashlib.sha256()
+    for name, t in sorted(unwrap(model).state_dict().items()):
+        if "lora_" in name:
+            continue
+        flat = t.detach().flatten()
+        picked = flat[torch.linspace(0, flat.numel() - 1, samples).long()] if flat.numel() else flat
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(picked.double().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _no_adapters(model):

@@ -20,14 +20,20 @@ class DPOLossConfig:
     sft_weight: float = opt(
         1.0, "lambda: weight of the SFT term, the mean NLL per token of the chosen response (SPECS: 1)"
     )
-    length_normalize: bool = opt(
-        False, "compare mean log-probs per token instead of sums (both policy and reference)"
+    length_normalize: bool | None = opt(
+        None,
+        "compare mean log-probs per token instead of sums (policy and reference); "
+        "default (null): on for ipo (as TRL, whose IPO divides by the completion tokens), off otherwise",
     )
     precompute_ref: bool = opt(
         True,
         "reference log-probs computed once before training (no reference model kept); "
         "false: a frozen copy (or the LoRA-disabled policy) scores every micro-batch",
     )
+
+    def normalized(self) -> bool:
+        """Whether log-probs are means per token (``length_normalize``, or its default for ``kind``)."""
+        return self.kind == "ipo" if self.length_normalize is None else self.length_normalize
 
 
 @dataclass

@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from mm.collate import concat_visuals, pack_batch, pad_batch
-from mm.dataset import DataError, Problem, RecordDataset
+from mm.dataset import Problem, RecordDataset
 from mm.encode import VISUAL_KEYS, EncodedSample
 from mm.records import Message, RecordError
 from mm.visual import VisualError
@@ -100,21 +100,6 @@ class PairDataset(RecordDataset):
                 self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
                 out.append(0)
         return out
-
-
-def check_pair_lengths(ds: PairDataset, lengths: list[int], max_tokens: int, on_error: str) -> None:
-    for i, n in enumerate(lengths):
-        if n > max_tokens:
-            p = Problem(
-                ds.path,
-                ds.lines[i],
-                "too_long",
-                f"pair has {n} tokens (prompt twice + both responses), more than data.max_tokens={max_tokens}",
-                "raise data.max_tokens or lower the visual limits",
-            )
-            if on_error == "raise":
-                raise DataError(p)
-            ds.problems.append(p)
 
 
 def _strip(s: EncodedSample) -> EncodedSample:

@@ -2,8 +2,13 @@
 
 With accuracy gains over the base model G_ID (in-distribution eval sets) and G_OOD
 (out-of-distribution), GF = (1 + b^2) * G_ID * G_OOD / (b^2 * G_ID + G_OOD), b = 2: an F-beta
-style harmonic mean that weighs the out-of-distribution gain b^2 = 4 times as much. Gains are in
-accuracy points; GF is undefined (NaN) where the denominator is 0.
+style weighted harmonic mean in which, by the F-beta convention (recall counts b times as much as
+precision), the out-of-distribution gain counts b = 2 times as much as the in-distribution one.
+Gains are in accuracy points.
+
+A harmonic mean only means something for gains of one sign: GF(1, -5) would be +25, a large
+"gain" from a regression. So GF is NaN (printed ``n/a`` in the table) unless both gains are >= 0
+and not both 0, i.e. when the gains have opposite signs or the denominator is <= 0.
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import math
 
 
 def generalization_factor(g_id: float, g_ood: float, beta: float = 2.0) -> float:
+    """GF of the gains over the base model; NaN for gains of opposite signs or a denominator <= 0."""
     b2 = beta * beta
     den = b2 * g_id + g_ood
-    return (1 + b2) * g_id * g_ood / den if den != 0 else math.nan
+    if g_id * g_ood < 0 or den <= 0:
+        return math.nan
+    return (1 + b2) * g_id * g_ood / den
 
 
 def gf_rows(base: tuple[float, float], models, beta: float = 2.0) -> list[dict]:
     """Per model: accuracies (ID, OOD), gains over ``base`` and GF. Accuracies in points (0-100);
-    ``models``: {name: (acc_id, acc_ood)} or a list of (name, (acc_id, acc_ood))."""
-    rows = [
-        {"model": "base", "acc_id": base[0], "acc_ood": base[1], "g_id": 0.0, "g_ood": 0.0, "gf": math.nan}
-    ]
+    ``models``: {name: (acc_id, acc_ood)} or a list of (name, (acc_id, acc_ood)). The base row's
+    GF is None (it is the reference)."""
+    rows = [{"model": "base", "acc_id": base[0], "acc_ood": base[1], "g_id": 0.0, "g_ood": 0.0, "gf": None}]
     for name, (a_id, a_ood) in models.items() if isinstance(models, dict) else models:
         g_id, g_ood = a_id - base[0], a_ood - base[1]
         rows.append(
@@ -39,6 +46,7 @@ def gf_rows(base: tuple[float, float], models, beta: float = 2.0) -> list[dict]:
 
 
 def format_table(rows: list[dict], beta: float = 2.0) -> str:
+    """Aligned text table; GF is ``-`` for the base row and ``n/a`` where undefined."""
     head = ["model", "acc ID", "acc OOD", "G_ID", "G_OOD", f"GF (b={beta:g})"]
     body = [
         [
@@ -47,7 +55,7 @@ def format_table(rows: list[dict], beta: float = 2.0) -> str:
             f"{r['acc_ood']:.2f}",
             f"{r['g_id']:+.2f}",
             f"{r['g_ood']:+.2f}",
-            "-" if math.isnan(r["gf"]) else f"{r['gf']:.2f}",
+            "-" if r["gf"] is None else "n/a" if math.isnan(r["gf"]) else f"{r['gf']:.2f}",
         ]
         for r in rows
     ]

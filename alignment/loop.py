@@ -88,6 +88,7 @@ class Trainer:
     """Setup, the step loop and saving; algorithms fill in the module and the data."""
 
     name = "train"
+    bf16 = False  # set by run(): whether DeepSpeed trains in bf16
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -144,6 +145,7 @@ class Trainer:
         dist.init(device)
         seed_everything(tc.seed)
         bf16 = self.train_dtype(device) == torch.bfloat16
+        self.bf16 = bf16  # DeepSpeed trains in bf16: setup may need to know (the DPO reference)
         self.setup(device)
         module = self.build_module()
         steps_per_epoch = self.planner.steps_per_epoch()

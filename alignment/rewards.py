@@ -108,10 +108,18 @@ class RuleJudge(Judge):
         return float(len(words) >= self.min_words and find_repetition(response) is None)
 
 
+class JudgeUnavailable(RuntimeError):
+    """The judge's endpoint failed every retry (raised only where no fallback is wanted)."""
+
+
 class HTTPJudge(Judge):
     """An OpenAI-compatible chat endpoint asked for a 0-10 score; timeouts, retries and a cache.
 
-    When every retry fails the rule-based score is used (with a warning), so training goes on.
+    ``prompt`` (default: ViRC's question, does the reasoning support a correct next step) has the
+    fields {question}, {reference} and {response}. When every retry fails: with
+    ``fallback=True`` the rule-based score is used (with a warning), so training goes on; with
+    ``fallback=False`` ``JudgeUnavailable`` is raised, for callers that count the failures.
+    ``failures`` counts the questions every retry failed on.
     """
 
     PROMPT = (
@@ -120,12 +128,22 @@ class HTTPJudge(Judge):
         "Question: {question}\n\nReference (may be empty): {reference}\n\nReasoning: {response}"
     )
 
-    def __init__(self, url: str, model: str, api_key: str = "", timeout: float = 30.0, retries: int = 3):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str = "",
+        timeout: float = 30.0,
+        retries: int = 3,
+        prompt: str | None = None,
+        fallback: bool = True,
+    ):
         self.url = url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.timeout, self.retries = model, api_key, timeout, retries
+        self.prompt = prompt or self.PROMPT
         self.cache: dict[str, float] = {}
-        self.fallback = RuleJudge()
-        self.requests = 0
+        self.fallback = RuleJudge() if fallback else None
+        self.requests, self.failures = 0, 0
 
     def score(self, question: str, response: str, reference: str = "") -> float:
         key = hashlib.sha256(json.dumps([question, response, reference]).encode()).hexdigest()
@@ -140,7 +158,7 @@ class HTTPJudge(Judge):
             "messages": [
                 {
                     "role": "user",
-                    "content": self.PROMPT.format(question=question, response=response, reference=reference),
+                    "content": self.prompt.format(question=question, response=response, reference=reference),
                 }
             ],
         }
@@ -161,6 +179,9 @@ class HTTPJudge(Judge):
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError) as e:
                 last = e
                 time.sleep(min(2.0, 0.1 * 2**attempt))
+        self.failures += 1
+        if self.fallback is None:
+            raise JudgeUnavailable(f"judge {self.url} failed {self.retries} times ({last})")
         warnings.warn(
             f"judge {self.url} failed {self.retries} times ({last}); using the rule-based score", stacklevel=2
         )

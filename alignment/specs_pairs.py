@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.answers import answers_match, extract_answer
+from alignment.rewards import JudgeUnavailable
 from mm.config import opt
-from mm.dataset import Problem, iter_jsonl
+from mm.dataset import Problem, iter_jsonl, rebase_images
 from vision_tools.protocol import parse_turn
 
 # ----------------------------------------------------------------------------- corruptions
@@ -109,7 +110,9 @@ class PairsConfig:
     mode: Literal["decoupled", "coupled"] = opt(
         "decoupled", "decoupled: both sides correct, only the format differs; coupled: rejected also wrong"
     )
-    pairs_per_prompt: int = opt(1, "pairs kept per prompt at most (distinct responses)")
+    pairs_per_prompt: int = opt(
+        1, "pairs kept per prompt at most; repeated samples count once (zero_/base_duplicate)"
+    )
     max_new_tokens: int = opt(1024, "new tokens per response")
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "nucleus sampling")
@@ -119,19 +122,46 @@ class PairsConfig:
     judge_threshold: float = opt(0.5, "with a judge: chosen needs a consistency score >= this")
 
 
+# SPECS's judge question: does the reasoning agree with the final answer (not: is it correct)
+CONSISTENCY_PROMPT = (
+    "Is the reasoning in the response below consistent with its final answer, i.e. does the "
+    "reasoning actually lead to that answer? Score from 0 (inconsistent: the answer does not follow "
+    "from the reasoning) to 10 (fully consistent). Reply with the number only.\n\n"
+    "Question: {question}\n\nReference answer: {reference}\n\nResponse: {response}"
+)
+
+
+def http_judge(url: str, model: str, api_key: str = ""):
+    """The consistency judge of specs-pairs: an OpenAI-compatible endpoint asked
+    ``CONSISTENCY_PROMPT``; when it fails the response is counted (``zero_judge_failed``), never
+    scored by a fallback rule."""
+    from alignment.rewards import HTTPJudge
+
+    return HTTPJudge(url, model, api_key, prompt=CONSISTENCY_PROMPT, fallback=False)
+
+
 def choose_chosen(texts: list[str], answer, question: str = "", judge=None, threshold: float = 0.5):
-    """Indices of usable chosen responses, and a Counter of why the others are not."""
+    """Indices of usable chosen responses, and a Counter of why the others are not (a judge
+    that raises ``JudgeUnavailable`` counts as ``zero_judge_failed``: not kept)."""
     keep, why = [], Counter()
     for i, t in enumerate(texts):
         turn = parse_turn(t)
         if not (turn.ok and turn.kind == "answer"):
             why["zero_bad_format"] += 1
-        elif not answers_match(turn.answer, answer):
+            continue
+        if not answers_match(turn.answer, answer):
             why["zero_wrong_answer"] += 1
-        elif judge is not None and judge.score(question, t, str(answer)) < threshold:
-            why["zero_judge_inconsistent"] += 1
-        else:
-            keep.append(i)
+            continue
+        if judge is not None:
+            try:
+                score = judge.score(question, t, str(answer))
+            except JudgeUnavailable:
+                why["zero_judge_failed"] += 1
+                continue
+            if score < threshold:
+                why["zero_judge_inconsistent"] += 1
+                continue
+        keep.append(i)
     return keep, why
 
 
@@ -157,6 +187,18 @@ def choose_rejected(texts: list[str], answer, mode: str, rng: random.Random):
             continue
         keep.append((i, c[0], c[1], pred))
     return keep, why
+
+
+def _distinct(items: list, texts: list[str], reason: str, counts: Counter) -> list:
+    """``items`` without those whose text repeats an earlier one's (counted as ``reason``)."""
+    seen, out = set(), []
+    for it, t in zip(items, texts):
+        if t in seen:
+            counts[reason] += 1
+        else:
+            seen.add(t)
+            out.append(it)
+    return out
 
 
 def make_pairs(
@@ -185,6 +227,9 @@ def make_pairs(
         if not bad:
             counts["dropped_no_rejected"] += 1
             continue
+        # identical samples would make identical pairs (pairs_per_prompt > 1): keep the first of each
+        good = _distinct(good, [zs[i] for i in good], "zero_duplicate", counts)
+        bad = _distinct(bad, [bs[b[0]] for b in bad], "base_duplicate", counts)
         rng.shuffle(good)
         rng.shuffle(bad)
         for k in range(min(cfg.pairs_per_prompt, len(good), len(bad))):
@@ -273,8 +318,6 @@ def sample_responses(
 
 def build_pairs(cfg: PairsConfig, out: str, judge=None) -> Counter:
     """Sample, select and write the pairs; returns the counts (also in ``OUT.counts.json``)."""
-    from alignment.virc_rl import _rebase
-
     zero, base, prompts = cfg.zero, cfg.base, cfg.prompts
     if not (zero and base and prompts):
         raise ValueError("specs-pairs needs the zero model, the base model and the prompts file")
@@ -287,7 +330,7 @@ def build_pairs(cfg: PairsConfig, out: str, judge=None) -> Counter:
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         for p in pairs:
-            p["prompt"] = _rebase(p["prompt"], prompts, out)
+            p["prompt"] = rebase_images(p["prompt"], prompts, out)
             f.write(json.dumps(p) + "\n")
     os.replace(tmp, out)
     with open(out + ".counts.json", "w") as f:

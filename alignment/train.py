@@ -3,12 +3,17 @@
 The YAML's ``algorithm`` key picks the trainer (default ``sft``). A pipeline file runs stages
 in order; each stage writes to ``OUTPUT_ROOT/<name>`` and may start from an earlier stage's
 output (``init_from: <stage name>``). A stage whose ``final/`` model exists is skipped, so a
-pipeline can be re-run after an interruption.
+pipeline can be re-run after an interruption; a specs-pairs stage is skipped when its pairs exist
+and were built with the same args (recorded in ``pairs.jsonl.counts.json``), and refuses to go on
+when they were not. Overrides given on the command line win over the pipeline's wiring
+(``STAGE:data.train=...`` replaces the pairs of ``data_from``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -62,7 +67,9 @@ class Stage:
     name: str = opt("", "stage name; its output goes to OUTPUT_ROOT/<name>")
     config: str = opt("", "the stage's training YAML (relative to the pipeline file)")
     init_from: str | None = opt(None, "name of an earlier stage whose final model this stage starts from")
-    overrides: list[str] = opt(factory=list, help="dotted overrides for this stage only")
+    overrides: list[str] = opt(
+        factory=list, help="dotted overrides for this stage only (on a specs-pairs stage: of its args)"
+    )
     run: Literal["train", "specs-pairs"] = opt(
         "train", "train: train `config`; specs-pairs: build SPECS preference pairs from `args`"
     )
@@ -122,10 +129,11 @@ def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str
             continue
         if st.run == "specs-pairs":
             done[st.name] = ("pairs", out)
-            results.append({"stage": st.name, **_run_pairs(st, mine, out, done)})
+            results.append({"stage": st.name, **_run_pairs(st, list(st.overrides) + mine, out, done)})
             continue
         cfg_path = st.config if os.path.isabs(st.config) else os.path.join(base, st.config)
-        extra = list(st.overrides) + [o for o in overrides if ":" not in o.split("=")[0]] + mine
+        # the stage's overrides, then the wiring to earlier stages, then the user's (they win)
+        extra = list(st.overrides)
         if st.init_from:
             kind, where = done[st.init_from]
             extra.append(f"model.name_or_path={where}" if kind == "model" else f"init_from={where}")
@@ -136,6 +144,7 @@ def run_pipeline(path: str, overrides: list[str] | None = None, output_root: str
                     f"{path}: stage {st.name!r} takes data from {st.data_from!r}, not a specs-pairs stage"
                 )
             extra.append(f"data.train={os.path.join(where, PAIRS_FILE)}")
+        extra += [o for o in overrides if ":" not in o.split("=")[0]] + mine
         done[st.name] = ("train", out)
         if os.path.isdir(os.path.join(out, "final")):
             print(f"[pipeline] {st.name}: {out}/final exists, skipping", flush=True)
@@ -160,8 +169,21 @@ def _run_pairs(st: Stage, overrides: list[str], out: str, done: dict) -> dict:
             kind, where = done[ref]
             setattr(cfg, side, where if kind == "model" else os.path.join(where, "final"))
     target = os.path.join(out, PAIRS_FILE)
+    args = dataclasses.asdict(cfg)
     if os.path.isfile(target):
-        print(f"[pipeline] {st.name}: {target} exists, skipping", flush=True)
+        try:
+            with open(target + ".counts.json") as f:
+                made_with = json.load(f).get("args")
+        except (OSError, ValueError):
+            made_with = None
+        if made_with != args:
+            diff = sorted(k for k in args if (made_with or {}).get(k, object()) != args[k])
+            raise ConfigError(
+                f"{st.name}: {target} was built with other args (differing: {', '.join(diff)}; "
+                f"recorded in {target}.counts.json); delete {out} to rebuild the pairs, or use "
+                "another --output-root"
+            )
+        print(f"[pipeline] {st.name}: {target} exists (same args), skipping", flush=True)
         return {"skipped": True, "data": target}
     print(f"[pipeline] {st.name}: SPECS pairs from {cfg.zero} (zero) and {cfg.base} (base)", flush=True)
     counts = build_pairs(cfg, target + ".partial")
@@ -170,6 +192,8 @@ def _run_pairs(st: Stage, overrides: list[str], out: str, done: dict) -> dict:
             f"{st.name}: no pair was kept (counts in {target}.partial.counts.json); sample more (n), "
             "train the zero model longer, or check the prompts' answers"
         )
-    os.replace(target + ".partial.counts.json", target + ".counts.json")
+    with open(target + ".counts.json", "w") as f:  # the counts and the args that made the pairs
+        json.dump({**counts, "args": args}, f, indent=1)
+    os.remove(target + ".partial.counts.json")
     os.replace(target + ".partial", target)
     return {"pairs": counts["pairs"], "data": target, "counts": dict(counts)}

@@ -14,9 +14,8 @@ after more than ``min_turns`` turns.
 from __future__ import annotations
 
 import json
-import os
 
-from mm.dataset import Problem, iter_jsonl
+from mm.dataset import Problem, iter_jsonl, rebase_images
 
 
 def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tuple[list[dict], int]:
@@ -58,31 +57,12 @@ def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tupl
     return out, skipped
 
 
-def _rebase(messages: list[dict], src: str, dst: str) -> list[dict]:
-    """Relative image paths re-pointed from the folder of ``src`` to the folder of ``dst``."""
-    a, b = os.path.dirname(os.path.abspath(src)), os.path.dirname(os.path.abspath(dst))
-    if a == b:
-        return messages
-    out = []
-    for m in messages:
-        if isinstance(m["content"], list):
-            items = []
-            for c in m["content"]:
-                ref = c.get("image")
-                if isinstance(ref, str) and not ref.startswith("data:") and not os.path.isabs(ref):
-                    c = {**c, "image": os.path.relpath(os.path.join(a, ref), b)}
-                items.append(c)
-            m = {**m, "content": items}
-        out.append(m)
-    return out
-
-
 def write_next_turn_records(path: str, out: str, cuts: str = "all", min_turns: int = 15) -> int:
     recs, _ = next_turn_records(path, cuts, min_turns)
     if not recs:
         raise ValueError(f"{path}: no trajectories with assistant turns to cut (SFT records with an answer)")
     for r in recs:
-        r["prompt"] = _rebase(r["prompt"], path, out)
+        r["prompt"] = rebase_images(r["prompt"], path, out)
     with open(out, "w") as f:
         for r in recs:
             f.write(json.dumps(r) + "\n")

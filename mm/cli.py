@@ -23,6 +23,7 @@ Errors the user can fix are printed as one line (no traceback) with exit status 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -187,24 +188,10 @@ def cmd_specs_pairs(args) -> int:
 
     judge = None
     if args.judge_url:
-        from alignment.rewards import HTTPJudge
+        from alignment.specs_pairs import http_judge
 
-        judge = HTTPJudge(args.judge_url, args.judge_model, os.environ.get("MMPOST_JUDGE_KEY", ""))
-    cfg = PairsConfig(
-        zero=args.zero,
-        base=args.base,
-        prompts=args.prompts,
-        n=args.n,
-        mode=args.mode,
-        pairs_per_prompt=args.pairs_per_prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        judge_threshold=args.judge_threshold,
-    )
+        judge = http_judge(args.judge_url, args.judge_model, os.environ.get("MMPOST_JUDGE_KEY", ""))
+    cfg = PairsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PairsConfig)})
     counts = build_pairs(cfg, args.out, judge)
     return 0 if counts["pairs"] else 1
 
@@ -584,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--judge-url",
-        help="OpenAI-compatible endpoint scoring reasoning-answer consistency (key: MMPOST_JUDGE_KEY)",
+        help="OpenAI-compatible endpoint scoring reasoning-answer consistency (key: MMPOST_JUDGE_KEY); "
+        "responses it fails on are counted (zero_judge_failed), not kept",
     )
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
     p.add_argument("--judge-threshold", type=float, default=0.5, help="chosen needs a judge score >= this")

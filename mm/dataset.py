@@ -159,3 +159,23 @@ class RecordDataset(Dataset):
                 self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
                 out.append(0)
         return out
+
+
+def rebase_images(messages: list[dict], src: str, dst: str) -> list[dict]:
+    """``messages`` with relative image paths re-pointed from the folder of ``src`` to that of
+    ``dst`` (a derived JSONL written elsewhere keeps finding its images)."""
+    a, b = os.path.dirname(os.path.abspath(src)), os.path.dirname(os.path.abspath(dst))
+    if a == b:
+        return messages
+    out = []
+    for m in messages:
+        if isinstance(m["content"], list):
+            items = []
+            for c in m["content"]:
+                ref = c.get("image")
+                if isinstance(ref, str) and not ref.startswith("data:") and not os.path.isabs(ref):
+                    c = {**c, "image": os.path.relpath(os.path.join(a, ref), b)}
+                items.append(c)
+            m = {**m, "content": items}
+        out.append(m)
+    return out

@@ -2,17 +2,19 @@
 and the effect of the SFT term."""
 
 import json
+import math
 import os
 
 import pytest
 import torch
 
-from alignment.dpo import DPOModule, policy_logps
+from alignment.dpo import DPOModule, DPOTrainer, policy_logps
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, collate_pairs
 from alignment.metrics import read_metrics
-from alignment.train import train
+from alignment.train import build_config, train
 from mm.dataset import DataError
+from mm.loading import load_model
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
 
@@ -143,6 +145,9 @@ def run_dpo(out, *overrides, data=None):
             "optim.schedule=constant",
             "optim.warmup_ratio=0",
             "data.max_tokens=1024",
+            "data.layout=pack",  # one packed row of pairs per step (the measurements below)
+            "data.micro_batch_size=1",
+            "train.gradient_accumulation_steps=1",
             *overrides,
         ],
         output_dir=out,
@@ -193,3 +198,100 @@ def test_sft_term_keeps_the_chosen_reward_up(tmp_path):
         end[lam] = sum(r["m_chosen_reward"] for r in m[-3:]) / 3
         assert sum(r["m_margin"] for r in m[-3:]) / 3 > 1.0  # both learn the preference
     assert end[1] > 0 > -0.5 > end[0], end
+
+
+def reference_of(out, *overrides, data):
+    """The trainer's setup only (no DeepSpeed): its reference log-probs [n_pairs, 2]."""
+    over = [f"data.train={data}", "train.gradient_accumulation_steps=1", *overrides]
+    cfg = build_config(DPO_CONFIG, over, output_dir=out)
+    trainer = DPOTrainer(cfg)
+    trainer.setup("cpu")
+    return trainer.ref_logps, trainer
+
+
+def perturbed_tiny(folder: str) -> str:
+    """A tiny model folder whose weights differ from load_model('tiny')."""
+    model, processor = load_model("tiny", attn="sdpa")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_reference_cache_is_keyed_by_the_starting_model(tiny, encoder, tmp_path):
+    """Reused for the same run (a resume), recomputed when the starting model changes."""
+    data = write_pairs(str(tmp_path), n=4)
+    out = str(tmp_path / "run")
+    ds = PairDataset(data, encoder)
+    ref, _ = reference_of(out, data=data)
+    want = torch.tensor([[one_by_one(tiny[0], s) for s in ds[i]] for i in range(len(ds))])
+    assert torch.allclose(ref, want, atol=1e-4), (ref - want).abs().max()
+    # same run again: the cache is read back (a marked copy proves no recomputation)
+    path = os.path.join(out, "ref_logps.pt")
+    saved = torch.load(path)
+    torch.save({"key": saved["key"], "ref": saved["ref"] + 1.0}, path)
+    again, _ = reference_of(out, data=data)
+    assert torch.equal(again, ref + 1.0)
+    # another starting model into the same output dir: recomputed with that model
+    other = perturbed_tiny(str(tmp_path / "other"))
+    ref2, trainer = reference_of(out, f"model.name_or_path={other}", data=data)
+    model2, _ = load_model(other, attn="sdpa")
+    want2 = torch.tensor([[one_by_one(model2.eval(), s) for s in ds[i]] for i in range(len(ds))])
+    assert torch.allclose(ref2, want2, atol=1e-4), (ref2 - want2).abs().max()
+    assert (ref2 - want).abs().max() > 0.1
+    assert torch.load(path)["key"]["model"] == other
+
+
+def test_reference_scores_only_the_pairs_the_planner_uses(encoder, tmp_path, monkeypatch):
+    """on_error=skip with a pair over max_tokens: that pair is never scored (its row stays 0)."""
+    import alignment.dpo as dpo
+
+    long_pair = {
+        "id": "long",
+        "prompt": [{"role": "user", "content": "Say x. " * 200}],
+        "chosen": [{"role": "assistant", "content": "<think>x</think><answer>x</answer>"}],
+        "rejected": [{"role": "assistant", "content": "x"}],
+    }
+    data = write_pairs(str(tmp_path), n=4, bad=long_pair)  # the long pair is index 4
+    ds = PairDataset(data, encoder)
+    assert sum(ds.lengths()[:4]) < 4 * 300 < ds.lengths()[4]
+    scored = []
+    real = dpo.policy_logps
+    monkeypatch.setattr(
+        dpo, "policy_logps", lambda m, b: (scored.extend(b["pair_index"].tolist()), real(m, b))[1]
+    )
+    ref, _ = reference_of(
+        str(tmp_path / "run"), "data.max_tokens=300", "data.on_error=skip", "data.layout=pad", data=data
+    )
+    assert sorted(scored) == [0, 1, 2, 3]
+    assert ref[4].tolist() == [0.0, 0.0] and (ref[:4] != 0).all()
+
+
+def test_bf16_reference_matches_the_bf16_policy_at_step_0(tmp_path):
+    """precision=bf16 (as auto on GPU): the reference is the bf16 starting model, so the first
+    step's margin is exactly 0 and the DPO loss log 2, precomputed or live (one pair per padded
+    micro-batch, as the precompute batches them: bf16 sums depend on the batch shapes)."""
+    data = write_pairs(str(tmp_path), n=8)
+    common = ("train.max_steps=1", "train.precision=bf16", "optim.lr=1e-2", "data.layout=pad")
+    for name, extra in (("pre", ()), ("live", ("loss.precompute_ref=false",))):
+        _, m = run_dpo(str(tmp_path / name), *common, *extra, data=data)
+        assert m[0]["m_margin"] == 0.0, (name, m[0])
+        assert abs(m[0]["m_dpo_loss"] - math.log(2)) < 1e-6, (name, m[0])
+
+
+def test_ipo_compares_mean_log_probs_by_default(tiny, encoder, tmp_path):
+    """IPO is length-normalised by default (as TRL): fed the reference's per-token means, a
+    policy equal to the reference has h = 0, so the IPO loss is (1 / (2 beta))^2 = 25 per pair."""
+    model, processor = tiny
+    ds = PairDataset(write_pairs(str(tmp_path)), encoder)
+    pairs = [ds[i] for i in range(len(ds))]
+    means = torch.tensor([one_by_one(model, s) / s.trained_tokens for p in pairs for s in p])
+    cfg = build_config(DPO_CONFIG, ["loss.kind=ipo", "loss.sft_weight=0"])
+    assert cfg.loss.normalized() and not build_config(DPO_CONFIG).loss.normalized()
+    assert not build_config(DPO_CONFIG, ["loss.kind=ipo", "loss.length_normalize=false"]).loss.normalized()
+    batch = collate_pairs([pairs], "pad", processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        total, n, stats = DPOModule(model, cfg)(ref_logps=means, **batch)
+    assert abs(float(total) / int(n) - 25.0) < 1e-2, float(total)

@@ -1,17 +1,22 @@
 """The SPECS pipeline end to end on tiny: base -> GRPO-zero -> pairs -> DPO cold start -> GRPO,
 pair invariants, stage wiring, re-runs skipping finished stages."""
 
+import dataclasses
 import json
 import os
 
 import pytest
+import torch
+import yaml
 
 from alignment.metrics import read_metrics
 from alignment.rewards import accuracy
-from alignment.specs_pairs import CORRUPTIONS, well_formed
+from alignment.specs_pairs import CORRUPTIONS, PairsConfig, well_formed
 from alignment.train import run_pipeline
+from mm.config import ConfigError
 from mm.records import parse_record
 from tests.alignment.conftest import ROOT
+from tests.alignment.test_dpo import perturbed_tiny, write_pairs
 
 STAGES = ["base", "grpo_zero", "pairs", "dpo_cold_start", "grpo_final"]
 
@@ -57,3 +62,53 @@ def test_specs_pipeline_end_to_end(tmp_path):
     # a second run skips every stage; a stage can stand for an existing model instead of training
     again = run_pipeline(pipe, [f"base:model={d['base']}/final"], output_root=out)
     assert all(r.get("skipped") for r in again) and again[0]["model"] == f"{d['base']}/final"
+
+
+def test_pipeline_wiring_model_stage_user_overrides_and_pairs_args(tmp_path):
+    """A `model:` stage feeds model.name_or_path of a stage that trains; the user's
+    `STAGE:data.train=` wins over data_from; a pairs stage built with other args is refused."""
+    model_dir = perturbed_tiny(str(tmp_path / "model"))
+    data = write_pairs(str(tmp_path), n=4)
+    prompts = os.path.join(ROOT, "data", "specs", "prompts.jsonl")
+    out = str(tmp_path / "runs")
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "stages": [
+                    {"name": "base", "model": model_dir},
+                    {
+                        "name": "pairs",
+                        "run": "specs-pairs",
+                        "args": {"zero": "base", "base": "base", "prompts": prompts, "n": 2},
+                    },
+                    {
+                        "name": "dpo",
+                        "config": os.path.join(ROOT, "configs", "specs", "dpo_cold_start.yaml"),
+                        "init_from": "base",
+                        "data_from": "pairs",
+                        "overrides": [
+                            "train.max_steps=1",
+                            "train.gradient_accumulation_steps=1",
+                            "train.export=false",
+                        ],
+                    },
+                ]
+            }
+        )
+    )
+    # pairs already built with these args (as the pipeline records them): skipped
+    os.makedirs(os.path.join(out, "pairs"))
+    target = os.path.join(out, "pairs", "pairs.jsonl")
+    open(target, "w").write("not read: the user's data.train replaces it\n")
+    args = dataclasses.asdict(PairsConfig(zero=model_dir, base=model_dir, prompts=prompts, n=2))
+    json.dump({"pairs": 1, "args": args}, open(target + ".counts.json", "w"))
+    results = run_pipeline(str(pipe), [f"dpo:data.train={data}"], output_root=out)
+    assert [r.get("skipped", False) for r in results] == [True, True, False]
+    state = json.load(open(os.path.join(out, "dpo", "checkpoint-000001", "trainer_state.json")))
+    assert state["config"]["model"]["name_or_path"] == model_dir and state["config"]["init_from"] is None
+    assert state["config"]["data"]["train"] == data
+    assert torch.load(os.path.join(out, "dpo", "ref_logps.pt"))["key"]["model"] == model_dir
+    # other args for the pairs stage: a clear error, not a silent reuse of the old pairs
+    with pytest.raises(ConfigError, match=r"built with other args \(differing: n;.*delete"):
+        run_pipeline(str(pipe), ["pairs:n=3"], output_root=out)
