@@ -357,7 +357,8 @@ class GRPOTrainer(Trainer):
             batch = pad_batch(samples, pad)
         batch["advantages"] = advantages.clone()
         embeds = None  # the rollout's cached image features: the weights have not changed since
-        if self.features is not None and "pixel_values" in batch:
+        needed = self.vision_frozen or self.cfg.loss.mu > 1  # else no pass could use them
+        if self.features is not None and needed and "pixel_values" in batch:
             embeds = self.features.embeds(batch["pixel_values"], batch["image_grid_thw"])
             if self.vision_frozen:  # the training pass may use them too
                 batch["image_embeds"] = embeds

@@ -34,12 +34,7 @@ def encoder_outputs(embeds: torch.Tensor) -> dict:
 
 def vision_frozen(model) -> bool:
     """True when no parameter of the vision tower or merger trains (so features stay valid)."""
-    return not any(p.requires_grad for p in inner_model(model).visual.parameters())
-
-
-def inner_model(model):
-    """The Qwen2.5-VL ``.model`` (vision tower + language model) under PEFT / task wrappers."""
-    return unwrap(model).model
+    return not any(p.requires_grad for p in unwrap(model).model.visual.parameters())
 
 
 class ImageFeatures:
@@ -71,7 +66,7 @@ class ImageFeatures:
             if f is None and not any(keys[j] == keys[i] and torch.equal(pixels[j], pixels[i]) for j in todo):
                 todo.append(i)
         if todo:
-            inner = inner_model(self.model)
+            inner = unwrap(self.model).model
             dev = next(inner.visual.parameters()).device
             out = inner.get_image_features(
                 torch.cat([pixels[i] for i in todo]).to(dev),

@@ -20,6 +20,17 @@ from mm.loading import load_model
 from mm.rope import RopeSpec
 from mm.visual import VisualConfig
 
+# the collated batch's entries VLAModel.predict reads
+PREDICT_INPUTS = (
+    "input_ids",
+    "slot_ids",
+    "proprio",
+    "attention_mask",
+    "position_ids",
+    "pixel_values",
+    "image_grid_thw",
+)
+
 
 class VLAPolicy:
     def __init__(self, model: VLAModel, processor, stats: NormStats, meta: dict, device: str = "cpu"):
@@ -75,15 +86,6 @@ class VLAPolicy:
         batch = collate(
             [VLASample(enc, slots, prop, views)], self.processor.tokenizer.pad_token_id, len(views)
         )
-        keys = (
-            "input_ids",
-            "slot_ids",
-            "proprio",
-            "attention_mask",
-            "position_ids",
-            "pixel_values",
-            "image_grid_thw",
-        )
-        inputs = {k: batch[k].to(self.device) for k in keys}
+        inputs = {k: batch[k].to(self.device) for k in PREDICT_INPUTS}
         y = self.model.predict(**inputs)[0].cpu().numpy()  # [K, D] normalised
         return self.stats.denormalize_actions(y)

@@ -17,6 +17,7 @@ from alignment.spatial.teacher import RandomTeacher, build_teacher
 from alignment.train import build_config
 from alignment.vla.data import VLADataset, VLASample, collate, view_messages
 from alignment.vla.model import VLAHeads, VLAModel
+from alignment.vla.policy import PREDICT_INPUTS
 from alignment.vla.synth import write_vla_synth
 from alignment.vla.trainer import HEADS, VLATrainer
 from mm.dataset import DataError
@@ -275,17 +276,8 @@ def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
         view_messages(images, text), None, ds.stats.normalize_proprio(np.asarray(rec["proprio"]))
     )
     batch = collate([VLASample(*sample)], trainer.processor.tokenizer.pad_token_id, 2)
-    keys = (
-        "input_ids",
-        "slot_ids",
-        "proprio",
-        "attention_mask",
-        "position_ids",
-        "pixel_values",
-        "image_grid_thw",
-    )
     with torch.no_grad():
-        y = trainer.vla.predict(**{k: batch[k] for k in keys})[0].numpy()
+        y = trainer.vla.predict(**{k: batch[k] for k in PREDICT_INPUTS})[0].numpy()
     assert np.allclose(ds.stats.denormalize_actions(y), actions, atol=1e-5)
     with pytest.raises(ValueError, match="proprio has 2 values, the model was trained with 4"):
         policy.predict_actions(images, text, [0.0, 0.0])
