@@ -1,7 +1,11 @@
 """Training algorithms on one DeepSpeed loop.
 
-What will live here: the shared training loop (checkpoints, resume, logging), and per
-algorithm a config dataclass beside its trainer: SFT, DPO (SPECS), GRPO/DAPO (CLS-RL, ViRC
-strategic RL) and spatial alignment (Spatial Forcing); pure loss functions and reward
-functions. Builds on ``mm`` (and on ``vision_tools`` for tool rollouts).
+- ``loop`` (the shared ``Trainer``), ``data`` (step plans and micro-batches), ``losses`` (pure loss
+  functions), ``rewards`` (verifiable rewards and judges), ``train`` (config -> trainer, pipelines);
+- one trainer per algorithm beside its config: ``sft``, ``dpo`` (SPECS), ``grpo`` (GRPO/DAPO for
+  CLS-RL and ViRC strategic RL), ``vla/`` (action heads + Spatial Forcing from ``spatial/``);
+- ``builders/`` (recipe data), ``evaluation/`` (accuracy, GF), ``infra/`` (distributed, DeepSpeed
+  setup, checkpoints, metrics, schedule, HF export).
+
+Builds on ``mm`` (and on ``vision_tools`` for tool rollouts).
 """

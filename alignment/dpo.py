@@ -33,10 +33,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from alignment import distributed as dist
 from alignment.data import StepPlanner, check_lengths
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, PairMicroBatches
+from alignment.infra import distributed as dist
 from alignment.loop import Trainer
 from alignment.losses import IGNORE, dpo_loss
 from mm.attention import choose_backend

@@ -30,8 +30,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from alignment import distributed as dist
 from alignment.grpo_config import GRPOConfig
+from alignment.infra import distributed as dist
 from alignment.loop import Trainer
 from alignment.losses import IGNORE, group_advantages, grpo_loss
 from alignment.rewards import combine

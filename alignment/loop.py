@@ -26,11 +26,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from alignment import checkpoint
-from alignment import distributed as dist
-from alignment.engine import deepspeed_config, export_hf, param_groups, zero_stage
-from alignment.metrics import MetricsLogger
-from alignment.schedule import lr_multiplier, warmup_steps
+from alignment.infra import checkpoint
+from alignment.infra import distributed as dist
+from alignment.infra.deepspeed_setup import deepspeed_config, param_groups, zero_stage
+from alignment.infra.export import export_hf
+from alignment.infra.metrics import MetricsLogger
+from alignment.infra.schedule import lr_multiplier, warmup_steps
 from mm.config import opt
 from mm.encode import IGNORE
 

@@ -35,7 +35,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable
 
-from alignment.answers import answers_match
+from alignment.evaluation.answers import answers_match
 
 REWARDS: dict[str, Callable] = {}
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)

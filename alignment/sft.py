@@ -9,8 +9,8 @@ import os
 
 import torch
 
-from alignment import distributed as dist
 from alignment.data import StepPlanner, check_lengths, loader
+from alignment.infra import distributed as dist
 from alignment.loop import Trainer
 from alignment.losses import token_nll_sum
 from alignment.sft_config import SFTConfig

@@ -75,7 +75,7 @@ class Stage:
     )
     args: dict[str, Any] = opt(
         factory=dict,
-        help="specs-pairs: alignment.specs_pairs.PairsConfig fields; zero/base may name earlier stages",
+        help="specs-pairs: alignment.builders.specs_pairs.PairsConfig fields; zero/base may name earlier stages",
     )
     data_from: str | None = opt(None, "name of an earlier specs-pairs stage whose pairs become data.train")
     model: str | None = opt(
@@ -160,7 +160,7 @@ PAIRS_FILE = "pairs.jsonl"
 
 def _run_pairs(st: Stage, overrides: list[str], out: str, done: dict) -> dict:
     """A specs-pairs stage: zero/base name earlier stages (their final models) or models."""
-    from alignment.specs_pairs import PairsConfig, build_pairs
+    from alignment.builders.specs_pairs import PairsConfig, build_pairs
 
     cfg = from_dict(PairsConfig, apply_overrides(dict(st.args), overrides), f"{st.name}.args")
     for side in ("zero", "base"):

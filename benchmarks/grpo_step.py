@@ -32,7 +32,7 @@ PROMPTS, G, TOKENS, LR = 4, 8, 12, 3e-3
 
 
 def mmpost_run(preset: str, steps: int, out: str, share_prompt: bool = True) -> tuple[float, float]:
-    from alignment.metrics import read_metrics
+    from alignment.infra.metrics import read_metrics
     from alignment.train import train
 
     over = [

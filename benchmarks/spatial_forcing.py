@@ -37,7 +37,7 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "spatial_forcing"
 def run(
     data: str, out: str, args, alpha: float, steps: int, seed: int, features: str | None = None
 ) -> list[dict]:
-    from alignment.metrics import read_metrics
+    from alignment.infra.metrics import read_metrics
     from alignment.train import train
 
     over = [

@@ -153,7 +153,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from alignment.evaluate import run_eval, run_gf
+    from alignment.evaluation.evaluate import run_eval, run_gf
 
     kw = dict(
         batch_size=args.batch_size,
@@ -176,7 +176,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_specs_toy(args) -> int:
-    from alignment.specs_toy import write_toy
+    from alignment.builders.specs_toy import write_toy
 
     counts = write_toy(args.out, args.seed)
     print(", ".join(f"{k}.jsonl: {v}" for k, v in counts.items()) + f" (in {args.out})")
@@ -184,11 +184,11 @@ def cmd_specs_toy(args) -> int:
 
 
 def cmd_specs_pairs(args) -> int:
-    from alignment.specs_pairs import PairsConfig, build_pairs
+    from alignment.builders.specs_pairs import PairsConfig, build_pairs
 
     judge = None
     if args.judge_url:
-        from alignment.specs_pairs import http_judge
+        from alignment.builders.specs_pairs import http_judge
 
         judge = http_judge(args.judge_url, args.judge_model, os.environ.get("MMPOST_JUDGE_KEY", ""))
     cfg = PairsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PairsConfig)})
@@ -197,7 +197,7 @@ def cmd_specs_pairs(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from alignment.virc_rl import write_next_turn_records
+    from alignment.builders.virc_turns import write_next_turn_records
     from vision_tools.crux import write_synth
 
     paths = write_synth(args.out, args.n_train, args.n_test, args.seed)
@@ -276,7 +276,7 @@ def cmd_stream_synth(args) -> int:
 
 
 def cmd_cls_fewshot(args) -> int:
-    from alignment.cls_data import build_fewshot
+    from alignment.builders.cls_fewshot import build_fewshot
 
     counts = build_fewshot(
         args.root, args.out, args.shots, args.variant, args.question, args.base_to_new, args.seed
@@ -286,7 +286,7 @@ def cmd_cls_fewshot(args) -> int:
 
 
 def cmd_cls_synth(args) -> int:
-    from alignment.cls_data import write_shape_classes
+    from alignment.builders.cls_fewshot import write_shape_classes
 
     print(f"wrote six shape classes to {write_shape_classes(args.out, args.per_class)}")
     return 0
@@ -319,7 +319,7 @@ def cmd_teacher_features(args) -> int:
 
 
 def cmd_virc_rl(args) -> int:
-    from alignment.virc_rl import write_next_turn_records
+    from alignment.builders.virc_turns import write_next_turn_records
 
     n = write_next_turn_records(args.trajectories, args.out, args.cuts, args.min_turns)
     print(f"wrote {n} next-turn RL record(s) to {args.out}")
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser(
-        "train", help="train from a YAML config (SFT, GRPO, DPO; spatial alignment as it lands)"
+        "train", help="train from a YAML config (SFT, DPO, GRPO, VLA)"
     )
     p.add_argument("config", help="YAML config, e.g. configs/quickstart/sft.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 data.max_tokens=4096")

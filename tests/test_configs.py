@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from alignment.engine import BUILTIN
+from alignment.infra.deepspeed_setup import BUILTIN
 from alignment.train import Pipeline, build_config
 from mm.cli import main
 from mm.config import ConfigError, from_dict

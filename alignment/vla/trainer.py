@@ -18,9 +18,9 @@ import os
 
 import torch
 
-from alignment import distributed as dist
 from alignment.data import DataConfig, StepPlanner
-from alignment.engine import export_hf
+from alignment.infra import distributed as dist
+from alignment.infra.export import export_hf
 from alignment.loop import Trainer
 from alignment.spatial.align import AlignProjector
 from alignment.spatial.features import FeatureStore

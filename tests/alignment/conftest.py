@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from vision_tools.crux import write_synth
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from alignment.cls_data import build_fewshot, candidates, write_shape_classes
-from alignment.metrics import read_metrics
+from alignment.builders.cls_fewshot import build_fewshot, candidates, write_shape_classes
+from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from tests.alignment.conftest import ROOT
 

@@ -11,7 +11,7 @@ import torch
 from alignment.dpo import DPOModule, DPOTrainer, policy_logps
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, collate_pairs
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 from alignment.train import build_config, train
 from mm.dataset import DataError
 from mm.loading import load_model

@@ -7,7 +7,7 @@ import torch
 
 from alignment.grpo import GRPOModule, token_logprobs
 from alignment.grpo_config import GRPOConfig
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from mm.collate import pad_batch
 from mm.encode import IGNORE

@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from alignment.evaluate import generate, prompts_of, run_eval
-from alignment.metrics import read_metrics
+from alignment.evaluation.evaluate import generate, prompts_of, run_eval
+from alignment.infra.metrics import read_metrics
 from alignment.train import run_pipeline
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
@@ -16,7 +16,7 @@ from tests.alignment.conftest import ROOT
 
 def test_virc_pipeline_runs_both_stages_and_resumes(synth, tmp_path, capsys):
     pipe = os.path.join(ROOT, "configs", "virc", "pipeline.yaml")
-    from alignment.virc_rl import write_next_turn_records
+    from alignment.builders.virc_turns import write_next_turn_records
 
     rl = str(tmp_path / "train_rl.jsonl")
     write_next_turn_records(synth["train"], rl)

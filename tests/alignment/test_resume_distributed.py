@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from alignment import checkpoint
-from alignment.metrics import read_metrics
+from alignment.infra import checkpoint
+from alignment.infra.metrics import read_metrics
 from tests.alignment.conftest import QUICKSTART, ROOT, base_overrides, run_sft
 from tests.conftest import subprocess_env, torchrun
 

@@ -99,7 +99,7 @@ def test_per_part_learning_rates(synth, tmp_path):
         "train.export=false",
     )
     assert m[0]["lr"] == pytest.approx(1e-3)
-    from alignment.engine import param_groups
+    from alignment.infra.deepspeed_setup import param_groups
 
     model, _ = load_model("tiny")
     groups = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignment.grpo import sequence_logprobs
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 from alignment.shared_prompt import group_rows, shared_prompt_batch, worth_sharing
 from alignment.train import train
 from mm.collate import pad_batch

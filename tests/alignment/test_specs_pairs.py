@@ -12,10 +12,7 @@ import urllib.request
 
 import pytest
 
-from alignment.answers import answers_match, extract_answer
-from alignment.gf import format_table, generalization_factor, gf_rows
-from alignment.rewards import accuracy, format_think_answer
-from alignment.specs_pairs import (
+from alignment.builders.specs_pairs import (
     CONSISTENCY_PROMPT,
     CORRUPTIONS,
     PairsConfig,
@@ -24,6 +21,9 @@ from alignment.specs_pairs import (
     make_pairs,
     well_formed,
 )
+from alignment.evaluation.answers import answers_match, extract_answer
+from alignment.evaluation.gf import format_table, generalization_factor, gf_rows
+from alignment.rewards import accuracy, format_think_answer
 from mm.records import parse_record
 from tests.alignment.conftest import ROOT
 
@@ -200,7 +200,7 @@ def test_specs_judge_asks_about_consistency_and_counts_failures(monkeypatch):
 
 
 def test_cli_specs_pairs_passes_every_option_and_the_consistency_judge(monkeypatch, tmp_path):
-    import alignment.specs_pairs as sp
+    import alignment.builders.specs_pairs as sp
     from mm.cli import main
 
     seen = {}

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from alignment.metrics import read_metrics
+from alignment.builders.specs_pairs import CORRUPTIONS, PairsConfig, well_formed
+from alignment.infra.metrics import read_metrics
 from alignment.rewards import accuracy
-from alignment.specs_pairs import CORRUPTIONS, PairsConfig, well_formed
 from alignment.train import run_pipeline
 from mm.config import ConfigError
 from mm.records import parse_record

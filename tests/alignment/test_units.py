@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from alignment.answers import answers_match, extract_answer
 from alignment.data import DataConfig, StepPlanner
+from alignment.evaluation.answers import answers_match, extract_answer
+from alignment.infra.schedule import lr_multiplier, warmup_steps
 from alignment.losses import token_nll_sum
-from alignment.schedule import lr_multiplier, warmup_steps
 
 
 def test_schedules_hand_computed():

@@ -2,7 +2,7 @@
 
 import json
 
-from alignment.virc_rl import next_turn_records, write_next_turn_records
+from alignment.builders.virc_turns import next_turn_records, write_next_turn_records
 
 
 def trajectory(n_crops: int) -> dict:

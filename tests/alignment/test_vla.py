@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 from alignment.spatial.align import AlignProjector
 from alignment.spatial.features import FeatureStore, write_features
 from alignment.spatial.teacher import RandomTeacher, build_teacher

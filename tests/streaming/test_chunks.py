@@ -73,7 +73,7 @@ def test_bad_transcripts_name_the_fix(tmp_path):
 
 
 def test_chunks_train_with_the_streaming_config(tmp_path):
-    from alignment.metrics import read_metrics
+    from alignment.infra.metrics import read_metrics
     from alignment.train import train
     from mm.synthetic import moving_dot_frames, write_video
     from streaming.chunks import write_chunks

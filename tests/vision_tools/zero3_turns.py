@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from alignment import distributed as dist
-from alignment.engine import deepspeed_config
+from alignment.infra import distributed as dist
+from alignment.infra.deepspeed_setup import deepspeed_config
 from mm.loading import load_model
 from tests.conftest import solid
 from vision_tools.api import build_prompt

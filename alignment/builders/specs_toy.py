@@ -20,7 +20,7 @@ import json
 import os
 import random
 
-from alignment.specs_pairs import CORRUPTIONS
+from alignment.builders.specs_pairs import CORRUPTIONS
 
 SUFFIX = "Put your reasoning in <think> </think> and the final answer in <answer> </answer>."
 ID_ASKS = [

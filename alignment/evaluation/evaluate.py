@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from alignment.answers import answers_match, extract_answer
+from alignment.evaluation.answers import answers_match, extract_answer
 from mm.collate import pad_batch
 from mm.dataset import Problem, iter_jsonl
 
@@ -176,8 +176,8 @@ def run_gf(
     models: list[str], base: str, data: str, ood: str, beta: float = 2.0, out_dir: str | None = None, **kw
 ) -> list[dict]:
     """Accuracy of ``base`` and every model on the ID and OOD sets, gains over base and the
-    Generalization Factor (``alignment.gf``), printed as a table; returns the rows."""
-    from alignment.gf import format_table, gf_rows
+    Generalization Factor (``alignment.evaluation.gf``), printed as a table; returns the rows."""
+    from alignment.evaluation.gf import format_table, gf_rows
 
     def acc(model: str, path: str, tag: str) -> float:
         out = None

@@ -24,7 +24,7 @@ import shutil
 import numpy as np
 import torch
 
-from alignment import distributed as dist
+from alignment.infra import distributed as dist
 
 STATE = "trainer_state.json"
 PATTERN = re.compile(r"^checkpoint-(\d+)$")

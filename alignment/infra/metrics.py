@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from alignment import distributed as dist
+from alignment.infra import distributed as dist
 
 
 class MetricsLogger:

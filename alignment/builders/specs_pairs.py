@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from alignment.answers import answers_match, extract_answer
+from alignment.evaluation.answers import answers_match, extract_answer
 from alignment.rewards import JudgeUnavailable
 from mm.config import opt
 from mm.dataset import Problem, iter_jsonl, rebase_images
