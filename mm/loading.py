@@ -9,11 +9,12 @@ LoRA adapters on the language model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mm.attention import choose_backend
+from mm.config import opt
 from mm.imports import require
 from mm.tiny import PRESETS
 
@@ -24,15 +25,21 @@ PARTS = ("vision_tower", "merger", "language_model")
 class ModelConfig:
     """How to load the model (also the ``model:`` section of training configs)."""
 
-    name_or_path: str = "tiny"  # "tiny", "small", "medium" (offline presets) or a local checkpoint directory
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
-    attn: str = "auto"  # auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2
-    device: str | None = None  # None: leave on CPU (trainers place it)
-    gradient_checkpointing: bool = False
-    freeze: list[str] = field(default_factory=list)  # any of vision_tower, merger, language_model
-    lora_r: int = 0  # > 0 adds LoRA adapters to the language model's linear layers
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    name_or_path: str = opt(
+        "tiny", "'tiny', 'small', 'medium' (offline presets) or a local checkpoint directory"
+    )
+    dtype: str = opt("auto", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    attn: str = opt(
+        "auto", "auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2"
+    )
+    device: str | None = opt(None, "device to load onto; None: leave on CPU (trainers place it)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    freeze: list[str] = opt(
+        factory=list, help="parts left untrained: any of vision_tower, merger, language_model"
+    )
+    lora_r: int = opt(0, "> 0 adds LoRA adapters of this rank to the language model's linear layers")
+    lora_alpha: int = opt(16, "LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA adapters' input")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | None = None) -> torch.dtype:

@@ -17,11 +17,12 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from mm.config import opt
 from mm.imports import is_available
 from mm.records import is_video
 
@@ -36,14 +37,18 @@ TEMPORAL_PATCH = 2
 class VisualConfig:
     """Pixel limits and the per-sample visual-token budget."""
 
-    min_pixels: int = 4 * 28 * 28  # per image (ViRC tool results: 4*28*28 .. 16384*28*28)
-    max_pixels: int = 16384 * 28 * 28  # per image
-    video_min_pixels: int = 4 * 28 * 28  # per frame
-    video_max_pixels: int = 768 * 28 * 28  # per frame
-    fps: float = 2.0  # frames sampled per second of video
-    max_frames: int = 768
-    max_visual_tokens: int = 16384  # total over all images, tool results and frames of one sample
-    budget_policy: str = "shrink"  # shrink: scale every item down proportionally; reject: refuse the record
+    min_pixels: int = opt(4 * 28 * 28, "per-image minimum pixels (ViRC tool results: 4*28*28 .. 16384*28*28)")
+    max_pixels: int = opt(16384 * 28 * 28, "per-image maximum pixels")
+    video_min_pixels: int = opt(4 * 28 * 28, "per-frame minimum pixels")
+    video_max_pixels: int = opt(768 * 28 * 28, "per-frame maximum pixels")
+    fps: float = opt(2.0, "frames sampled per second of video")
+    max_frames: int = opt(768, "frames sampled per video at most")
+    max_visual_tokens: int = opt(
+        16384, "total visual tokens over all images, tool results and frames of one sample"
+    )
+    budget_policy: Literal["shrink", "reject"] = opt(
+        "shrink", "over budget: shrink every item proportionally, or reject the record"
+    )
 
     def __post_init__(self):
         if self.budget_policy not in ("shrink", "reject"):
