@@ -181,7 +181,7 @@ def _run_pairs(st: Stage, overrides: list[str], out: str, done: dict) -> dict:
             raise ConfigError(
                 f"{st.name}: {target} was built with other args (differing: {', '.join(diff)}; "
                 f"recorded in {target}.counts.json); delete {out} to rebuild the pairs, or use "
-                "another --output-root"
+                "another --output-dir"
             )
         print(f"[pipeline] {st.name}: {target} exists (same args), skipping", flush=True)
         return {"skipped": True, "data": target}

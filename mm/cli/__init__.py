@@ -91,5 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not isinstance(e, user_errors()):
             raise  # a bug, an OOM, a shape mismatch: the traceback says where
-        print(f"mmpost {args.command}: error: {e}", file=sys.stderr)
+        where = " ".join(w for w in (args.command, getattr(args, "data_command", None)) if w)
+        print(f"mmpost {where}: error: {e}", file=sys.stderr)
         return 2
