@@ -26,7 +26,7 @@ def config_keys() -> str:
     shared = set.intersection(*(set(rows) for rows in tables.values()))
 
     def lines(rows):
-        return [f"  {key} = {default}  {text}".replace("%", "%%") for key, default, text in rows]
+        return [f"  {key} = {default}  {text}" for key, default, text in rows]
 
     out = ["config keys (set in the YAML or as KEY=VALUE overrides), shared by every algorithm:"]
     out += lines([r for r in tables["sft"] if r in shared])
@@ -57,7 +57,7 @@ def add_pipeline(p: argparse.ArgumentParser, words) -> None:
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "keys of each stage:\n" + "\n".join(
-        f"  {key} = {default}  {text}".replace("%", "%%") for key, default, text in describe(Stage)
+        f"  {key} = {default}  {text}" for key, default, text in describe(Stage)
     )
     p.add_argument("config", help="pipeline YAML, e.g. configs/virc/pipeline.yaml")
     p.add_argument(

@@ -193,6 +193,37 @@ def test_stream_and_serve_keep_their_old_flag_names():
     assert (args.image_dirs, args.max_turns, args.max_image_mb) == (["a", "b"], 4, 0.25)
 
 
+def test_serve_and_stream_build_the_configs_the_hand_written_flags_built(monkeypatch, tmp_path):
+    """The configs the commands pass on equal the ones the hand-written flags built (old mm/cli.py)."""
+    import streaming.demo
+    import vision_tools.server
+    from streaming.cache import CacheConfig
+    from streaming.engine import StreamConfig
+    from vision_tools.engine import EngineConfig
+    from vision_tools.server import ServeConfig
+
+    seen = {}
+    monkeypatch.setattr(vision_tools.server, "serve", lambda model, host, port, cfg: seen.update(serve=cfg))
+    argv = ["serve", "--image-dir", str(tmp_path), "--max-turns", "4", "--max-turn-tokens", "64"]
+    assert main([*argv, "--max-image-mb", "0.25", "--batch-wait-ms", "50"]) == 0
+    assert seen["serve"] == ServeConfig(
+        image_dirs=[str(tmp_path)],
+        max_body_bytes=32 * 2**20,
+        max_image_bytes=2**18,
+        max_turns=4,
+        max_turn_tokens=64,
+        batch_wait_ms=50.0,
+        engine=EngineConfig(max_turns=4, max_turn_tokens=64),  # the bounds are the requests' defaults
+    )
+    monkeypatch.setattr(streaming.demo, "run_stream", lambda src, model, cfg, **kw: seen.update(stream=cfg))
+    assert (
+        main(["stream", "clip.mp4", "--greedy", "--positions", "native", "--sink-text", "64", "--seed", "1"])
+        == 0
+    )
+    want = StreamConfig(do_sample=False, seed=1, cache=CacheConfig(sink_text=64, mode="native"))
+    assert seen["stream"] == want
+
+
 def test_pipeline_takes_output_dir_like_train():
     for flag in ("--output-dir", "--output-root"):
         args = build_parser(["pipeline"]).parse_args(["pipeline", "p.yaml", flag, "runs/x"])
