@@ -31,43 +31,21 @@ import hashlib
 import os
 
 import torch
-import torch.nn.functional as F
 
 from alignment.data import StepPlanner, check_lengths
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, PairMicroBatches
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer
-from alignment.losses import IGNORE, dpo_loss
+from alignment.losses import dpo_loss
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
-from mm.loading import unwrap
+from mm.loading import load_for_training, resolve_init, unwrap
+from mm.logprobs import labelled_logprobs
 from mm.rope import RopeSpec
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "use_cache")  # of a pair batch, to the LM
 STATS = ("dpo_loss", "sft_loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
-
-
-def sequence_logps(hidden, lm_head, labels, seq_ids, n_seq: int, chunk: int = 4096):
-    """Summed log-prob of the labelled tokens of each sample, and their count: ([S], [S]).
-
-    ``hidden`` [B, L, D], ``labels`` and ``seq_ids`` [B, L]; logits only at labelled positions.
-    """
-    tgt = labels[:, 1:]
-    valid = tgt != IGNORE
-    h = hidden[:, :-1][valid]  # [N, D]
-    y = tgt[valid]  # [N]
-    sid = seq_ids[:, 1:][valid]  # [N] which sample each labelled token belongs to
-    parts = [
-        -F.cross_entropy(lm_head(h[k : k + chunk]).float(), y[k : k + chunk], reduction="none")
-        for k in range(0, h.shape[0], chunk)
-    ]
-    tok = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    total = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(0, sid, tok)
-    count = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(
-        0, sid, torch.ones_like(tok)
-    )
-    return total, count
 
 
 def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,12 +64,13 @@ def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
             out.pooler_output = tuple(feats[i] for i in batch[order].tolist())
             encoded[kind] = out
     hidden = base.model(**inputs, mm_encoder_outputs=encoded or None).last_hidden_state  # [B, L, D]
-    n_seq = int(batch["seq_ids"].max()) + 1
-    return sequence_logps(hidden, base.lm_head, batch["labels"], batch["seq_ids"], n_seq)
+    return labelled_logprobs(hidden, base.lm_head, batch["labels"]).per_sample(batch["seq_ids"])
 
 
 class DPOModule(torch.nn.Module):
     """forward(**pair batch) -> (summed loss over pairs, number of pairs, summed metrics)."""
+
+    model_attr = "model"  # where the trained VLM lives (see alignment.infra.export)
 
     def __init__(self, model, cfg: DPOConfig, ref=None):
         super().__init__()
@@ -134,10 +113,10 @@ class DPOTrainer(Trainer):
 
     def setup(self, device: str):
         cfg: DPOConfig = self.cfg
-        from alignment.sft import load_for_training
-
         self.attn = choose_backend(cfg.model.attn, device)
-        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
+        self.model, self.processor = load_for_training(
+            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
+        )
         self.model.to(device)
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
@@ -168,15 +147,13 @@ class DPOTrainer(Trainer):
     def _reference_key(self) -> dict:
         """What the cached reference log-probs depend on: the data, the starting model (path and
         a fingerprint of its weights), how samples are rendered, the dtype and the normalisation."""
-        from alignment.sft import resolve_init
-
         cfg = self.cfg
         return {
             "data": os.path.abspath(cfg.data.train),
             "mtime": os.path.getmtime(cfg.data.train),
             "pairs": len(self.dataset),
             "usable": len(self.planner.usable),
-            "model": resolve_init(cfg),
+            "model": resolve_init(cfg.model, cfg.init_from),
             "weights": weights_fingerprint(self.model),
             "visual": dataclasses.asdict(cfg.data.visual),
             "chat_template": getattr(self.processor, "chat_template", None)

@@ -1,4 +1,4 @@
-"""Pure pieces: schedules, the answer matcher, step planning, the token loss."""
+"""Pure pieces: schedules, the answer matcher, step planning, the skipped-batch weight."""
 
 import math
 
@@ -8,7 +8,6 @@ import torch
 from alignment.data import DataConfig, StepPlanner
 from alignment.evaluation.answers import answers_match, extract_answer
 from alignment.infra.schedule import lr_multiplier, warmup_steps
-from alignment.losses import token_nll_sum
 
 
 def test_schedules_hand_computed():
@@ -67,19 +66,6 @@ def test_planner_shards_steps_across_ranks():
     assert single.micro_batches(0) != single.micro_batches(1)  # reshuffled every epoch
     with pytest.raises(ValueError, match="fewer micro-batches than one optimizer step"):
         StepPlanner([10, 10], cfg, world=1, grad_accum=4, seed=0)
-
-
-def test_token_nll_sum_matches_full_logits():
-    torch.manual_seed(0)
-    head = torch.nn.Linear(8, 11, bias=False)
-    hidden = torch.randn(2, 5, 8)
-    labels = torch.tensor([[-100, 3, 4, -100, 1], [-100, -100, 7, 2, -100]])
-    total, n = token_nll_sum(hidden, head, labels, chunk=2)
-    logits = head(hidden)[:, :-1]
-    ref = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100
-    )
-    assert n == 5 and torch.allclose(total, ref, atol=1e-5)
 
 
 def test_skipped_micro_batch_has_zero_weight():
