@@ -40,6 +40,7 @@ from alignment.loop import Trainer
 from alignment.losses import dpo_loss
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
+from mm.image_features import encode_visuals, encoder_outputs
 from mm.loading import load_for_training, resolve_init, unwrap
 from mm.logprobs import labelled_logprobs
 from mm.rope import RopeSpec
@@ -54,16 +55,15 @@ def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     base = unwrap(model)
     inputs = {k: v for k, v in batch.items() if k in FORWARD_KEYS}
     encoded = {}
-    for kind, pix, grid, order, fn in (
-        ("image", "pixel_values", "image_grid_thw", "image_order", base.model.get_image_features),
-        ("video", "pixel_values_videos", "video_grid_thw", "video_order", base.model.get_video_features),
+    for kind, pix, grid, order in (
+        ("image", "pixel_values", "image_grid_thw", "image_order"),
+        ("video", "pixel_values_videos", "video_grid_thw", "video_order"),
     ):
         if batch.get(pix) is not None:
-            out = fn(batch[pix], batch[grid], return_dict=True)
-            feats = out.pooler_output  # one [tokens, D] tensor per image of the pairs
-            out.pooler_output = tuple(feats[i] for i in batch[order].tolist())
-            encoded[kind] = out
-    hidden = base.model(**inputs, mm_encoder_outputs=encoded or None).last_hidden_state  # [B, L, D]
+            feats = encode_visuals(base, batch[pix], batch[grid], kind)  # [tokens, D] per item of the pairs
+            encoded[kind] = [feats[i] for i in batch[order].tolist()]  # the placeholders of both sides
+    outputs = encoder_outputs(**encoded) or None
+    hidden = base.model(**inputs, mm_encoder_outputs=outputs).last_hidden_state  # [B, L, D]
     return labelled_logprobs(hidden, base.lm_head, batch["labels"]).per_sample(batch["seq_ids"])
 
 

@@ -102,3 +102,23 @@ def test_skipped_micro_batch_has_zero_weight():
     assert stats["loss"] == pytest.approx(2.0)  # the mean NLL of the one real micro-batch, not diluted
     assert engine.scaled == [pytest.approx(2.0), 0.0]  # 2 tokens x 2.0 / N=2; the stand-in backprops zero
     assert stats["tokens"] == 4 and stats["samples"] == 1
+
+
+def test_export_finds_the_model_where_the_wrapping_module_declares_it():
+    """ZeRO-3 export keeps the state-dict keys under the module's declared model attribute."""
+    from alignment.infra.export import model_prefix
+    from alignment.sft import CausalLMLoss
+
+    inner = torch.nn.Linear(2, 3)
+    wrapped = CausalLMLoss(inner)
+    prefix = model_prefix(wrapped)
+    kept = {k[len(prefix) :] for k in wrapped.state_dict() if k.startswith(prefix)}
+    assert prefix == "model." and kept == set(inner.state_dict())
+
+    class Undeclared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = inner
+
+    with pytest.raises(TypeError, match="model_attr"):
+        model_prefix(Undeclared())
