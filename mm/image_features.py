@@ -3,7 +3,7 @@
 GRPO samples G completions of one prompt: without a cache the vision tower encodes the same
 image G times in generation, again in every later turn, and again in each log-prob pass. An
 :class:`ImageFeatures` keys images by their pixels and grid, encodes only the ones it has not
-seen (one batched call of the model's own ``get_image_features``, ``encode_visuals``) and hands
+seen (one batched ``encode_visuals`` call: the model's own ``get_image_features``) and hands
 back the merged visual tokens, which Qwen2.5-VL's forward and ``generate`` take as
 ``mm_encoder_outputs`` (``encoder_outputs``). DPO encodes each pair's images once with
 ``encode_visuals`` (with gradients) and feeds them to both sides the same way.

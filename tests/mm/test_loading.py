@@ -1,4 +1,5 @@
-"""load_model and load_for_training: presets, init_from, local checkpoints (Qwen2.5-VL and Qwen2-VL), freezing, LoRA, checkpointing, backends."""
+"""load_model: presets, local checkpoints (Qwen2.5-VL and Qwen2-VL), freezing, LoRA, checkpointing,
+backends; load_for_training: init_from."""
 
 import pytest
 import torch
