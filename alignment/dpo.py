@@ -31,43 +31,22 @@ import hashlib
 import os
 
 import torch
-import torch.nn.functional as F
 
 from alignment.data import StepPlanner, check_lengths
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, PairMicroBatches
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer
-from alignment.losses import IGNORE, dpo_loss
+from alignment.losses import dpo_loss
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
-from mm.loading import unwrap
+from mm.image_features import encode_visuals, encoder_outputs
+from mm.loading import load_for_training, resolve_init, unwrap
+from mm.logprobs import labelled_logprobs
 from mm.rope import RopeSpec
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "use_cache")  # of a pair batch, to the LM
 STATS = ("dpo_loss", "sft_loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
-
-
-def sequence_logps(hidden, lm_head, labels, seq_ids, n_seq: int, chunk: int = 4096):
-    """Summed log-prob of the labelled tokens of each sample, and their count: ([S], [S]).
-
-    ``hidden`` [B, L, D], ``labels`` and ``seq_ids`` [B, L]; logits only at labelled positions.
-    """
-    tgt = labels[:, 1:]
-    valid = tgt != IGNORE
-    h = hidden[:, :-1][valid]  # [N, D]
-    y = tgt[valid]  # [N]
-    sid = seq_ids[:, 1:][valid]  # [N] which sample each labelled token belongs to
-    parts = [
-        -F.cross_entropy(lm_head(h[k : k + chunk]).float(), y[k : k + chunk], reduction="none")
-        for k in range(0, h.shape[0], chunk)
-    ]
-    tok = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    total = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(0, sid, tok)
-    count = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(
-        0, sid, torch.ones_like(tok)
-    )
-    return total, count
 
 
 def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,22 +55,22 @@ def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     base = unwrap(model)
     inputs = {k: v for k, v in batch.items() if k in FORWARD_KEYS}
     encoded = {}
-    for kind, pix, grid, order, fn in (
-        ("image", "pixel_values", "image_grid_thw", "image_order", base.model.get_image_features),
-        ("video", "pixel_values_videos", "video_grid_thw", "video_order", base.model.get_video_features),
+    for kind, pix, grid, order in (
+        ("image", "pixel_values", "image_grid_thw", "image_order"),
+        ("video", "pixel_values_videos", "video_grid_thw", "video_order"),
     ):
         if batch.get(pix) is not None:
-            out = fn(batch[pix], batch[grid], return_dict=True)
-            feats = out.pooler_output  # one [tokens, D] tensor per image of the pairs
-            out.pooler_output = tuple(feats[i] for i in batch[order].tolist())
-            encoded[kind] = out
-    hidden = base.model(**inputs, mm_encoder_outputs=encoded or None).last_hidden_state  # [B, L, D]
-    n_seq = int(batch["seq_ids"].max()) + 1
-    return sequence_logps(hidden, base.lm_head, batch["labels"], batch["seq_ids"], n_seq)
+            feats = encode_visuals(base, batch[pix], batch[grid], kind)  # [tokens, D] per item of the pairs
+            encoded[kind] = [feats[i] for i in batch[order].tolist()]  # the placeholders of both sides
+    outputs = encoder_outputs(**encoded) or None
+    hidden = base.model(**inputs, mm_encoder_outputs=outputs).last_hidden_state  # [B, L, D]
+    return labelled_logprobs(hidden, base.lm_head, batch["labels"]).per_sample(batch["seq_ids"])
 
 
 class DPOModule(torch.nn.Module):
     """forward(**pair batch) -> (summed loss over pairs, number of pairs, summed metrics)."""
+
+    model_attr = "model"  # where the trained VLM lives (see alignment.infra.export)
 
     def __init__(self, model, cfg: DPOConfig, ref=None):
         super().__init__()
@@ -134,10 +113,10 @@ class DPOTrainer(Trainer):
 
     def setup(self, device: str):
         cfg: DPOConfig = self.cfg
-        from alignment.sft import load_for_training
-
         self.attn = choose_backend(cfg.model.attn, device)
-        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
+        self.model, self.processor = load_for_training(
+            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
+        )
         self.model.to(device)
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
@@ -168,15 +147,13 @@ class DPOTrainer(Trainer):
     def _reference_key(self) -> dict:
         """What the cached reference log-probs depend on: the data, the starting model (path and
         a fingerprint of its weights), how samples are rendered, the dtype and the normalisation."""
-        from alignment.sft import resolve_init
-
         cfg = self.cfg
         return {
             "data": os.path.abspath(cfg.data.train),
             "mtime": os.path.getmtime(cfg.data.train),
             "pairs": len(self.dataset),
             "usable": len(self.planner.usable),
-            "model": resolve_init(cfg),
+            "model": resolve_init(cfg.model, cfg.init_from),
             "weights": weights_fingerprint(self.model),
             "visual": dataclasses.asdict(cfg.data.visual),
             "chat_template": getattr(self.processor, "chat_template", None)

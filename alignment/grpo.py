@@ -28,41 +28,21 @@ import time
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 
 from alignment.grpo_config import GRPOConfig
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer
-from alignment.losses import IGNORE, group_advantages, grpo_loss
+from alignment.losses import group_advantages, grpo_loss
 from alignment.rewards import combine
 from alignment.shared_prompt import TREE_KEYS, shared_prompt_batch, worth_sharing
 from mm.attention import choose_backend, uses_varlen
 from mm.collate import pad_batch
 from mm.config import ConfigError
 from mm.dataset import Problem, iter_jsonl
+from mm.encode import IGNORE
 from mm.image_features import ImageFeatures, encoder_outputs, vision_frozen
-from mm.loading import unwrap
-
-
-def target_logprobs(h, y, lm_head, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [N] of tokens ``y`` [N] given hidden states ``h`` [N, D], and their summed
-    entropy (detached); the vocabulary projection runs in chunks of ``chunk`` tokens."""
-    out, ent = [], h.new_zeros((), dtype=torch.float32)
-    for k in range(0, h.shape[0], chunk):
-        lp = F.log_softmax(lm_head(h[k : k + chunk]).float(), dim=-1)  # [n, V]
-        out.append(lp.gather(1, y[k : k + chunk, None])[:, 0])
-        ent = ent + (-(lp.exp() * lp).sum(-1)).detach().sum()
-    return (torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)), ent
-
-
-def token_logprobs(hidden, lm_head, labels, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [B, L-1] of the labelled next tokens (0 elsewhere) and their mean entropy."""
-    tgt = labels[:, 1:]
-    valid = tgt != IGNORE
-    lp, ent = target_logprobs(hidden[:, :-1][valid], tgt[valid], lm_head, chunk)
-    logp = torch.zeros(tgt.shape, dtype=torch.float32, device=hidden.device)
-    logp[valid] = lp
-    return logp, ent / valid.sum().clamp(min=1)
+from mm.loading import load_for_training, unwrap
+from mm.logprobs import labelled_logprobs, target_logprobs
 
 
 def sequence_logprobs(base, labels, inputs: dict, image_embeds=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,16 +53,19 @@ def sequence_logprobs(base, labels, inputs: dict, image_embeds=None) -> tuple[to
         inputs["mm_encoder_outputs"] = encoder_outputs(image_embeds)
     hidden = base.model(**inputs).last_hidden_state  # [rows, L, D]
     if tree[0] is None:
-        return token_logprobs(hidden, base.lm_head, labels)
+        lp = labelled_logprobs(hidden, base.lm_head, labels, entropy=True)
+        return lp.dense(), lp.mean_entropy()
     src, dst, tgt = tree
-    lp, ent = target_logprobs(hidden.reshape(-1, hidden.shape[-1])[src], tgt, base.lm_head)
+    lp, ent = target_logprobs(hidden.reshape(-1, hidden.shape[-1])[src], tgt, base.lm_head, entropy=True)
     logp = torch.zeros(labels.shape[0] * (labels.shape[1] - 1), dtype=torch.float32, device=hidden.device)
     logp[dst] = lp
-    return logp.view(labels.shape[0], -1), ent / max(1, tgt.numel())
+    return logp.view(labels.shape[0], -1), ent.sum() / max(1, tgt.numel())
 
 
 class GRPOModule(torch.nn.Module):
     """forward(batch) -> (loss as a sum over its denominator units, number of units, stats)."""
+
+    model_attr = "model"  # where the trained VLM lives (see alignment.infra.export)
 
     def __init__(self, model, cfg: GRPOConfig):
         super().__init__()
@@ -159,11 +142,12 @@ class GRPOTrainer(Trainer):
         cfg: GRPOConfig = self.cfg
         if cfg.loss.mu < 1:
             raise ConfigError(f"loss.mu must be >= 1, got {cfg.loss.mu}")
-        from alignment.sft import load_for_training
         from vision_tools.engine import EngineConfig, ToolEngine
 
         self.attn = choose_backend(cfg.model.attn, device)
-        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
+        self.model, self.processor = load_for_training(
+            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
+        )
         self.model.to(device)
         self.ref = None
         if cfg.loss.beta > 0:  # a frozen copy of the starting policy, in the policy's training dtype

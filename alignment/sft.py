@@ -5,25 +5,25 @@ mmpost train configs/quickstart/sft.yaml [--output-dir DIR] [key=value ...]
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from alignment.data import StepPlanner, check_lengths, loader
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer
-from alignment.losses import token_nll_sum
 from alignment.sft_config import SFTConfig
 from mm.attention import choose_backend
 from mm.dataset import RecordDataset
 from mm.encode import ConversationEncoder
-from mm.loading import load_model, unwrap
+from mm.loading import load_for_training, unwrap
+from mm.logprobs import labelled_logprobs
 from mm.records import drop_tool_result_images
 from mm.rope import RopeSpec
 
 
 class CausalLMLoss(torch.nn.Module):
     """Wraps the VLM: forward(**batch) -> (summed NLL of supervised tokens, their count, {})."""
+
+    model_attr = "model"  # where the trained VLM lives (see alignment.infra.export)
 
     def __init__(self, model):
         super().__init__()
@@ -32,38 +32,8 @@ class CausalLMLoss(torch.nn.Module):
     def forward(self, labels, seq_ids=None, mm_token_type_ids=None, **inputs):
         base = unwrap(self.model)
         hidden = base.model(**inputs).last_hidden_state  # [B, L, D]
-        total, n = token_nll_sum(hidden, base.lm_head, labels)
-        return total, n, {}
-
-
-def resolve_init(cfg: SFTConfig) -> str:
-    """``init_from`` (a previous run's output dir or model dir) or the configured model."""
-    if not cfg.init_from:
-        return cfg.model.name_or_path
-    final = os.path.join(cfg.init_from, "final")
-    if os.path.isdir(final):
-        return final
-    if os.path.isfile(os.path.join(cfg.init_from, "config.json")):
-        return cfg.init_from
-    raise FileNotFoundError(
-        f"init_from={cfg.init_from!r} holds no final/ model; run the previous stage first"
-    )
-
-
-def load_for_training(cfg, attn: str, seed: int):
-    """The policy and processor of a training config (``init_from`` or ``model``), fp32 unless set."""
-    m = cfg.model
-    return load_model(
-        resolve_init(cfg),
-        dtype="float32" if m.dtype == "auto" else m.dtype,
-        attn=attn,
-        gradient_checkpointing=m.gradient_checkpointing,
-        freeze=m.freeze,
-        lora_r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        seed=seed,
-    )
+        lp = labelled_logprobs(hidden, base.lm_head, labels)
+        return -lp.values.sum(), lp.count, {}
 
 
 class SFTTrainer(Trainer):
@@ -73,7 +43,9 @@ class SFTTrainer(Trainer):
         cfg: SFTConfig = self.cfg
         m = cfg.model
         self.attn = choose_backend(m.attn, device)
-        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
+        self.model, self.processor = load_for_training(
+            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
+        )
         self.model.train()
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mm.chat_template import ASSISTANT_HEADER, TURN_END, VISION_END, VISION_START, turn, turn_header  # noqa: E402
 from mm.loading import load_model  # noqa: E402
 from mm.rope import TEXT, VIDEO, mrope_positions  # noqa: E402
 from streaming.cache import CacheConfig, StreamingKVCache, rotate_keys  # noqa: E402
@@ -62,11 +63,11 @@ class Recompute(StreamingEngine):
         t0 = time.perf_counter()
         k = self.round
         self.cache = StreamingKVCache(self.model, self.cfg.cache)
-        head = f"<|im_start|>system\n{self.cfg.system}<|im_end|>\n<|im_start|>user\n{self.cfg.query}\n"
+        head = turn("system", self.cfg.system) + turn_header("user") + f"{self.cfg.query}\n"
         pixels, grid = self._frames(second.frames)
-        user = self._ids(("" if k == 0 else "\n<|im_start|>user\n") + f"Time={k}-{k + 1}s<|vision_start|>")
+        user = self._ids(("" if k == 0 else "\n" + turn_header("user")) + f"Time={k}-{k + 1}s{VISION_START}")
         user += [self.video_id] * (int(grid.prod()) // self.merge) + self._ids(
-            "<|vision_end|><|im_end|>\n<|im_start|>assistant\n"
+            VISION_END + TURN_END + ASSISTANT_HEADER
         )
         window = (
             self.history[-(self.cfg.cache.vision_seconds - 1) :] if self.cfg.cache.vision_seconds > 1 else []

@@ -2,7 +2,8 @@
 
 Model and processor loading (``load_model``), the record schema (``parse_record``), visual
 inputs under a per-sample token budget (``VisualConfig``), conversation -> model inputs
-(``ConversationEncoder``), M-RoPE positions (``mrope_positions``) and the pad/pack collators.
+(``ConversationEncoder``), M-RoPE positions (``mrope_positions``), the pad/pack collators and
+log-probs at labelled positions (``labelled_logprobs``).
 Names are imported lazily so that ``mmpost --help`` does not pay for torch.
 """
 
@@ -12,7 +13,8 @@ _EXPORTS = {
     "mm.collate": ["pack_batch", "pad_batch", "per_sample_nll", "plan_packs"],
     "mm.dataset": ["DataError", "Problem", "RecordDataset", "iter_jsonl"],
     "mm.encode": ["IGNORE", "ConversationEncoder", "EncodedSample"],
-    "mm.loading": ["ModelConfig", "load_model"],
+    "mm.loading": ["ModelConfig", "load_for_training", "load_model"],
+    "mm.logprobs": ["labelled_logprobs"],
     "mm.records": ["Message", "PreferenceRecord", "RecordError", "RLRecord", "SFTRecord", "parse_record"],
     "mm.rope": ["RopeSpec", "mrope_positions"],
     "mm.visual": ["VisualConfig", "VisualError"],

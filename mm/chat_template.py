@@ -1,9 +1,36 @@
-"""The Qwen2-VL / Qwen2.5-VL chat template, as shipped with the released checkpoints.
+"""The Qwen2-VL / Qwen2.5-VL chat format: the turn strings, and the template of the checkpoints.
 
-Kept verbatim (as one line with explicit ``\\n``) so that the tiny offline processor renders
-conversations exactly as the real one does. Newlines never follow a block tag, so the
-``trim_blocks`` setting of transformers' renderer cannot swallow them.
+Code that writes tokens into a conversation without re-rendering it (the encoder's label
+search, the tool engine's inserted turns, streaming's per-second turns) builds its strings here:
+
+    turn("user", IMAGE_PLACEHOLDER + "Describe it.") + ASSISTANT_HEADER
+    # '<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe it.<|im_end|>\\n'
+    # '<|im_start|>assistant\\n'
+
+The Jinja template is kept verbatim (as one line with explicit ``\\n``) so that the tiny offline
+processor renders conversations exactly as the real one does. Newlines never follow a block tag,
+so the ``trim_blocks`` setting of transformers' renderer cannot swallow them.
 """
+
+IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+TURN_END = IM_END + "\n"  # what closes every turn
+IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END  # one image (expanded to its visual tokens)
+
+
+def turn_header(role: str) -> str:
+    """``<|im_start|>{role}\\n``: what opens a turn."""
+    return f"{IM_START}{role}\n"
+
+
+ASSISTANT_HEADER = turn_header("assistant")  # the generation prompt; labels start after it
+
+
+def turn(role: str, content: str) -> str:
+    """A whole turn: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``."""
+    return turn_header(role) + content + TURN_END
+
 
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"

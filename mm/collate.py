@@ -19,6 +19,7 @@ import torch
 
 from mm.attention import uses_varlen
 from mm.encode import IGNORE, VISUAL_KEYS, EncodedSample
+from mm.logprobs import labelled_logprobs
 
 
 def concat_visuals(samples: list[EncodedSample]) -> dict:
@@ -153,15 +154,5 @@ def per_sample_nll(
     ``logits`` [B, L, V], ``labels`` [B, L]; with ``seq_ids`` (packed rows) one value per packed
     sample, else one per row. Samples with no supervised token get NaN.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, L-1, V]
-    tgt = labels[:, 1:]
-    valid = tgt != IGNORE
-    nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0] * valid  # [B, L-1]
-    if seq_ids is None:
-        return nll.sum(1) / valid.sum(1)
-    sid = seq_ids[:, 1:]
-    n = int(seq_ids.max()) + 1
-    idx = sid.clamp(min=0).flatten()
-    total = torch.zeros(n, dtype=nll.dtype).index_add(0, idx, (nll * (sid >= 0)).flatten())
-    count = torch.zeros(n, dtype=nll.dtype).index_add(0, idx, (valid & (sid >= 0)).flatten().to(nll.dtype))
-    return total / count
+    total, count = labelled_logprobs(logits, None, labels).per_sample(seq_ids)
+    return -total / count

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mm.chat_template import ASSISTANT_HEADER, IM_END, IMAGE_PAD, VIDEO_PAD
 from mm.records import Message, RecordError, parse_message
 from mm.rope import IMAGE, TEXT, VIDEO, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, VisualPlan, load_visuals, plan_visuals
@@ -83,15 +84,15 @@ class ConversationEncoder:
         self.max_length = max_length
         ids = self.tok.convert_tokens_to_ids
         self.image_id, self.video_id, self.end_id = (
-            ids("<|image_pad|>"),
-            ids("<|video_pad|>"),
-            ids("<|im_end|>"),
+            ids(IMAGE_PAD),
+            ids(VIDEO_PAD),
+            ids(IM_END),
         )
         if getattr(processor.video_processor, "cap_pixels_per_frame", False) is None:
             processor.video_processor.cap_pixels_per_frame = (
                 True  # mmpost sizes frames itself; silences a warning
             )
-        self.header = np.asarray(self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+        self.header = np.asarray(self.tok(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"])
 
     # -- public ---------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 GRPO samples G completions of one prompt: without a cache the vision tower encodes the same
 image G times in generation, again in every later turn, and again in each log-prob pass. An
 :class:`ImageFeatures` keys images by their pixels and grid, encodes only the ones it has not
-seen (one batched call of the model's own ``get_image_features``) and hands back the merged
-visual tokens, which Qwen2.5-VL's forward and ``generate`` take as ``mm_encoder_outputs``.
+seen (one batched ``encode_visuals`` call: the model's own ``get_image_features``) and hands
+back the merged visual tokens, which Qwen2.5-VL's forward and ``generate`` take as
+``mm_encoder_outputs`` (``encoder_outputs``). DPO encodes each pair's images once with
+``encode_visuals`` (with gradients) and feeds them to both sides the same way.
 
 The features are valid only while the vision tower and merger do not change: a trainer clears
 the cache when it updates them, and keeps it across updates only when both are frozen.
@@ -25,11 +27,26 @@ def fingerprint(pixels: torch.Tensor, grid: torch.Tensor, samples: int = 4096) -
     return (tuple(int(x) for x in grid), flat.numel(), hash(flat[::step].float().cpu().numpy().tobytes()))
 
 
-def encoder_outputs(embeds: torch.Tensor) -> dict:
-    """The ``mm_encoder_outputs`` argument for image features already merged and concatenated."""
+def encode_visuals(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor, kind: str = "image") -> tuple:
+    """Merged visual tokens ``[tokens_i, D]`` of each image (or video, ``kind="video"``) of a batch,
+    from one call of the model's own ``get_image_features`` / ``get_video_features``. Gradients
+    flow unless the caller runs under ``no_grad``."""
+    inner = unwrap(model).model
+    encode = inner.get_video_features if kind == "video" else inner.get_image_features
+    return tuple(encode(pixel_values, grid_thw, return_dict=True).pooler_output)
+
+
+def encoder_outputs(image=None, video=None) -> dict:
+    """The ``mm_encoder_outputs`` argument of Qwen2.5-VL's forward and ``generate``: per kind, the
+    features of its placeholders in order, as one concatenated tensor or one tensor per item."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    return {"image": BaseModelOutputWithPooling(pooler_output=(embeds,))}
+    out = {}
+    for kind, feats in (("image", image), ("video", video)):
+        if feats is not None:
+            pooled = (feats,) if torch.is_tensor(feats) else tuple(feats)
+            out[kind] = BaseModelOutputWithPooling(pooler_output=pooled)
+    return out
 
 
 def vision_frozen(model) -> bool:
@@ -66,13 +83,12 @@ class ImageFeatures:
             if f is None and not any(keys[j] == keys[i] and torch.equal(pixels[j], pixels[i]) for j in todo):
                 todo.append(i)
         if todo:
-            inner = unwrap(self.model).model
-            dev = next(inner.visual.parameters()).device
-            out = inner.get_image_features(
+            dev = next(unwrap(self.model).model.visual.parameters()).device
+            out = encode_visuals(
+                self.model,
                 torch.cat([pixels[i] for i in todo]).to(dev),
                 torch.stack([torch.as_tensor(grids[i]) for i in todo]).to(dev),
-                return_dict=True,
-            ).pooler_output
+            )
             for i, feats in zip(todo, out):
                 self.store.setdefault(keys[i], []).append((pixels[i], feats))
         self.encoded += len(todo)

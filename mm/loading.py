@@ -1,4 +1,5 @@
-"""``load_model``: a model and its processor, from "tiny"/"small" (built offline) or a local path.
+"""``load_model``: a model and its processor, from "tiny"/"small" (built offline) or a local path;
+``load_for_training``: the same from a training config's ``ModelConfig`` and ``init_from``.
 
 Nothing is downloaded: a path must be a local checkpoint directory (``local_files_only``).
 Qwen2.5-VL and Qwen2-VL checkpoints are recognised from their config. Options cover dtype,
@@ -94,6 +95,35 @@ def load_model(
     if lora_r > 0:
         model = add_lora(model, lora_r, lora_alpha, lora_dropout)
     return model, processor
+
+
+def resolve_init(model: ModelConfig, init_from: str | None = None) -> str:
+    """What a training run starts from: ``init_from`` (a previous run's output dir, i.e. its
+    ``final/`` model, or a model dir) or else ``model.name_or_path``."""
+    if not init_from:
+        return model.name_or_path
+    final = os.path.join(init_from, "final")
+    if os.path.isdir(final):
+        return final
+    if os.path.isfile(os.path.join(init_from, "config.json")):
+        return init_from
+    raise FileNotFoundError(f"init_from={init_from!r} holds no final/ model; run the previous stage first")
+
+
+def load_for_training(model: ModelConfig, init_from: str | None, attn: str, seed: int):
+    """``(model, processor)`` to train: from ``resolve_init``, fp32 unless ``model.dtype`` is set,
+    with ``attn`` the backend already chosen for the run's device."""
+    return load_model(
+        resolve_init(model, init_from),
+        dtype="float32" if model.dtype == "auto" else model.dtype,
+        attn=attn,
+        gradient_checkpointing=model.gradient_checkpointing,
+        freeze=model.freeze,
+        lora_r=model.lora_r,
+        lora_alpha=model.lora_alpha,
+        lora_dropout=model.lora_dropout,
+        seed=seed,
+    )
 
 
 def enable_checkpointing(model) -> None:

@@ -27,6 +27,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mm.chat_template import (
+    ASSISTANT_HEADER,
+    IM_END,
+    TURN_END,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    turn,
+    turn_header,
+)
 from mm.config import opt
 from mm.records import RESERVED
 from mm.rope import TEXT, VIDEO, RopeSpec, mrope_positions
@@ -116,7 +126,7 @@ class StreamingEngine:
         self.rope = RopeSpec.from_config(model.config)
         self.merge = self.rope.spatial_merge_size**2
         ids = self.tok.convert_tokens_to_ids
-        self.end_id, self.video_id = ids("<|im_end|>"), ids("<|video_pad|>")
+        self.end_id, self.video_id = ids(IM_END), ids(VIDEO_PAD)
         # control tokens never belong in commentary (and <|video_pad|> without frames breaks the model)
         # every added token (control, tool, FIM, ...) except <|im_end|>, and the padded ids past
         # the tokenizer; a <|video_pad|> without frames would break the model
@@ -171,13 +181,13 @@ class StreamingEngine:
         if not first:
             self.cache.evict(k)
         else:
-            head = f"<|im_start|>system\n{self.cfg.system}<|im_end|>\n<|im_start|>user\n{self.cfg.query}\n"
+            head = turn("system", self.cfg.system) + turn_header("user") + f"{self.cfg.query}\n"
             prev = self._cut(self.cfg.previous_text.strip())
             self._prefill("sink", self._ids(head + (f"{prev}\n" if prev else "")), k)
-        user = ("" if first else "\n<|im_start|>user\n") + f"Time={k}-{k + 1}s"
+        user = ("" if first else "\n" + turn_header("user")) + f"Time={k}-{k + 1}s"
         pixels, grid = self._frames(second.frames)
-        ids = self._ids(user + "<|vision_start|>") + [self.video_id] * (int(grid.prod()) // self.merge)
-        ids += self._ids("<|vision_end|><|im_end|>\n<|im_start|>assistant\n")
+        ids = self._ids(user + VISION_START) + [self.video_id] * (int(grid.prod()) // self.merge)
+        ids += self._ids(VISION_END + TURN_END + ASSISTANT_HEADER)
         logits = self._prefill("user", ids, k, pixels, grid)
         reply = self._decode(logits, k, on_token, forced)
         self.round += 1

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from mm.chat_template import ASSISTANT_HEADER, END_OF_TEXT, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
 from mm.config import opt
 from mm.encode import IGNORE, ConversationEncoder, EncodedSample
 from mm.records import Message, is_visual, parse_message
@@ -170,11 +171,11 @@ class ToolEngine:
         self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
         ids = self.tok.convert_tokens_to_ids
         self.end_id, self.eot_id, self.image_id = (
-            ids("<|im_end|>"),
-            ids("<|endoftext|>"),
-            ids("<|image_pad|>"),
+            ids(IM_END),
+            ids(END_OF_TEXT),
+            ids(IMAGE_PAD),
         )
-        self.header = self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        self.header = self.tok(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"]
         self.merge = rope.spatial_merge_size**2
 
     # -- public ---------------------------------------------------------------------------
@@ -349,11 +350,11 @@ class ToolEngine:
         closed = bool(new) and new[-1] == self.end_id
         if parsed.ok and parsed.kind == "answer":
             c.finish, c.answer = "answer", parsed.answer
-            c.extend(self._ids(("" if closed else "<|im_end|>") + "\n"))
+            c.extend(self._ids(("" if closed else IM_END) + "\n"))
             return
         if len(c.turns) >= self.cfg.max_turns:
             c.finish = "max_turns"
-            c.extend(self._ids(("" if closed else "<|im_end|>") + "\n"))
+            c.extend(self._ids(("" if closed else IM_END) + "\n"))
             return
         if image is not None:
             question = c.question if self.tools[parsed.call.name].repeat_question else None
@@ -365,9 +366,9 @@ class ToolEngine:
 
     def _insert_user_turn(self, c, image, text, closed) -> None:
         """Append ``<|im_end|>`` (if the model did not), the user turn and the next header."""
-        vision = "<|vision_start|><|image_pad|><|vision_end|>" if image is not None else ""
-        end = "" if closed else "<|im_end|>"
-        ids = self._ids(f"{end}\n<|im_start|>user\n{vision}{text}<|im_end|>\n<|im_start|>assistant\n")
+        vision = IMAGE_PLACEHOLDER if image is not None else ""
+        end = "" if closed else IM_END
+        ids = self._ids(end + "\n" + turn("user", vision + text) + ASSISTANT_HEADER)
         types = [TEXT] * len(ids)
         content = [{"type": "text", "text": text}]
         if image is not None:

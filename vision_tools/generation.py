@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from mm.chat_template import END_OF_TEXT, IM_END, IMAGE_PAD, VISION_END, VISION_START
 from mm.image_features import encoder_outputs
 from mm.records import RESERVED
 
@@ -78,7 +79,7 @@ class HFGenerator:
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         self.features = features
         ids = self.tok.convert_tokens_to_ids
-        self.end_ids = [ids("<|im_end|>"), ids("<|endoftext|>")]
+        self.end_ids = [ids(IM_END), ids(END_OF_TEXT)]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
         # control tokens a turn must never contain (an <|image_pad|> without pixels breaks the model)
         self.suppress = [ids(t) for t in RESERVED if ids(t) not in self.end_ids]
@@ -101,7 +102,7 @@ class HFGenerator:
         v = self.model.config.vision_config
         dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
         grid = torch.tensor([1, 2, 2])
-        tokens = [ids("<|vision_start|>"), ids("<|image_pad|>"), ids("<|vision_end|>")]
+        tokens = [ids(VISION_START), ids(IMAGE_PAD), ids(VISION_END)]
         return Context(tokens, [0, 1, 0], [torch.zeros(4, dim)], [grid])
 
     @torch.no_grad()
@@ -189,6 +190,6 @@ class ScriptedGenerator:
             text = self.turns[i][k] if k < len(self.turns[i]) else "<think></think><answer>?</answer>"
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
             if self.end_turn:
-                ids = ids + [self.tok.convert_tokens_to_ids("<|im_end|>")]
+                ids = ids + [self.tok.convert_tokens_to_ids(IM_END)]
             out.append(ids[:limit])
         return out

@@ -69,6 +69,8 @@ def resolve_layer(layer: int, n_layers: int) -> int:
 
 
 class VLAModel(torch.nn.Module):
+    model_attr = "backbone"  # where the trained VLM lives (the HF export keeps only its weights)
+
     def __init__(
         self,
         backbone,

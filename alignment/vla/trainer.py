@@ -30,6 +30,7 @@ from alignment.vla.data import VLADataset, collate
 from alignment.vla.model import VLAHeads, VLAModel
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
+from mm.loading import load_for_training
 from mm.rope import RopeSpec
 
 HEADS = "vla_heads.safetensors"
@@ -52,12 +53,12 @@ class VLATrainer(Trainer):
     name = "vla"
 
     def setup(self, device: str):
-        from alignment.sft import load_for_training
-
         cfg: VLAConfig = self.cfg
         self.dev = device
         self.attn = choose_backend(cfg.model.attn, device)
-        self.model, self.processor = load_for_training(cfg, self.attn, self.train_cfg.seed)
+        self.model, self.processor = load_for_training(
+            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
+        )
         self.model.train()
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
@@ -177,7 +178,7 @@ class VLATrainer(Trainer):
                 }
                 json.dump(meta, f, indent=1)
 
-        export_hf(engine, self.model, self.processor, out_dir, stage, extras, prefix="backbone.")
+        export_hf(engine, self.model, self.processor, out_dir, stage, extras)
 
     def print_summary(self, s: dict) -> None:
         print(f"\nvla done: {s['steps']} steps in {s['seconds']:.1f}s, final loss {s['final_loss']:.4f}")

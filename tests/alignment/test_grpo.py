@@ -5,12 +5,13 @@ import os
 import pytest
 import torch
 
-from alignment.grpo import GRPOModule, token_logprobs
+from alignment.grpo import GRPOModule
 from alignment.grpo_config import GRPOConfig
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from mm.collate import pad_batch
 from mm.encode import IGNORE
+from mm.logprobs import labelled_logprobs
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
 from vision_tools.api import build_prompt
@@ -51,7 +52,8 @@ def test_token_logprobs_match_a_full_log_softmax(tiny):
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "mm_token_type_ids")}
     with torch.no_grad():
         hidden = model.model(**inputs).last_hidden_state
-        logp, entropy = token_logprobs(hidden, model.lm_head, batch["labels"])
+        lp = labelled_logprobs(hidden, model.lm_head, batch["labels"], entropy=True)
+        logp, entropy = lp.dense(), lp.mean_entropy()
         full = torch.log_softmax(model(**inputs).logits[:, :-1].float(), -1)  # the slow way
     tgt = batch["labels"][:, 1:]
     valid = tgt != IGNORE

@@ -1,4 +1,4 @@
-"""Pure pieces: schedules, the answer matcher, step planning, the token loss."""
+"""Pure pieces: schedules, the answer matcher, step planning, the skipped-batch weight."""
 
 import math
 
@@ -8,7 +8,6 @@ import torch
 from alignment.data import DataConfig, StepPlanner
 from alignment.evaluation.answers import answers_match, extract_answer
 from alignment.infra.schedule import lr_multiplier, warmup_steps
-from alignment.losses import token_nll_sum
 
 
 def test_schedules_hand_computed():
@@ -69,19 +68,6 @@ def test_planner_shards_steps_across_ranks():
         StepPlanner([10, 10], cfg, world=1, grad_accum=4, seed=0)
 
 
-def test_token_nll_sum_matches_full_logits():
-    torch.manual_seed(0)
-    head = torch.nn.Linear(8, 11, bias=False)
-    hidden = torch.randn(2, 5, 8)
-    labels = torch.tensor([[-100, 3, 4, -100, 1], [-100, -100, 7, 2, -100]])
-    total, n = token_nll_sum(hidden, head, labels, chunk=2)
-    logits = head(hidden)[:, :-1]
-    ref = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100
-    )
-    assert n == 5 and torch.allclose(total, ref, atol=1e-5)
-
-
 def test_skipped_micro_batch_has_zero_weight():
     """A micro-batch whose records were all skipped runs (collectives stay in step) but counts for nothing."""
     from alignment.loop import Trainer
@@ -116,3 +102,23 @@ def test_skipped_micro_batch_has_zero_weight():
     assert stats["loss"] == pytest.approx(2.0)  # the mean NLL of the one real micro-batch, not diluted
     assert engine.scaled == [pytest.approx(2.0), 0.0]  # 2 tokens x 2.0 / N=2; the stand-in backprops zero
     assert stats["tokens"] == 4 and stats["samples"] == 1
+
+
+def test_export_finds_the_model_where_the_wrapping_module_declares_it():
+    """ZeRO-3 export keeps the state-dict keys under the module's declared model attribute."""
+    from alignment.infra.export import model_prefix
+    from alignment.sft import CausalLMLoss
+
+    inner = torch.nn.Linear(2, 3)
+    wrapped = CausalLMLoss(inner)
+    prefix = model_prefix(wrapped)
+    kept = {k[len(prefix) :] for k in wrapped.state_dict() if k.startswith(prefix)}
+    assert prefix == "model." and kept == set(inner.state_dict())
+
+    class Undeclared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = inner
+
+    with pytest.raises(TypeError, match="model_attr"):
+        model_prefix(Undeclared())

@@ -2,7 +2,7 @@
 
 import torch
 
-from mm.image_features import ImageFeatures, encoder_outputs
+from mm.image_features import ImageFeatures, encode_visuals, encoder_outputs
 from tests.conftest import solid
 from vision_tools.generation import Context, HFGenerator, Sampling
 
@@ -70,6 +70,33 @@ def test_forward_with_cached_features_equals_forward_with_pixels(tiny, encoder):
             mm_token_type_ids=s.mm_token_type_ids[None],
         ).logits
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_features_per_image_give_the_pixel_forward_and_its_vision_gradients(tiny, encoder):
+    """encode_visuals (with grad) + encoder_outputs of one tensor per placeholder, as DPO feeds a
+    pair's image to both sides: the same logits and vision-tower gradients as pixel_values."""
+    model, _ = tiny
+    s = [encode(encoder, solid(200, 140)), encode(encoder, solid(112, 84, (10, 200, 40)))]
+    pixels = torch.cat([x.pixel_values for x in s])
+    grids = torch.cat([x.image_grid_thw for x in s])
+    ids = torch.cat([x.input_ids for x in s])[None]  # both images in one row
+    types = torch.cat([x.mm_token_type_ids for x in s])[None]
+    vision = list(model.model.visual.parameters())
+
+    def run(**visual):
+        model.zero_grad()
+        logits = model(input_ids=ids, image_grid_thw=grids, mm_token_type_ids=types, **visual).logits
+        logits.square().mean().backward()
+        return logits.detach(), [p.grad.clone() for p in vision]
+
+    want, want_grads = run(pixel_values=pixels)
+    feats = encode_visuals(model, pixels, grids)
+    assert len(feats) == 2 and feats[1].shape[0] == int(grids[1].prod()) // 4
+    got, got_grads = run(mm_encoder_outputs=encoder_outputs(list(feats)))
+    model.zero_grad()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
 
 
 def test_generation_with_the_cache_encodes_a_shared_image_once_and_generates_the_same(tiny, encoder):

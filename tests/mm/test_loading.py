@@ -1,11 +1,12 @@
-"""load_model: presets, local checkpoints (Qwen2.5-VL and Qwen2-VL), freezing, LoRA, checkpointing, backends."""
+"""load_model: presets, local checkpoints (Qwen2.5-VL and Qwen2-VL), freezing, LoRA, checkpointing,
+backends; load_for_training: init_from."""
 
 import pytest
 import torch
 
 from mm.attention import choose_backend, force_backend
 from mm.imports import MissingDependency, is_available, require
-from mm.loading import load_model, model_parts
+from mm.loading import ModelConfig, load_for_training, load_model, model_parts, resolve_init
 from tests.conftest import solid, tiny_qwen2_vl_config, user_assistant
 
 
@@ -36,6 +37,24 @@ def test_load_local_qwen2_vl(tiny, tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloads"):
         load_model(str(tmp_path / "no-such-model"))
+
+
+def test_training_starts_from_init_from_or_the_configured_model(tiny, tmp_path):
+    """init_from: a run's output dir (its final/), a model dir, or a clear error; else the model."""
+    m = ModelConfig(name_or_path="tiny", freeze=["vision_tower"])
+    assert resolve_init(m, None) == "tiny"
+    run, model_dir = tmp_path / "run", tmp_path / "model"
+    (run / "final").mkdir(parents=True)
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    assert resolve_init(m, str(run)) == str(run / "final")
+    assert resolve_init(m, str(model_dir)) == str(model_dir)
+    with pytest.raises(FileNotFoundError, match="holds no final/ model"):
+        resolve_init(m, str(tmp_path / "nothing"))
+    model, _ = load_for_training(m, None, "sdpa", seed=0)  # fp32 under dtype auto, the parts frozen
+    assert next(model.parameters()).dtype == torch.float32
+    assert not any(p.requires_grad for p in model_parts(model)["vision_tower"])
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), tiny[0].parameters()))
 
 
 def test_freeze_parts():

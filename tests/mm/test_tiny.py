@@ -1,6 +1,6 @@
 """The tiny offline model/processor: real special tokens, the real chat template, consistent ids."""
 
-from mm.chat_template import QWEN_SPECIAL_TOKENS
+from mm.chat_template import ASSISTANT_HEADER, IMAGE_PLACEHOLDER, QWEN_SPECIAL_TOKENS, turn
 from tests.conftest import solid
 
 
@@ -68,6 +68,19 @@ def test_chat_template_renders_like_qwen25vl(tiny):
     assert "Picture 2: <|vision_start|>" in processor.apply_chat_template(
         numbered, tokenize=False, add_vision_id=True
     )
+
+
+def test_turn_strings_are_what_the_template_renders(tiny):
+    """The strings code splices into token streams (mm.chat_template.turn, ...) equal the template's."""
+    processor = tiny[1]
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image", "image": "a"}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": "A square."},
+    ]
+    rendered = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    built = turn("system", "Be brief.") + turn("user", IMAGE_PLACEHOLDER + "What?")
+    assert rendered == built + turn("assistant", "A square.") + ASSISTANT_HEADER
 
 
 def test_weights_are_deterministic():
