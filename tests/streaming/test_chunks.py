@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from mm.records import parse_message
 from mm.tiny import tiny_processor
 from streaming.chunks import build_chunks, previous_text, read_words, second_text
 
@@ -114,3 +116,24 @@ def test_streaming_config_reaches_the_global_batch():
     assert "Assumes 8 GPUs" in path.read_text()
     assert (cfg.data.layout, cfg.data.micro_batch_size) == ("pad", 1)
     assert cfg.data.micro_batch_size * cfg.train.gradient_accumulation_steps * 8 == 512
+
+
+def test_a_reply_newline_merged_into_the_header_is_not_trained():
+    """Qwen's tokenizer writes "assistant\n" + "\n kick ..." with one "\n\n" token (the tiny one
+    keeps two "\n"); labels then start after it, as the released code's (im_start + 3). Simulated
+    here by an id that decodes to "\n\n" in place of the two newlines."""
+    from mm.encode import IGNORE, ConversationEncoder
+
+    enc = ConversationEncoder(tiny_processor())
+    msgs = [{"role": "user", "content": "go"}, {"role": "assistant", "content": "\n kick ..."}]
+    s = enc.encode(msgs)
+    ids = s.input_ids.tolist()
+    nl = enc.tok.convert_tokens_to_ids("Ċ")
+    at = ids.index(nl, len(ids) - 12)  # the header's newline, then the reply's
+    assert ids[at + 1] == nl and enc.tok.decode(s.input_ids[s.labels != IGNORE]) == "\n kick ...<|im_end|>"
+    merged = 5  # any id: it stands for "\n\n"
+    decode = enc.tok.decode
+    enc.tok = type("Tok", (), {"decode": lambda self, t: "\n\n" if list(t) == [merged] else decode(t)})()
+    ids = ids[:at] + [merged] + ids[at + 2 :]
+    labels = enc._labels(np.asarray(ids), [parse_message(m, "m") for m in msgs], False)
+    assert decode([t for t, lab in zip(ids, labels) if lab != IGNORE]) == " kick ...<|im_end|>"
