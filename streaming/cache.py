@@ -58,6 +58,13 @@ class CacheConfig:
         "contiguous: re-lay once positions run this far past the kept tokens (each re-lay rounds bf16 keys once)",
     )
 
+    def __post_init__(self):
+        if not 1 <= self.vision_seconds <= self.recent_rounds:
+            raise ValueError(
+                f"cache windows: need 1 <= vision_seconds <= recent_rounds (a second's frames live inside "
+                f"its turn), got vision_seconds={self.vision_seconds}, recent_rounds={self.recent_rounds}"
+            )
+
 
 @dataclass
 class Span:
@@ -102,11 +109,6 @@ class StreamingKVCache:
         from transformers import DynamicCache
 
         self.cfg = config or CacheConfig()
-        if not 1 <= self.cfg.vision_seconds <= self.cfg.recent_rounds:
-            raise ValueError(
-                f"cache: need 1 <= vision_seconds <= recent_rounds (a second's frames live inside its "
-                f"turn), got vision_seconds={self.cfg.vision_seconds}, recent_rounds={self.cfg.recent_rounds}"
-            )
         self.drop_ids, self.silence_ids = set(drop_ids), list(silence_ids)
         rotary = model.model.language_model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
@@ -163,15 +165,15 @@ class StreamingKVCache:
                 (s, idx)
             )
         # the query ends the first kept user turn, after its frames (where a training chunk has it)
-        at = next((i for i, (s, _) in enumerate(seconds) if s.kind == "turn"), len(seconds))
-        keep = head + self._cut_previous(prev) + close + seconds[:at] + query + seconds[at:]
+        q = next((i for i, (s, _) in enumerate(seconds) if s.kind == "turn"), len(seconds))
+        keep = head + self._cut_previous(prev) + close + seconds[:q] + query + seconds[q:]
         kept_idx = torch.cat([i for _, i in keep]) if keep else torch.zeros(0, dtype=torch.long)
         evicted = len(self) - int(kept_idx.numel())
         if not torch.equal(kept_idx, torch.arange(len(self))):
             for layer in self.cache.layers:
-                at_ = kept_idx.to(layer.keys.device)
-                layer.keys = layer.keys[:, :, at_]
-                layer.values = layer.values[:, :, at_]
+                at = kept_idx.to(layer.keys.device)  # kept slots, in the layout's order
+                layer.keys = layer.keys[:, :, at]
+                layer.values = layer.values[:, :, at]
         self.spans = [s for s, _ in keep]
         extent = sum(s.end - s.start for s in self.spans)
         if cfg.mode == "contiguous" and evicted and self.next_position - extent > cfg.relayout_slack:

@@ -48,7 +48,9 @@ def time_prompt(second: int) -> str:
 
 @dataclass
 class StreamConfig:
-    query: str = opt("Commentate on this match", "the user's request, pinned in the sink")
+    query: str = opt(
+        "Commentate on this match", "the user's request, pinned (it ends the first kept user turn)"
+    )
     system: str = opt("You are a helpful assistant.", "system prompt, pinned in the sink")
     previous_text: str = opt("", "earlier commentary to start from (the previous-text block's first content)")
     fps: float = opt(2.0, "frames per second read from the source (one temporal patch per second at 2)")

@@ -1,6 +1,7 @@
 """Streaming inference: equals offline, reads as a training chunk after eviction, rotation
 arithmetic after eviction, bounded memory."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -242,3 +243,8 @@ def test_bf16_keys_do_not_drift_over_a_long_stream(tiny):
     _, want = apply_rotary_pos_emb(k_pre.transpose(1, 2), k_pre.transpose(1, 2), cos.float(), sin.float())
     got = cache.cache.layers[0].keys.float()
     assert ((got - want).norm() / want.norm()) < 0.01
+
+
+def test_frames_cannot_outlive_their_turn():
+    with pytest.raises(ValueError, match="vision_seconds <= recent_rounds"):
+        CacheConfig(recent_rounds=4, vision_seconds=8)
