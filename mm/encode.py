@@ -5,7 +5,9 @@ The chat is rendered once by the processor's chat template and tokenised once; e
 number of visual tokens planned by ``mm.visual`` (which the image/video processors produce
 with resizing switched off, so counts cannot drift). Labels cover the content of assistant
 turns plus their ``<|im_end|>``; system, user and tool turns, the ``<|im_start|>assistant\\n``
-header and turns marked ``"train": false`` are ignored (-100).
+header and turns marked ``"train": false`` are ignored (-100). (A reply that opens with a newline
+merges it into the header's newline token with Qwen's tokenizer, ``\\n\\n``: that token is the
+header's, as in StreamingVLM's released training code.)
 """
 
 from __future__ import annotations
@@ -156,9 +158,16 @@ class ConversationEncoder:
 
     def _labels(self, ids: np.ndarray, messages: list[Message], add_generation_prompt: bool) -> np.ndarray:
         labels = np.full_like(ids, IGNORE)
-        n = len(self.header)
-        starts = np.flatnonzero(ids == self.header[0])
-        heads = [s + n for s in starts if s + n <= len(ids) and np.array_equal(ids[s : s + n], self.header)]
+        role = self.header[:-1]  # "<|im_start|>assistant"; then the token holding its newline
+        n = len(role)
+        starts = np.flatnonzero(ids == role[0])
+        heads = [
+            s + n + 1
+            for s in starts
+            if s + n < len(ids)
+            and np.array_equal(ids[s : s + n], role)
+            and self.tok.decode([int(ids[s + n])]).startswith("\n")
+        ]
         turns = [m for m in messages if m.role == "assistant"]
         if add_generation_prompt:
             heads = heads[:-1]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "user", "assistant", "tool", "previous text")  # "previous text": StreamingVLM
 CONTENT_TYPES = ("text", "image", "image_url", "video")
 # Text must not smuggle in control tokens: they would corrupt turn boundaries or image-token counts.
 RESERVED = (

@@ -2,33 +2,56 @@
 
 Text tokens get the same 1-D position on all three axes. A vision block of an image (or
 video) with merged grid t x h x w gets, starting at the current position p:
-temporal ``p + floor(i * interval)``, height ``p + row``, width ``p + col``; text after the
-block continues at ``p + max(h, w)``. ``interval`` is 1 for images and for Qwen2-VL videos;
-for Qwen2.5-VL videos it is ``tokens_per_second * seconds_per_temporal_patch`` (absolute
-time alignment). This mirrors ``get_rope_index`` of the installed transformers (5.x) and a
-test checks the two agree; computing it here needs no model instance, runs per sample in
-the data pipeline, and lets packed rows carry each sample's own positions.
+temporal ``p + floor(i * interval)``, height ``p + row``, width ``p + col``. ``interval`` is 1
+for images and for Qwen2-VL videos; for Qwen2.5-VL videos it is
+``tokens_per_second * seconds_per_temporal_patch`` (absolute time alignment).
+
+Where the text after a block continues is the ``rule``:
+
+* ``"qwen"`` (default): at the block's largest position (any of the three rows) + 1, as Qwen's
+  own fine-tuning code, vLLM and transformers 4.x do; the released checkpoints were trained so.
+* ``"transformers"``: at ``p + max(h, w)``, as ``get_rope_index`` of transformers 5.x does. It
+  ignores the temporal extent, so after a video whose ``(t - 1) * interval >= max(h, w)`` (e.g.
+  60 s at 2 fps) the text positions fall inside the video's temporal positions.
+
+The two agree for images (t = 1). Tests check ``"transformers"`` against the installed
+``get_rope_index`` and both rules against hand-computed positions. Computing positions here
+needs no model instance, runs per sample in the data pipeline, and lets packed rows, rollouts
+(``vision_tools.generation``) and streaming carry the same positions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from mm.config import opt
 
 TEXT, IMAGE, VIDEO = 0, 1, 2
 
 
+RULES = ("qwen", "transformers")
+
+
 @dataclass(frozen=True)
 class RopeSpec:
-    spatial_merge_size: int = 2
-    tokens_per_second: float | None = 2  # None: Qwen2-VL (no absolute-time scaling of video)
+    spatial_merge_size: int = opt(2, "vision tokens merged per side")
+    tokens_per_second: float | None = opt(2, "video time scaling; None: Qwen2-VL (no absolute time)")
+    rule: Literal["qwen", "transformers"] = opt(
+        "qwen", "text after a vision block: 'qwen' = block max + 1, 'transformers' = start + max(h, w)"
+    )
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"RopeSpec.rule={self.rule!r}: use one of {', '.join(RULES)}")
 
     @classmethod
-    def from_config(cls, config) -> RopeSpec:
+    def from_config(cls, config, rule: str = "qwen") -> RopeSpec:
         vision = config.vision_config
         tps = getattr(vision, "tokens_per_second", None) if config.model_type == "qwen2_5_vl" else None
-        return cls(vision.spatial_merge_size, tps)
+        return cls(vision.spatial_merge_size, tps, rule)
 
 
 def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -72,7 +95,7 @@ def mrope_positions(
         if grid.shape[1] != e - s:
             raise ValueError(f"vision block of {e - s} tokens does not match its grid {t}x{h}x{w}")
         parts.append(grid)
-        cur += max(h, w)
+        cur = int(grid.max()) + 1 if spec.rule == "qwen" else cur + max(h, w)
     if not parts:
         return torch.zeros(3, 0, dtype=torch.long), start
     pos = torch.cat(parts, dim=1).long()

@@ -2,18 +2,26 @@
 
 Layout. The cache is a transformers ``DynamicCache``: per layer ``keys`` / ``values`` of shape
 ``[1, kv_heads, S, head_dim]``; keys are stored **after** RoPE. Beside it, ``spans`` describe
-the S slots in order, oldest first; each span is a run of tokens that arrived together::
+the S slots in the order the model reads them (StreamingVLM's chat layout, see
+``streaming.engine``); each span is a run of tokens that arrived together::
 
-    [sink: system prompt + user header + query]  pinned, never evicted
-    [previous: replies of rounds older than R]   first T_sink + last T_window tokens, middle cut
-    [user k: Time=a-bs + that second's frames]   kept for the last V_window seconds
-    [reply k: the model's words of second k]     kept as "recent" for the last R rounds
-    ... one user/reply pair per second ...
+    [sink: system prompt + "<|im_start|>previous text\\n"]   pinned
+    [previous: words of replies older than R rounds]      first T_sink + last T_window tokens
+    [close: "<|im_end|>" of the previous-text block]        pinned
+    [user k: "\\n<|im_start|>user\\nTime=k.0-(k+1).0s"]        the last R seconds
+    [frames k: <|vision_start|> frames <|vision_end|>]     the last V seconds (V <= R)
+    [query]                                                pinned, ends the first kept user turn
+    [turn k: "<|im_end|>\\n<|im_start|>assistant\\n\\n"]      the last R seconds
+    [reply k: the model's words, " ...", <|im_end|>]        the last R seconds, then previous
+    ... user, frames, turn, reply per second ...
 
 Every span records its M-RoPE positions (``[3, n]``: temporal, height, width; equal rows for
 text), where it starts and the next free position after it. Eviction happens once per round
-(:meth:`StreamingKVCache.evict`): user spans older than V_window seconds leave, replies older
-than R rounds become previous text, and the previous block loses its middle.
+(:meth:`StreamingKVCache.evict`), before second k is added: frames of seconds <= k - V leave;
+seconds <= k - R lose their turn, their reply's words (without ``" ..."`` and ``<|im_end|>``)
+join the previous-text block, which loses its middle; the query moves to the end of the first
+kept user turn. So the cache always reads as a training chunk that starts at its first kept
+second (``streaming.chunks``). Slot order follows the spans (eviction reorders the slots).
 
 Contiguous RoPE. After eviction the kept spans are laid out again from the sink onwards, each
 starting where the previous one ends, so positions never grow beyond what the windows hold
@@ -40,8 +48,8 @@ from mm.config import opt
 class CacheConfig:
     sink_text: int = opt(512, "T_sink: first tokens of earlier commentary kept in the previous-text block")
     window_text: int = opt(512, "T_window: last tokens of earlier commentary kept in the previous-text block")
-    recent_rounds: int = opt(16, "R: rounds whose reply text stays as recent text")
-    vision_seconds: int = opt(16, "V_window: seconds whose frames (and Time= prompt) stay")
+    recent_rounds: int = opt(16, "R: seconds whose turn (Time=, reply) stays, the current one included")
+    vision_seconds: int = opt(16, "V_window: seconds whose frames stay, the current one included (<= R)")
     mode: Literal["contiguous", "native"] = opt(
         "contiguous", "re-lay positions after eviction, or keep growing"
     )
@@ -50,10 +58,17 @@ class CacheConfig:
         "contiguous: re-lay once positions run this far past the kept tokens (each re-lay rounds bf16 keys once)",
     )
 
+    def __post_init__(self):
+        if not 1 <= self.vision_seconds <= self.recent_rounds:
+            raise ValueError(
+                f"cache windows: need 1 <= vision_seconds <= recent_rounds (a second's frames live inside "
+                f"its turn), got vision_seconds={self.vision_seconds}, recent_rounds={self.recent_rounds}"
+            )
+
 
 @dataclass
 class Span:
-    kind: Literal["sink", "previous", "user", "reply"]
+    kind: Literal["sink", "previous", "close", "user", "frames", "query", "turn", "reply"]
     round: int
     positions: torch.Tensor  # [3, n]
     end: int  # next free position after the span
@@ -89,8 +104,8 @@ class StreamingKVCache:
     """A DynamicCache plus the span bookkeeping that bounds it; see the module docstring."""
 
     def __init__(self, model, config: CacheConfig | None = None, drop_ids=(), silence_ids=()):
-        """``drop_ids``: tokens a reply loses when it becomes previous text (end of turn);
-        a reply that is only ``silence_ids`` (" ...") is dropped whole."""
+        """``drop_ids``: tokens a reply loses when it becomes previous text (end of turn), as
+        does its closing ``silence_ids`` (" ...")."""
         from transformers import DynamicCache
 
         self.cfg = config or CacheConfig()
@@ -130,26 +145,33 @@ class StreamingKVCache:
 
     def evict(self, current_round: int) -> int:
         """Apply the windows before second ``current_round``; returns the number of evicted slots."""
-        cfg = self.cfg
-        keep: list[tuple[Span, torch.Tensor]] = []  # kept spans and the slot indices they keep
+        cfg, k = self.cfg, current_round
+        head, prev, close, query, seconds = [], [], [], [], []  # (span, slot indices it keeps)
         slot = 0
         for s in self.spans:
             idx = torch.arange(slot, slot + s.n)
             slot += s.n
-            if s.kind == "user" and s.round <= current_round - cfg.vision_seconds:
-                continue  # with the new second's frames, V_window seconds stay
-            if s.kind == "reply" and s.round < current_round - cfg.recent_rounds:
-                s = self._as_previous(s)  # words only: no end-of-turn, no silence
-                idx = idx[s.kept]
-                if not s.n:
-                    continue
-            keep.append((s, idx))
-        keep = self._cut_previous(keep)
+            past_turn = s.round <= k - cfg.recent_rounds
+            if (s.kind == "frames" and s.round <= k - cfg.vision_seconds) or (
+                s.kind in ("user", "turn") and past_turn
+            ):
+                continue
+            if s.kind == "reply" and past_turn:
+                s = self._as_previous(s)
+                if s.n:
+                    prev.append((s, idx[s.kept]))
+                continue
+            {"sink": head, "previous": prev, "close": close, "query": query}.get(s.kind, seconds).append(
+                (s, idx)
+            )
+        # the query ends the first kept user turn, after its frames (where a training chunk has it)
+        q = next((i for i, (s, _) in enumerate(seconds) if s.kind == "turn"), len(seconds))
+        keep = head + self._cut_previous(prev) + close + seconds[:q] + query + seconds[q:]
         kept_idx = torch.cat([i for _, i in keep]) if keep else torch.zeros(0, dtype=torch.long)
         evicted = len(self) - int(kept_idx.numel())
-        if evicted:
+        if not torch.equal(kept_idx, torch.arange(len(self))):
             for layer in self.cache.layers:
-                at = kept_idx.to(layer.keys.device)
+                at = kept_idx.to(layer.keys.device)  # kept slots, in the layout's order
                 layer.keys = layer.keys[:, :, at]
                 layer.values = layer.values[:, :, at]
         self.spans = [s for s, _ in keep]
@@ -159,11 +181,13 @@ class StreamingKVCache:
         return evicted
 
     def _as_previous(self, s: Span) -> Span:
+        """A reply as previous text: its words only (no end of turn, no closing " ...")."""
         ids = s.token_ids
-        words = [t for t in ids if t not in self.drop_ids]
         keep = torch.tensor([t not in self.drop_ids for t in ids], dtype=torch.bool)
-        if words == self.silence_ids:
-            keep[:] = False
+        words = keep.nonzero().flatten()
+        n = len(self.silence_ids)
+        if n and [ids[i] for i in words[-n:].tolist()] == self.silence_ids:
+            keep[words[-n:]] = False
         part = Span(
             "previous", s.round, s.positions[:, keep], 0, [t for t, k in zip(ids, keep) if k], s.origin[keep]
         )
@@ -171,19 +195,14 @@ class StreamingKVCache:
         part.kept = keep
         return part
 
-    def _cut_previous(self, keep: list) -> list:
+    def _cut_previous(self, prev: list) -> list:
         """Keep the first T_sink and the last T_window tokens of the previous-text block."""
-        prev = [(s, i) for s, i in keep if s.kind == "previous"]
         total = sum(s.n for s, _ in prev)
-        budget = self.cfg.sink_text + self.cfg.window_text
-        if total <= budget:
-            return keep
+        if total <= self.cfg.sink_text + self.cfg.window_text:
+            return prev
         lo, hi = self.cfg.sink_text, total - self.cfg.window_text  # drop previous tokens [lo, hi)
         out, seen = [], 0
-        for s, i in keep:
-            if s.kind != "previous":
-                out.append((s, i))
-                continue
+        for s, i in prev:
             a, b = seen, seen + s.n
             seen = b
             for x, y in ((a, min(b, lo)), (max(a, hi), b)):  # the parts of [a, b) outside [lo, hi)

@@ -2,14 +2,21 @@
 
 Input: a video and its commentary with word timestamps, JSON ``{"words": [{"word": "Goal",
 "start": 12.3, "end": 12.6}, ...]}`` (a bare list of words works too). Output: SFT records in the
-one data format, one per chunk of ``W`` seconds starting every ``W - O`` seconds. A chunk is one
-user/assistant pair per second: the user turn holds ``Time=a-bs`` and that second of video
-(``{"video": PATH, "video_start": a, "video_end": b}``), the assistant turn the words that start
-in that second, or the silence placeholder ``" ..."``. The first user turn also carries the
-query and then the previous text (commentary before the chunk: its first ``T_sink`` and last
-``T_window`` tokens, words only), in the order ``streaming.engine`` keeps them in its cache.
-(One difference remains: at inference the first kept second still opens with its own
-``<|im_start|>user`` header, since cached tokens are not re-encoded.)
+one data format, one per chunk of ``W`` seconds starting every ``W - O`` seconds, laid out as
+StreamingVLM's released training code lays them out (and as ``streaming.engine`` keeps its
+cache, token for token)::
+
+    system           {system}
+    previous text    the words said before the chunk (first T_sink + last T_window tokens)
+    user             Time=a.0-(a+1).0s + that second of video + the query
+    assistant        \\n + the words said by the end of the second + " ..."
+    user             Time=(a+1).0-(a+2).0s + that second of video
+    assistant        ...
+
+A word belongs to the second in which it ends (spoken by the end of it); every reply closes
+with ``" ..."``, which alone means nothing was said. The released training data carries no
+query (only its inference does, after the first second's frames); here every chunk has it
+there, where the engine keeps it pinned.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ import json
 import math
 import os
 
-from streaming.engine import SILENCE
+from streaming.engine import SILENCE, time_prompt
 
 
 def read_words(path: str) -> list[dict]:
-    """Words with start/end seconds, sorted; a malformed file is an error naming the fix."""
+    """Words with start/end seconds, in the order they end; a malformed file is an error naming the fix."""
     with open(path) as f:
         try:
             obj = json.load(f)
@@ -32,23 +39,27 @@ def read_words(path: str) -> list[dict]:
     if not isinstance(words, list):
         raise ValueError(f'{path}: expected {{"words": [{{"word", "start", "end"}}, ...]}}')
     for i, w in enumerate(words):
-        ok = (
-            isinstance(w, dict) and isinstance(w.get("word"), str) and isinstance(w.get("start"), int | float)
-        )
-        if not ok:
-            raise ValueError(f"{path}: words[{i}] needs 'word' (text) and 'start' (seconds), got {w!r}")
-    return sorted(words, key=lambda w: w["start"])
+        ok = isinstance(w, dict) and isinstance(w.get("word"), str)
+        if not ok or not all(isinstance(w.get(k), int | float) for k in ("start", "end")):
+            raise ValueError(
+                f"{path}: words[{i}] needs 'word' (text), 'start' and 'end' (seconds), got {w!r}"
+            )
+    return sorted(words, key=lambda w: (w["end"], w["start"]))
+
+
+def _said(words: list[dict], lo: float, hi: float) -> str:
+    """The words ending in (lo, hi], each with its leading space (as the model says them)."""
+    return "".join(" " + w["word"].strip() for w in words if lo < w["end"] <= hi and w["word"].strip())
 
 
 def second_text(words: list[dict], t: int) -> str:
-    """The commentary of second [t, t+1): the words that start in it, or the silence placeholder."""
-    said = [w["word"].strip() for w in words if t <= w["start"] < t + 1 and w["word"].strip()]
-    return " " + " ".join(said) if said else SILENCE
+    """The target of second [t, t+1): a newline, the words said by its end, then ``" ..."``."""
+    return "\n" + _said(words, t, t + 1) + SILENCE
 
 
 def previous_text(words: list[dict], before: float, tokenizer, sink: int = 512, window: int = 512) -> str:
-    """Commentary before ``before`` seconds: all of it, or its first ``sink`` and last ``window`` tokens."""
-    text = " ".join(w["word"].strip() for w in words if w["start"] < before and w["word"].strip())
+    """Words said by ``before`` seconds: all of them, or their first ``sink`` and last ``window`` tokens."""
+    text = _said(words, -math.inf, before)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= sink + window:
         return text
@@ -78,20 +89,21 @@ def build_chunks(
     records = []
     for a in range(0, max(1, seconds - overlap), chunk - overlap):
         b = min(a + chunk, seconds)
-        prev = previous_text(words, a, tokenizer, sink, window)
-        msgs = [{"role": "system", "content": system}]
+        msgs = [
+            {"role": "system", "content": system},
+            {"role": "previous text", "content": previous_text(words, a, tokenizer, sink, window)},
+        ]
         for t in range(a, b):
-            head = (f"{query}\n" + (f"{prev}\n" if prev else "")) if t == a else ""
-            msgs.append(
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": f"{head}Time={t}-{t + 1}s"},
-                        {"type": "video", "video": ref, "video_start": float(t), "video_end": float(t + 1)},
-                    ],
-                }
-            )
-            msgs.append({"role": "assistant", "content": second_text(words, t)})
+            content = [
+                {"type": "text", "text": time_prompt(t)},
+                {"type": "video", "video": ref, "video_start": float(t), "video_end": float(t + 1)},
+            ]
+            if t == a and query:
+                content.append({"type": "text", "text": query})
+            msgs += [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": second_text(words, t)},
+            ]
         records.append(
             {"id": f"{os.path.basename(video)}@{a}-{b}", "messages": msgs, "meta": {"start": a, "end": b}}
         )

@@ -3,18 +3,22 @@
 Round k (one second of video):
 
 1. evict what the windows no longer hold (``StreamingKVCache.evict``), re-laying positions;
-2. prefill ``Time=k-(k+1)s`` + that second's frames (one temporal patch of ``fps`` frames); the
-   first round first prefills the sink: system prompt, previous text and the query;
+2. prefill ``Time=k.0-(k+1).0s`` + that second's frames (one temporal patch of ``fps`` frames);
+   the first round first prefills the sink (system prompt, the previous-text block) and puts
+   the query after its frames;
 3. decode up to ``max_new_tokens`` tokens (sampling with temperature and repetition penalty, or
-   greedy) until ``<|im_end|>``; ``" ..."`` is the model's way of saying nothing.
+   greedy) until ``<|im_end|>``; every reply ends with ``" ..."``, alone it means silence.
 
 New tokens get positions incrementally from ``cache.next_position`` with the model's own
-M-RoPE rule (``mm.rope.mrope_positions``), never recomputed over the whole sequence. The chat
-layout is the one the chunk builder trains on::
+M-RoPE rule (``mm.rope.mrope_positions``), never recomputed over the whole sequence. The
+layout is StreamingVLM's released one, which the chunk builder (``streaming.chunks``) trains
+on token for token; after eviction the cache still reads as a training chunk starting at the
+first kept second (the query moves with it)::
 
-    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{query}\\n{previous}\\n
-    Time=0-1s<|vision_start|>...<|vision_end|><|im_end|>\\n<|im_start|>assistant\\n{words}<|im_end|>
-    \\n<|im_start|>user\\nTime=1-2s<|vision_start|>...
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>previous text\\n{previous}<|im_end|>
+    \\n<|im_start|>user\\nTime=0.0-1.0s<|vision_start|>...<|vision_end|>{query}<|im_end|>
+    \\n<|im_start|>assistant\\n\\n{words} ...<|im_end|>
+    \\n<|im_start|>user\\nTime=1.0-2.0s<|vision_start|>...
 """
 
 from __future__ import annotations
@@ -43,14 +47,22 @@ from mm.rope import TEXT, VIDEO, RopeSpec, mrope_positions
 from streaming.cache import CacheConfig, StreamingKVCache
 from streaming.sources import Second, Source
 
-SILENCE = " ..."
+SILENCE = " ..."  # closes every reply; alone, the model said nothing
+TURN = TURN_END + ASSISTANT_HEADER + "\n"  # the reply opens with a newline, as trained
+
+
+def time_prompt(second: int) -> str:
+    """The text that opens a second's user turn (one decimal, as the released model was trained)."""
+    return f"Time={second:.1f}-{second + 1:.1f}s"
 
 
 @dataclass
 class StreamConfig:
-    query: str = opt("Commentate on this match", "the user's request, pinned in the sink")
+    query: str = opt(
+        "Commentate on this match", "the user's request, pinned (it ends the first kept user turn)"
+    )
     system: str = opt("You are a helpful assistant.", "system prompt, pinned in the sink")
-    previous_text: str = opt("", "earlier commentary to start from (the previous-text block)")
+    previous_text: str = opt("", "earlier commentary to start from (the previous-text block's first content)")
     fps: float = opt(2.0, "frames per second read from the source (one temporal patch per second at 2)")
     frame_min_pixels: int = opt(4 * 28 * 28, "per-frame minimum pixels")
     frame_max_pixels: int = opt(768 * 28 * 28, "per-frame maximum pixels (768 tokens per second at 2 fps)")
@@ -127,7 +139,7 @@ class StreamingEngine:
         self.merge = self.rope.spatial_merge_size**2
         ids = self.tok.convert_tokens_to_ids
         self.end_id, self.video_id = ids(IM_END), ids(VIDEO_PAD)
-        # control tokens never belong in commentary (and <|video_pad|> without frames breaks the model)
+        self.vision = ids(VISION_START), ids(VISION_END)
         # every added token (control, tool, FIM, ...) except <|im_end|>, and the padded ids past
         # the tokenizer; a <|video_pad|> without frames would break the model
         added = set(self.tok.added_tokens_decoder) | set(map(ids, RESERVED))
@@ -178,21 +190,28 @@ class StreamingEngine:
         t0 = time.perf_counter()
         k = second.index  # windows count seconds of video, not rounds
         first = self.round == 0
-        if not first:
-            self.cache.evict(k)
-        else:
-            head = turn("system", self.cfg.system) + turn_header("user") + f"{self.cfg.query}\n"
-            prev = self._cut(self.cfg.previous_text.strip())
-            self._prefill("sink", self._ids(head + (f"{prev}\n" if prev else "")), k)
-        user = ("" if first else "\n" + turn_header("user")) + f"Time={k}-{k + 1}s"
         pixels, grid = self._frames(second.frames)
-        ids = self._ids(user + VISION_START) + [self.video_id] * (int(grid.prod()) // self.merge)
-        ids += self._ids(VISION_END + TURN_END + ASSISTANT_HEADER)
-        logits = self._prefill("user", ids, k, pixels, grid)
+        pieces = []  # (span kind, ids), prefilled in one forward
+        if first:
+            head = turn("system", self.cfg.system) + turn_header("previous text")
+            pieces += [
+                ("sink", self._ids(head)),
+                ("previous", self._previous_ids()),
+                ("close", [self.end_id]),
+            ]
+        else:
+            self.cache.evict(k)
+        frames = [self.vision[0]] + [self.video_id] * (int(grid.prod()) // self.merge) + [self.vision[1]]
+        pieces += [("user", self._ids("\n" + turn_header("user") + time_prompt(k))), ("frames", frames)]
+        if first and self.cfg.query:
+            pieces.append(("query", self._ids(self.cfg.query)))
+        pieces.append(("turn", self._ids(TURN)))
+        logits = self._prefill(pieces, k, pixels, grid)
         reply = self._decode(logits, k, on_token, forced)
         self.round += 1
         raw = self.tok.decode([t for t in reply if t != self.end_id])
-        text = "" if raw.strip() in ("", SILENCE.strip()) else raw.strip()
+        text = raw.strip()
+        text = text[: -len(SILENCE.strip())].rstrip() if text.endswith(SILENCE.strip()) else text
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()  # the round's kernels belong to its latency
         ms = (time.perf_counter() - t0) * 1000
@@ -208,11 +227,11 @@ class StreamingEngine:
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _cut(self, text: str) -> str:
-        """Starting previous text: its first ``sink_text`` and last ``window_text`` tokens."""
-        ids = self._ids(text)
+    def _previous_ids(self) -> list[int]:
+        """The starting previous text: its first ``sink_text`` and last ``window_text`` tokens."""
+        ids = self._ids(self.cfg.previous_text)
         a, b = self.cfg.cache.sink_text, self.cfg.cache.window_text
-        return text if len(ids) <= a + b else self.tok.decode(ids[:a] + ids[-b:])
+        return ids if len(ids) <= a + b else ids[:a] + ids[-b:]
 
     def _frames(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """One second of frames -> (pixel_values_videos, video_grid_thw [3]) at a capped size."""
@@ -237,26 +256,23 @@ class StreamingEngine:
         )
         return r["pixel_values_videos"], r["video_grid_thw"][0]
 
-    def _prefill(self, kind: str, ids: list[int], second: int, pixels=None, grid=None) -> torch.Tensor:
+    def _prefill(self, pieces: list[tuple[str, list[int]]], second: int, pixels, grid) -> torch.Tensor:
+        """One forward over the pieces (the frames' among them); each becomes its own cache span."""
+        ids = [t for _, p in pieces for t in p]
         types = torch.tensor([VIDEO if t == self.video_id else TEXT for t in ids])
         seconds = torch.tensor([self.processor.video_processor.temporal_patch_size / self.cfg.fps])
         pos, end = mrope_positions(
-            types,
-            None,
-            None if grid is None else grid[None],
-            seconds,
-            self.rope,
-            start=self.cache.next_position,
+            types, None, grid[None], seconds, self.rope, start=self.cache.next_position
         )
-        kwargs = {}
-        if pixels is not None:
-            kwargs = {
-                "pixel_values_videos": pixels,
-                "video_grid_thw": grid[None],
-                "second_per_grid_ts": seconds,
-            }
-        logits = self._forward(ids, pos, **kwargs)
-        self.cache.append(kind, second, pos, end, ids)
+        logits = self._forward(
+            ids, pos, pixel_values_videos=pixels, video_grid_thw=grid[None], second_per_grid_ts=seconds
+        )
+        at = 0
+        for kind, p in pieces:
+            if p:  # a piece ends where the next one starts (after frames: by the rope rule)
+                nxt = int(pos[0, at + len(p)]) if at + len(p) < len(ids) else end
+                self.cache.append(kind, second, pos[:, at : at + len(p)], nxt, p)
+                at += len(p)
         return logits
 
     def _forward(self, ids: list[int], pos: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -100,4 +100,4 @@ def test_streaming_hyperparameters():
         0.03,
         1,
     )
-    assert cfg.model.freeze == ["vision_tower"] and cfg.train.deepspeed == "zero3"
+    assert set(cfg.model.freeze) == {"vision_tower", "merger"} and cfg.train.deepspeed == "zero3"

@@ -4,13 +4,15 @@ The engine hands a generator a batch of :class:`Context` (token ids so far, thei
 and the visual tensors of every image in them) and gets back, per row, the new token ids of
 one turn: stopped after a stop string (``</tool_call>``, ``</answer>``), an end-of-turn token or
 the row's token limit. :class:`HFGenerator` runs ``model.generate`` (batched, KV cache, left
-padding); :class:`ScriptedGenerator` replays fixed turns (tests, data building). A vLLM or
-server-backed generator plugs in by implementing ``generate``.
+padding) with the M-RoPE positions of mm's rule (``mm.rope``: the ones the trainer scores
+with), not the ones ``generate`` would derive itself; :class:`ScriptedGenerator` replays fixed
+turns (tests, data building). A vLLM or server-backed generator plugs in by implementing
+``generate``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -18,6 +20,7 @@ import torch
 from mm.chat_template import END_OF_TEXT, IM_END, IMAGE_PAD, VISION_END, VISION_START
 from mm.image_features import encoder_outputs
 from mm.records import RESERVED
+from mm.rope import RopeSpec, mrope_positions
 
 STOP_STRINGS = ("</tool_call>", "</answer>")
 
@@ -35,10 +38,12 @@ class Context:
     """A conversation so far, as the model reads it."""
 
     input_ids: list[int]
-    types: list[int]  # 0 text, 1 image (mm_token_type_ids)
+    types: list[int]  # 0 text, 1 image, 2 video (mm_token_type_ids)
     pixel_values: list[torch.Tensor]  # one [patches, dim] tensor per image, in order
     grids: list[torch.Tensor]  # one [3] (t, h, w) row per image
     key: int = 0  # which conversation (scripted generators replay per conversation)
+    # one (pixel_values_videos [patches, dim], grid [3], seconds per temporal patch) per video
+    videos: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
 
 
 class Generator(Protocol):
@@ -78,6 +83,7 @@ class HFGenerator:
             )
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         self.features = features
+        self.rope = RopeSpec.from_config(model.config)
         ids = self.tok.convert_tokens_to_ids
         self.end_ids = [ids(IM_END), ids(END_OF_TEXT)]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
@@ -122,6 +128,7 @@ class HFGenerator:
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask = torch.zeros(B, L, dtype=torch.long)
         types = torch.zeros(B, L, dtype=torch.long)
+        pos = torch.zeros(3, B, L, dtype=torch.long)  # [3, B, L]; padding keeps 0 (masked)
         for i, c in enumerate(contexts):
             n = len(c.input_ids)
             ids[i, L - n :], mask[i, L - n :], types[i, L - n :] = (
@@ -129,7 +136,17 @@ class HFGenerator:
                 1,
                 torch.tensor(c.types),
             )
-        batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
+            grids_i = torch.stack(c.grids) if c.grids else None
+            v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
+            seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
+            pos[:, i, L - n :] = mrope_positions(types[i, L - n :], grids_i, v_grids, seconds, self.rope)[0]
+        # given positions, generate goes on from the last one + 1 (the prompt ends with text)
+        batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types, "position_ids": pos}
+        videos = [v for c in contexts for v in c.videos]
+        if videos:
+            batch["pixel_values_videos"] = torch.cat([v[0] for v in videos])
+            batch["video_grid_thw"] = torch.stack([v[1] for v in videos])
+            batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
         pixels = [p for c in contexts for p in c.pixel_values]
         if pixels:
             grids = [g for c in contexts for g in c.grids]

@@ -1,4 +1,5 @@
-"""M-RoPE positions equal the model's own get_rope_index (Qwen2.5-VL and Qwen2-VL rules)."""
+"""M-RoPE positions: the "transformers" rule equals the installed get_rope_index (Qwen2.5-VL and
+Qwen2-VL); both rules equal hand-computed positions, also after a 60-s video where they differ."""
 
 import pytest
 import torch
@@ -32,6 +33,12 @@ CASES = {
 }
 
 
+def _transformers_encoder(tiny):
+    return ConversationEncoder(
+        tiny[1], VisualConfig(), RopeSpec.from_config(tiny[0].config, rule="transformers")
+    )
+
+
 def rope_index(model, s):
     pos, delta = model.model.get_rope_index(
         s.input_ids[None], s.mm_token_type_ids[None], s.image_grid_thw, s.video_grid_thw, s.second_per_grid_ts
@@ -41,8 +48,15 @@ def rope_index(model, s):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_positions_equal_model_rope_index(tiny, encoder, case):
-    model, _ = tiny
-    s = encoder.encode([{"role": "user", "content": CASES[case]}, {"role": "assistant", "content": "ok"}])
+    """The "transformers" rule is get_rope_index's; for prompts without video the default
+    ("qwen") rule gives the same positions."""
+    model, processor = tiny
+    msgs = [{"role": "user", "content": CASES[case]}, {"role": "assistant", "content": "ok"}]
+    if not case.startswith("video"):
+        assert torch.equal(
+            encoder.encode(msgs).position_ids, _transformers_encoder(tiny).encode(msgs).position_ids
+        )
+    s = _transformers_encoder(tiny).encode(msgs)
     if case == "text":
         assert torch.equal(s.position_ids, torch.arange(len(s)).expand(3, -1))
         return
@@ -80,3 +94,56 @@ def test_hand_worked_positions():
         [0, 1, 2, 3, 4, 2, 3, 4, 5, 6],
     ]
     assert nxt == 7
+
+
+def test_hand_worked_positions_after_a_60s_video():
+    """3 text tokens, a 60-s video at 2 fps (60 temporal patches of 1 s, merged 2 x 2: interval
+    tokens_per_second 2 x 1 s = 2), then 2 text tokens. The video starts at p = 3: temporal
+    3, 5, ..., 3 + 2 * 59 = 121; height and width 3..4."""
+    types = torch.tensor([0] * 3 + [2] * 240 + [0] * 2)
+    grid, sec = torch.tensor([[60, 4, 4]]), torch.tensor([1.0])
+    qwen, nq = mrope_positions(types, video_grid_thw=grid, second_per_grid_ts=sec)
+    hf, nh = mrope_positions(
+        types, video_grid_thw=grid, second_per_grid_ts=sec, spec=RopeSpec(rule="transformers")
+    )
+    video = qwen[:, 3:243]
+    assert torch.equal(video, hf[:, 3:243])  # the block itself is the same
+    assert video[0].unique().tolist() == list(range(3, 122, 2))
+    assert video[1].unique().tolist() == video[2].unique().tolist() == [3, 4]
+    assert qwen[:, 243:].tolist() == [[122, 123]] * 3  # max(block) + 1 = 121 + 1
+    assert hf[:, 243:].tolist() == [[5, 6]] * 3  # 3 + max(h, w) = 3 + 2: inside the video's time
+    assert (nq, nh) == (124, 122)  # decoding continues after the largest position either way
+
+
+def test_60s_video_through_the_encoder(tiny):
+    """The same on an encoded record: 120 frames at 2 fps. "transformers" equals the model's
+    get_rope_index; "qwen" continues the text at the video's largest position + 1."""
+    model, processor = tiny
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": frames(120, (56, 56)), "sample_fps": 2.0},
+                {"type": "text", "text": "Describe."},
+            ],
+        },
+        {"role": "assistant", "content": "ok"},
+    ]
+    qwen = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config)).encode(msgs)
+    hf = _transformers_encoder(tiny).encode(msgs)
+    assert torch.equal(qwen.input_ids, hf.input_ids) and qwen.video_grid_thw.tolist() == [[60, 4, 4]]
+    want, _ = rope_index(model, hf)
+    assert torch.equal(hf.position_ids, want)
+    video = (qwen.mm_token_type_ids == 2).nonzero().flatten()
+    start, end = int(video[0]), int(video[-1]) + 1
+    p = int(qwen.position_ids[0, start])
+    assert p == start  # only text before the video
+    after = qwen.position_ids[:, end:]
+    assert int(qwen.position_ids[:, start:end].max()) == p + 2 * 59
+    assert torch.equal(after, torch.arange(p + 2 * 59 + 1, p + 2 * 59 + 1 + after.shape[1]).expand(3, -1))
+    assert torch.equal(hf.position_ids[:, end:], torch.arange(p + 2, p + 2 + after.shape[1]).expand(3, -1))
+
+
+def test_unknown_rule_names_the_choices():
+    with pytest.raises(ValueError, match="qwen, transformers"):
+        RopeSpec(rule="vllm")

@@ -1,12 +1,17 @@
-"""Streaming inference: equals offline, rotation arithmetic after eviction, bounded memory."""
+"""Streaming inference: equals offline, reads as a training chunk after eviction, rotation
+arithmetic after eviction, bounded memory."""
 
+import pytest
 import torch
 from PIL import Image
 
 from mm.encode import ConversationEncoder
+from mm.rope import RopeSpec
+from mm.visual import VisualConfig
 from streaming.cache import CacheConfig, rotate_keys
+from streaming.chunks import build_chunks, second_text
 from streaming.engine import StreamConfig, StreamingEngine
-from streaming.sources import SyntheticSource
+from streaming.sources import SyntheticSource, open_source
 
 
 def replies(tok, texts):
@@ -15,21 +20,23 @@ def replies(tok, texts):
 
 
 def offline_messages(seconds, texts, query="Commentate on this match"):
-    msgs = [{"role": "system", "content": "You are a helpful assistant."}]
+    """StreamingVLM's layout, written out by hand (the released training code's, query after the frames)."""
+    msgs = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "previous text", "content": ""},
+    ]
     for k, (sec, text) in enumerate(zip(seconds, texts)):
-        head = (f"{query}\n" if k == 0 else "") + f"Time={k}-{k + 1}s"
         video = {"type": "video", "video": [Image.fromarray(f) for f in sec.frames], "sample_fps": 2}
-        msgs += [
-            {"role": "user", "content": [{"type": "text", "text": head}, video]},
-            {"role": "assistant", "content": text},
-        ]
+        content = [{"type": "text", "text": f"Time={k}.0-{k + 1}.0s"}, video]
+        content += [{"type": "text", "text": query}] if k == 0 else []
+        msgs += [{"role": "user", "content": content}, {"role": "assistant", "content": "\n" + text}]
     return msgs
 
 
 def test_streaming_equals_one_offline_forward(tiny):
     """Windows larger than the stream: per-second logits == one forward with the model's own positions."""
     model, processor = tiny
-    texts = [" the dot moves", " ...", " right", " it turns", " ..."]
+    texts = [" the dot moves ...", " ...", " right ...", " it turns ...", " ..."]
     eng = StreamingEngine(model, processor, StreamConfig(do_sample=False))
     eng.trace = []
     seconds = list(SyntheticSource(len(texts)).seconds())
@@ -49,6 +56,53 @@ def test_streaming_equals_one_offline_forward(tiny):
             second_per_grid_ts=enc.second_per_grid_ts,
         ).logits[0]
     assert (streamed - ref).abs().max() <= 1e-4
+
+
+WORDS = [  # second 0: "kick off"; 2: "pass"; 5: "shot"; 6: "goal", "and", "cheers"
+    {"word": "kick", "start": 0.2, "end": 0.4},
+    {"word": "off", "start": 0.5, "end": 0.7},
+    {"word": "pass", "start": 1.8, "end": 2.3},
+    {"word": "shot", "start": 5.5, "end": 5.9},
+    {"word": "goal", "start": 5.9, "end": 6.4},
+    {"word": "and", "start": 6.5, "end": 6.6},
+    {"word": "cheers", "start": 6.7, "end": 6.9},
+]
+
+
+def test_cache_reads_as_the_training_chunk_of_its_first_kept_second(tiny, tmp_path):
+    """After 8 s with 3-s windows the cache (ids and, re-laid, positions) equals the chunk
+    builder's record for seconds 5-7, as mm's encoder encodes it for training: previous text of
+    seconds 0-4, then the first kept second with the query after its frames."""
+    from mm.synthetic import moving_dot_frames, write_video
+
+    model, processor = tiny
+    tok = processor.tokenizer
+    video = write_video(str(tmp_path / "clip.webm"), moving_dot_frames(32, size=56), fps=4)  # 8 s
+    cc = CacheConfig(recent_rounds=3, vision_seconds=3, relayout_slack=0)
+    eng = StreamingEngine(model, processor, StreamConfig(do_sample=False, cache=cc))
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for sec in open_source(video).seconds():  # the trained replies, as the model would say them
+        eng.step(
+            sec, forced=tok(second_text(WORDS, sec.index)[1:], add_special_tokens=False)["input_ids"] + [end]
+        )
+    (rec,) = [r for r in build_chunks(video, WORDS, 8.0, tok, chunk=3, overlap=2) if r["meta"]["start"] == 5]
+    assert rec["messages"][1] == {"role": "previous text", "content": " kick off pass"}
+    enc = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config)).encode(
+        rec["messages"]
+    )
+    ids = [t for s in eng.cache.spans for t in s.token_ids]
+    pos = torch.cat([s.positions for s in eng.cache.spans], dim=1)
+    assert (
+        ids == enc.input_ids[:-1].tolist() and tok.decode(enc.input_ids[-1:]) == "\n"
+    )  # the template's last
+    assert torch.equal(pos, enc.position_ids[:, :-1])
+    assert [s.kind for s in eng.cache.spans][:8] == ["sink"] + ["previous"] * 2 + [
+        "close",
+        "user",
+        "frames",
+        "query",
+        "turn",
+    ]
 
 
 def test_rotation_composes():
@@ -88,7 +142,7 @@ def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(tiny):
     cache = eng.cache
     assert cache.rotations > 0 and cache.tokens("previous") == 12  # the middle was cut
     kinds = [s.kind for s in cache.spans]
-    assert kinds[0] == "sink" and kinds.count("user") == 2
+    assert kinds[:2] == ["sink", "previous"] and kinds.count("user") == 3 and kinds.count("frames") == 2
     positions = torch.cat([s.positions for s in cache.spans], dim=1)  # [3, S]
     assert cache.spans[0].start == 0
     for a, b in zip(cache.spans, cache.spans[1:]):  # contiguous: each span starts where the last ends
@@ -116,14 +170,27 @@ def test_memory_stays_bounded_and_the_query_stays(tiny):
     assert (
         max(sizes[150:]) <= max(sizes[:150]) + cfg.max_new_tokens + 1
     )  # no growth once the windows are full
-    sink = eng.cache.spans[0]
-    user_tokens = max(s.n for s in eng.cache.spans if s.kind == "user")
-    # V seconds of frames (the current one included), R earlier replies + the current one
-    bound = sink.n + 32 + cc.vision_seconds * user_tokens + (cc.recent_rounds + 1) * (cfg.max_new_tokens + 1)
+    spans = eng.cache.spans
+    pinned = sum(s.n for s in spans if s.kind in ("sink", "close", "query"))
+    turn = max(
+        sum(s.n for s in spans if s.kind in ("user", "turn") and s.round == r) for r in range(296, 300)
+    )
+    frames = max(s.n for s in spans if s.kind == "frames")
+    # V seconds of frames, R seconds of turns and replies (the current one included), 32 previous tokens
+    bound = pinned + 32 + cc.vision_seconds * frames + cc.recent_rounds * (turn + cfg.max_new_tokens + 1)
     assert max(sizes) <= bound and eng.summary.seconds == 300
-    query = processor.tokenizer("Describe the red dot", add_special_tokens=False)["input_ids"]
-    text = processor.tokenizer.decode(sink.token_ids)
-    assert sink.kind == "sink" and "Describe the red dot" in text and len(query) > 0
+    query = [s for s in spans if s.kind == "query"]
+    assert len(query) == 1 and processor.tokenizer.decode(query[0].token_ids) == "Describe the red dot"
+    kinds = [(s.kind, s.round) for s in spans]
+    q = kinds.index(("query", 0))  # moved behind the frames of the first kept second (296)
+    assert kinds[q - 3 : q + 3] == [
+        ("close", 0),
+        ("user", 296),
+        ("frames", 296),
+        ("query", 0),
+        ("turn", 296),
+        ("reply", 296),
+    ]
     assert eng.cache.next_position < bound + cc.relayout_slack + 64  # positions stay in range (contiguous)
 
 
@@ -145,7 +212,7 @@ def test_gaps_of_a_live_source_are_reported_as_skipped(tiny):
     assert [s.start for s in segs] == [0, 1, 3, 4, 7] and [s.skipped for s in segs] == [0, 0, 1, 0, 2]
     assert eng.summary.skipped == 3 and eng.summary.decode_errors == 0
     user = [s for s in eng.cache.spans if s.kind == "user"]
-    assert "Time=7-8s" in processor.tokenizer.decode(user[-1].token_ids)  # the video's own second
+    assert "Time=7.0-8.0s" in processor.tokenizer.decode(user[-1].token_ids)  # the video's own second
 
 
 def test_bf16_keys_do_not_drift_over_a_long_stream(tiny):
@@ -177,3 +244,8 @@ def test_bf16_keys_do_not_drift_over_a_long_stream(tiny):
     _, want = apply_rotary_pos_emb(k_pre.transpose(1, 2), k_pre.transpose(1, 2), cos.float(), sin.float())
     got = cache.cache.layers[0].keys.float()
     assert ((got - want).norm() / want.norm()) < 0.01
+
+
+def test_frames_cannot_outlive_their_turn():
+    with pytest.raises(ValueError, match="vision_seconds <= recent_rounds"):
+        CacheConfig(recent_rounds=4, vision_seconds=8)
