@@ -10,7 +10,11 @@ format_think_answer  1 if the completion is exactly ``<think>...</think> <answer
 accuracy             1 if the single ``<answer>`` matches ``answer`` (math-verify when
                      installed, numbers with a tolerance, choice letters, normalised text);
                      an empty or repeated answer scores 0
-cls_accuracy         CLS-RL: the ``<answer>`` text, stripped and lower-cased, equals the label
+cls_format           CLS-RL: the completion is ``<think>...</think>``, optional whitespace,
+                     ``<answer>...</answer>`` and nothing else (the released full match; one
+                     block of each)
+cls_accuracy         CLS-RL: the ``<answer>`` text (the whole completion when there is none),
+                     stripped and lower-cased, equals the label; several answer blocks score 0
 cls_equality         No-Thinking-CLS-RL: the raw completion equals the label exactly
 contains_answer      the answer occurs in the completion (lenient, case-insensitive)
 virc_turn            ViRC Strategic RL, one next turn: -1 on any protocol violation; an
@@ -39,6 +43,7 @@ from alignment.evaluation.answers import answers_match
 
 REWARDS: dict[str, Callable] = {}
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
+_CLS_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)  # CLS-RL's, as released
 
 
 def reward(fn: Callable) -> Callable:
@@ -52,13 +57,20 @@ def _single_answer(text: str) -> str | None:
     return blocks[0].strip() if len(blocks) == 1 and text.count("<answer>") == 1 else None
 
 
+def _one_block_each(text: str) -> bool:
+    return text.count("<think>") == 1 and text.count("<answer>") == 1 and text.count("</answer>") == 1
+
+
 @reward
 def format_think_answer(completions: list[str], **sample) -> list[float]:
-    out = []
-    for c in completions:
-        once = c.count("<think>") == 1 and c.count("<answer>") == 1 and c.count("</answer>") == 1
-        out.append(float(bool(once and _FORMAT.fullmatch(c))))
-    return out
+    return [float(bool(_one_block_each(c) and _FORMAT.fullmatch(c))) for c in completions]
+
+
+@reward
+def cls_format(completions: list[str], **sample) -> list[float]:
+    """CLS-RL's format reward: the released full match (no text, not even whitespace, outside the
+    tags); one block of each, so repeated answer blocks do not farm it."""
+    return [float(bool(_one_block_each(c) and _CLS_FORMAT.fullmatch(c))) for c in completions]
 
 
 @reward
@@ -68,8 +80,14 @@ def accuracy(completions: list[str], answer=None, **sample) -> list[float]:
 
 @reward
 def cls_accuracy(completions: list[str], answer=None, **sample) -> list[float]:
+    """CLS-RL's accuracy reward: the ``<answer>`` text, or the whole completion when it has no
+    answer block (as released), equals the label after strip + lower-case."""
     label = str(answer).strip().lower()
-    return [float(bool(label) and (_single_answer(c) or "").lower() == label) for c in completions]
+    out = []
+    for c in completions:
+        pred = _single_answer(c) if "<answer>" in c else c.strip()
+        out.append(float(bool(label) and (pred or "").lower() == label))
+    return out
 
 
 @reward

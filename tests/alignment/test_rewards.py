@@ -13,6 +13,7 @@ from alignment.rewards import (
     accuracy,
     cls_accuracy,
     cls_equality,
+    cls_format,
     combine,
     crop_score,
     format_think_answer,
@@ -58,12 +59,29 @@ def test_cls_rewards():
     comps = [
         "<think>fur</think><answer> Tabby Cat </answer>",
         "<think>.</think><answer>dog</answer>",
-        "tabby cat",
-        "Tabby cat",
+        "tabby cat",  # no answer block: the whole completion is the answer (as released)
+        " Tabby cat\n",
+        "it is a tabby cat",  # the reward is equality, not the evaluation's substring rule
+        "<think>.</think><answer>dog</answer><answer>tabby cat</answer>",  # hedging earns nothing
     ]
-    assert cls_accuracy(comps, answer="tabby cat") == [1.0, 0.0, 0.0, 0.0]
-    assert cls_equality(comps, answer="tabby cat") == [0.0, 0.0, 1.0, 0.0]  # exact, raw
-    assert cls_accuracy(["<think>.</think><answer></answer>"], answer="") == [0.0]
+    assert cls_accuracy(comps, answer="tabby cat") == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert cls_equality(comps, answer="tabby cat") == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]  # exact, raw
+    assert cls_accuracy(["<think>.</think><answer></answer>", ""], answer="") == [0.0, 0.0]
+
+
+CLS_FORMAT = [
+    ("<think>fur</think><answer>cat</answer>", 1.0),
+    ("<think>fur</think> \n<answer>cat</answer>", 1.0),  # whitespace between the blocks only
+    ("<think>fur</think><answer>cat</answer>\n", 0.0),  # nothing after (format_think_answer: 1)
+    (" <think>fur</think><answer>cat</answer>", 0.0),  # nothing before
+    ("<think>a</think><answer>cat</answer><answer>dog</answer>", 0.0),  # the release's regex: 1
+    ("cat", 0.0),
+]
+
+
+@pytest.mark.parametrize("text, want", CLS_FORMAT)
+def test_cls_format_is_the_released_full_match(text, want):
+    assert cls_format([text]) == [want]
 
 
 def call(name, think="I zoom into the left bar to read it", **arguments):
