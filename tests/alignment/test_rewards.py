@@ -177,3 +177,35 @@ def test_http_judge_retries_caches_and_falls_back():
     with pytest.warns(UserWarning, match="rule-based"):
         assert dead.score("q", "three words here") == 1.0  # RuleJudge's verdict
     assert RuleJudge().score("q", "too short") == 0.0
+
+
+def test_virc_turn_reads_boxes_in_fixed_coordinates():
+    """coords="fixed": boxes on the 0..999 grid, checked and compared there (the whole grid is the
+    whole image, 0.8); in pixels the same box leaves a 280 x 224 image."""
+    whole = call("crop_image", bbox_2d=[0, 0, 999, 999], image_index=0)
+    half = call("crop_image", bbox_2d=[0, 0, 499, 999], image_index=0)
+    sample = {**SAMPLE, "meta": {"bbox": [[0, 0, 499, 999]], "tool": "crop_image"}}
+    assert virc_turn([whole, half], coords="fixed", **sample) == pytest.approx([0.92, 1.0])
+    assert virc_turn([whole], **sample) == [-1.0]  # dynamic pixels: out of bounds
+    fixed_meta = {**sample, "meta": {**sample["meta"], "coords": "fixed"}}  # or from the data
+    assert virc_turn([whole], **fixed_meta) == pytest.approx([0.92])
+
+
+def test_http_judge_cache_file_survives_the_run(tmp_path):
+    """judge.cache: a second judge on the same file asks nothing it was asked before; a fallback
+    score (server down) is not written, so it is asked again next time."""
+    FakeJudge.calls = 1  # past the scripted first failure
+    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, cache = f"http://127.0.0.1:{server.server_port}/v1", str(tmp_path / "judge.jsonl")
+    try:
+        assert HTTPJudge(url, "judge", cache_file=cache).score("q", "some reasoning") == pytest.approx(0.7)
+        again = HTTPJudge(url, "judge", cache_file=cache)
+        assert again.score("q", "some reasoning") == pytest.approx(0.7) and again.requests == 0
+    finally:
+        server.shutdown()
+        FakeJudge.calls = 0
+    dead = HTTPJudge(url, "judge", timeout=0.5, retries=1, cache_file=cache)
+    with pytest.warns(UserWarning, match="rule-based"):
+        assert dead.score("q", "three words here") == 1.0
+    assert len(open(cache).read().splitlines()) == 1
