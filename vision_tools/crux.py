@@ -55,10 +55,10 @@ def _check_units(p: dict, where: str, n_images: int) -> None:
     for i, r in enumerate(p.get("regions", [])):
         if not isinstance(r, dict):
             raise ValueError(f"{where}: region {i} must be an object")
-        tool = r.setdefault("tool", "crop_image")
+        tool = r.get("tool", "crop_image")
         if tool not in UNIT_TOOLS:
             raise ValueError(f"{where}: region {i} has tool {tool!r}; use one of {', '.join(UNIT_TOOLS)}")
-        index = r.setdefault("image", 0)
+        index = r.get("image", 0)
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ValueError(f"{where}: region {i}: 'image' must be an image index >= 0, got {index!r}")
         if tool == "crop_image":
