@@ -153,6 +153,12 @@ class GRPOTrainer(Trainer):
         if cfg.loss.beta > 0:  # a frozen copy of the starting policy, in the policy's training dtype
             self.ref = copy.deepcopy(self.model).to(self.train_dtype(device)).eval().requires_grad_(False)
         self.records = self._read(cfg.data.train)
+        made = {(rec.meta or {}).get("coords", cfg.rollout.coords) for rec in self.records}
+        if made - {cfg.rollout.coords}:  # boxes in the data and in rollouts must mean the same
+            raise ConfigError(
+                f"{cfg.data.train}: records made with coords={sorted(made)}, but rollout.coords="
+                f"{cfg.rollout.coords}; set rollout.coords to the data's"
+            )
         self.base_dir = os.path.dirname(os.path.abspath(cfg.data.train))
         G = cfg.rollout.num_generations
         sequences = cfg.data.prompts_per_step * G
@@ -169,6 +175,8 @@ class GRPOTrainer(Trainer):
             top_p=r.top_p,
             top_k=r.top_k,
             max_resamples=0,  # a violating turn is the model's own: it gets its (negative) reward
+            coords=r.coords,
+            snap_scale=False,  # RL's format check: scale factors 0.25-0.5 / 1.5-4 only, as given
             batch_size=sequences,
             visual=cfg.data.visual,
         )
@@ -193,6 +201,7 @@ class GRPOTrainer(Trainer):
         generator = HFGenerator(self.model, self.processor, synced_gpus=sharded, features=self.features)
         self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
+        self.judge = cfg.judge.build()
         self.rollout_stats: dict = {}
         self._draw_key = "0"
 
@@ -258,6 +267,8 @@ class GRPOTrainer(Trainer):
                 "meta": rec.meta or {},
                 "images": group[0].images[:n_images],  # the prompt's images, as the model saw them
                 "question": group[0].question or "",
+                "judge": self.judge,
+                "coords": cfg.rollout.coords,
             }
             total, parts = combine(
                 cfg.rewards, [t.turns[-1].text if t.turns else "" for t in group], **sample

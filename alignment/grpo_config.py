@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.loop import OptimConfig, TrainConfig
+from alignment.rewards import JudgeConfig
 from mm.config import opt
 from mm.loading import ModelConfig
 from mm.visual import VisualConfig
@@ -37,6 +38,11 @@ class RolloutConfig:
     max_completion_length: int = opt(512, "new tokens per turn")
     max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
     tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+    coords: Literal["dynamic", "fixed"] = opt(
+        "dynamic",
+        "how tool coordinates are meant, in rollouts and in virc_turn: pixels of the image as shown, "
+        "or ViRC's fixed 0..999 grid (the data's prompts must announce 1000 x 1000 images then)",
+    )
     image_cache: bool = opt(
         True,
         "encode each distinct image once per rollout batch and reuse its features in generation and "
@@ -75,6 +81,10 @@ class GRPOConfig:
     loss: GRPOLossConfig = opt(factory=GRPOLossConfig, help="clipping, aggregation, advantages, KL")
     rewards: dict[str, float] = opt(
         factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0}, help="reward name -> weight"
+    )
+    judge: JudgeConfig = opt(
+        factory=JudgeConfig,
+        help="who scores a turn's reasoning for virc_turn: rule fallback or an HTTP judge",
     )
     optim: OptimConfig = opt(factory=OptimConfig, help="AdamW and schedule")
     train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")

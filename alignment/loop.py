@@ -45,9 +45,13 @@ class OptimConfig:
     betas: list[float] = opt(factory=lambda: [0.9, 0.999], help="AdamW betas")
     eps: float = opt(1e-8, "AdamW epsilon")
     max_grad_norm: float = opt(1.0, "gradient clipping by global norm (0 disables)")
-    schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate schedule after warmup")
+    schedule: Literal["cosine", "linear", "constant", "step"] = opt(
+        "cosine", "learning-rate schedule after warmup"
+    )
     warmup_ratio: float = opt(0.03, "fraction of optimizer steps with linear warmup")
     min_lr_ratio: float = opt(0.0, "cosine/linear decay ends at lr x min_lr_ratio")
+    decay_step: int = opt(0, "step schedule: the optimizer step from which the lr is lr x decay_gamma")
+    decay_gamma: float = opt(0.1, "step schedule: the factor of the drop")
 
 
 @dataclass
@@ -160,7 +164,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, fused=True)
         warm = warmup_steps(total, oc.warmup_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_multiplier(s, total, warm, oc.schedule, oc.min_lr_ratio)
+            optimizer,
+            lambda s: lr_multiplier(
+                s, total, warm, oc.schedule, oc.min_lr_ratio, oc.decay_step, oc.decay_gamma
+            ),
         )
         ds_cfg = deepspeed_config(
             tc.deepspeed,

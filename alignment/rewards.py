@@ -10,7 +10,11 @@ format_think_answer  1 if the completion is exactly ``<think>...</think> <answer
 accuracy             1 if the single ``<answer>`` matches ``answer`` (math-verify when
                      installed, numbers with a tolerance, choice letters, normalised text);
                      an empty or repeated answer scores 0
-cls_accuracy         CLS-RL: the ``<answer>`` text, stripped and lower-cased, equals the label
+cls_format           CLS-RL: the completion is ``<think>...</think>``, optional whitespace,
+                     ``<answer>...</answer>`` and nothing else (the released full match; one
+                     block of each)
+cls_accuracy         CLS-RL: the ``<answer>`` text (the whole completion when there is none),
+                     stripped and lower-cased, equals the label; several answer blocks score 0
 cls_equality         No-Thinking-CLS-RL: the raw completion equals the label exactly
 contains_answer      the answer occurs in the completion (lenient, case-insensitive)
 virc_turn            ViRC Strategic RL, one next turn: -1 on any protocol violation; an
@@ -20,25 +24,34 @@ virc_turn            ViRC Strategic RL, one next turn: -1 on any protocol violat
                      a call earns nothing)
 ==================== =====================================================================
 
-Scores that need a model go through a :class:`Judge`; :class:`RuleJudge` (the default) needs
-nothing, :class:`HTTPJudge` asks an OpenAI-compatible server (timeouts, retries, a cache).
+Scores that need a model go through a :class:`Judge`. ViRC scores a turn's reasoning with a 72B
+model: :class:`HTTPJudge` asks any OpenAI-compatible server (timeouts, retries, a cache that can
+live in a file across runs); a training config reaches it through its ``judge:`` section
+(:class:`JudgeConfig`: ``kind: http``, ``url``, ``model``, ``timeout``, ``cache``). Without one,
+:class:`RuleJudge` stands in: a rule-based fallback (1 for a non-trivial, loop-free thought), not
+the paper's judge; the HTTP judge falls back to it too when its server fails every retry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from alignment.evaluation.answers import answers_match
+from mm.config import opt
 
 REWARDS: dict[str, Callable] = {}
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
+_CLS_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)  # CLS-RL's, as released
 
 
 def reward(fn: Callable) -> Callable:
@@ -52,13 +65,20 @@ def _single_answer(text: str) -> str | None:
     return blocks[0].strip() if len(blocks) == 1 and text.count("<answer>") == 1 else None
 
 
+def _one_block_each(text: str) -> bool:
+    return text.count("<think>") == 1 and text.count("<answer>") == 1 and text.count("</answer>") == 1
+
+
 @reward
 def format_think_answer(completions: list[str], **sample) -> list[float]:
-    out = []
-    for c in completions:
-        once = c.count("<think>") == 1 and c.count("<answer>") == 1 and c.count("</answer>") == 1
-        out.append(float(bool(once and _FORMAT.fullmatch(c))))
-    return out
+    return [float(bool(_one_block_each(c) and _FORMAT.fullmatch(c))) for c in completions]
+
+
+@reward
+def cls_format(completions: list[str], **sample) -> list[float]:
+    """CLS-RL's format reward: the released full match (no text, not even whitespace, outside the
+    tags); one block of each, so repeated answer blocks do not farm it."""
+    return [float(bool(_one_block_each(c) and _CLS_FORMAT.fullmatch(c))) for c in completions]
 
 
 @reward
@@ -68,8 +88,14 @@ def accuracy(completions: list[str], answer=None, **sample) -> list[float]:
 
 @reward
 def cls_accuracy(completions: list[str], answer=None, **sample) -> list[float]:
+    """CLS-RL's accuracy reward: the ``<answer>`` text, or the whole completion when it has no
+    answer block (as released), equals the label after strip + lower-case."""
     label = str(answer).strip().lower()
-    return [float(bool(label) and (_single_answer(c) or "").lower() == label) for c in completions]
+    out = []
+    for c in completions:
+        pred = _single_answer(c) if "<answer>" in c else c.strip()
+        out.append(float(bool(label) and (pred or "").lower() == label))
+    return out
 
 
 @reward
@@ -96,7 +122,9 @@ class Judge:
 
 
 class RuleJudge(Judge):
-    """No model: a thought of at least ``min_words`` words without a repetition loop scores 1."""
+    """The fallback when no model judge is configured (or it is unreachable): a thought of at
+    least ``min_words`` words without a repetition loop scores 1. A stand-in, not a judge of
+    whether the reasoning is right."""
 
     def __init__(self, min_words: int = 3):
         self.min_words = min_words
@@ -119,7 +147,9 @@ class HTTPJudge(Judge):
     fields {question}, {reference} and {response}. When every retry fails: with
     ``fallback=True`` the rule-based score is used (with a warning), so training goes on; with
     ``fallback=False`` ``JudgeUnavailable`` is raised, for callers that count the failures.
-    ``failures`` counts the questions every retry failed on.
+    ``failures`` counts the questions every retry failed on. ``cache_file``: a JSONL file of
+    (key, score) lines, read at start and appended to, so a resumed or repeated run asks again
+    only what it has not asked (fallback scores are not cached).
     """
 
     PROMPT = (
@@ -137,21 +167,35 @@ class HTTPJudge(Judge):
         retries: int = 3,
         prompt: str | None = None,
         fallback: bool = True,
+        cache_file: str | None = None,
     ):
         self.url = url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.timeout, self.retries = model, api_key, timeout, retries
         self.prompt = prompt or self.PROMPT
         self.cache: dict[str, float] = {}
+        self.cache_file = cache_file
+        if cache_file and os.path.isfile(cache_file):
+            with open(cache_file) as f:
+                for line in f:
+                    if line.strip():
+                        row = json.loads(line)
+                        self.cache[row["key"]] = float(row["score"])
         self.fallback = RuleJudge() if fallback else None
         self.requests, self.failures = 0, 0
 
     def score(self, question: str, response: str, reference: str = "") -> float:
-        key = hashlib.sha256(json.dumps([question, response, reference]).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([self.model, question, response, reference]).encode()).hexdigest()
         if key not in self.cache:
-            self.cache[key] = self._ask(question, response, reference)
+            score = self._ask(question, response, reference)
+            if score is None:  # every retry failed: the fallback's score, asked again next time
+                return self.fallback.score(question, response, reference)
+            self.cache[key] = score
+            if self.cache_file:
+                with open(self.cache_file, "a") as f:
+                    f.write(json.dumps({"key": key, "score": score}) + "\n")
         return self.cache[key]
 
-    def _ask(self, question: str, response: str, reference: str) -> float:
+    def _ask(self, question: str, response: str, reference: str) -> float | None:
         body = {
             "model": self.model,
             "temperature": 0,
@@ -183,9 +227,44 @@ class HTTPJudge(Judge):
         if self.fallback is None:
             raise JudgeUnavailable(f"judge {self.url} failed {self.retries} times ({last})")
         warnings.warn(
-            f"judge {self.url} failed {self.retries} times ({last}); using the rule-based score", stacklevel=2
+            f"judge {self.url} failed {self.retries} times ({last}); using the rule-based score", stacklevel=3
         )
-        return self.fallback.score(question, response, reference)
+        return None
+
+
+@dataclass
+class JudgeConfig:
+    """The ``judge:`` section of a GRPO config: who scores the reasoning of a turn (``virc_turn``)."""
+
+    kind: Literal["rule", "http"] = opt(
+        "rule",
+        "rule: the rule-based fallback (no model; not the paper's judge); http: an OpenAI-compatible "
+        "endpoint (ViRC: a 72B model)",
+    )
+    url: str = opt("", "http: the endpoint's base URL, e.g. http://judge:8000/v1")
+    model: str = opt("", "http: the model name sent to the endpoint")
+    api_key_env: str = opt(
+        "MMPOST_JUDGE_KEY", "http: environment variable holding the API key (may be unset)"
+    )
+    timeout: float = opt(30.0, "http: seconds per request")
+    retries: int = opt(3, "http: attempts per question before the rule-based fallback is used")
+    cache: str = opt("", "http: JSONL file keeping scores across runs (empty: in memory only)")
+
+    def build(self) -> Judge:
+        if self.kind == "rule":
+            return RuleJudge()
+        if not self.url or not self.model:
+            raise ValueError(
+                "judge.kind=http needs judge.url (the endpoint, e.g. http://host:8000/v1) and judge.model"
+            )
+        return HTTPJudge(
+            self.url,
+            self.model,
+            os.environ.get(self.api_key_env, ""),
+            timeout=self.timeout,
+            retries=self.retries,
+            cache_file=self.cache or None,
+        )
 
 
 # ----------------------------------------------------------------------------- ViRC turns
@@ -212,17 +291,23 @@ def crop_score(box: list[float], reference: list[float] | None, size: tuple[int,
 
 
 @reward
-def virc_turn(completions: list[str], answer=None, judge: Judge | None = None, **sample) -> list[float]:
+def virc_turn(
+    completions: list[str], answer=None, judge: Judge | None = None, coords: str | None = None, **sample
+) -> list[float]:
     """ViRC Strategic-RL reward of one next turn (see the module docstring).
 
     ``sample``: ``image_sizes`` [(w, h), ...] (or ``images``: the PIL images, to execute the call),
     ``question``, and ``meta`` with the reference ``tool`` name and ``bbox`` of the next step.
+    ``judge`` scores the reasoning (default: the rule-based fallback); ``coords`` is how the
+    model's boxes are meant (the trainer passes ``rollout.coords``; else ``meta.coords``, else
+    dynamic pixels). Scale factors are checked as RL checks them: 0.25-0.5 or 1.5-4 only.
     """
     from vision_tools.protocol import parse_turn
     from vision_tools.tools import ToolContext, ToolError, as_toolset
 
     judge = judge or RuleJudge()
     meta = sample.get("meta") or {}
+    coords = coords or meta.get("coords", "dynamic")
     images = sample.get("images")
     sizes = [tuple(s) for s in sample.get("image_sizes") or [im.size for im in images or []]]
     tools = as_toolset(None)
@@ -231,9 +316,9 @@ def virc_turn(completions: list[str], answer=None, judge: Judge | None = None, *
     out = []
     for c in completions:
         ctx = (
-            ToolContext(images=list(images), coords=meta.get("coords", "dynamic"))
+            ToolContext(images=list(images), coords=coords, snap_scale=False)
             if images
-            else ToolContext(sizes=sizes)
+            else ToolContext(sizes=sizes, coords=coords, snap_scale=False)
         )
         turn = parse_turn(c, tools, ctx if sizes else None)
         if not turn.ok:
@@ -253,7 +338,10 @@ def virc_turn(completions: list[str], answer=None, judge: Judge | None = None, *
                 continue
         args = turn.call.arguments
         index = int(args.get("image_index", 0))
-        crop = crop_score(args["bbox_2d"], ref_box, sizes[index]) if turn.call.name == "crop_image" else 0.8
+        if turn.call.name == "crop_image":  # boxes compared in the model's coordinates
+            crop = crop_score(args["bbox_2d"], ref_box, ctx.coordinate_size(index))
+        else:
+            crop = 0.8
         reasoning = judge.score(str(sample.get("question", "")), turn.think, str(meta.get("reasoning", "")))
         same_tool = float(turn.call.name == meta.get("tool", "crop_image"))
         out.append(0.5 * reasoning + 0.4 * crop + 0.1 * same_tool)

@@ -38,16 +38,18 @@ def shown_image(image: Any, visual: VisualConfig) -> Image.Image:
     return img if (w, h) == img.size else img.resize((w, h), Image.Resampling.BICUBIC)
 
 
-def build_prompt(image: Image.Image, question: str, tools=None, coords: str = "dynamic") -> list[dict]:
-    """The ViRC prompt: system prompt with the tools, then image 0 and the question."""
+def build_prompt(
+    image: Image.Image | list[Image.Image], question: str, tools=None, coords: str = "dynamic"
+) -> list[dict]:
+    """The ViRC prompt: system prompt with the tools, then image 0 (or images 0..n-1) and the question."""
+    images = image if isinstance(image, list) else [image]
+    sizes = [display_size(im.size, coords) for im in images]
     return [
         {"role": "system", "content": system_prompt(tools)},
         {
             "role": "user",
-            "content": [
-                {"type": "image", "image": image},
-                {"type": "text", "text": question_text(question, display_size(image.size, coords))},
-            ],
+            "content": [{"type": "image", "image": im} for im in images]
+            + [{"type": "text", "text": question_text(question, sizes)}],
         },
     ]
 

@@ -1,18 +1,29 @@
 """The CRU data builder (``mmpost data crux``): problems -> ViRC trajectories in the one data format.
 
-A problem (one JSONL line; ``image`` relative to the file)::
+A problem (one JSONL line; image paths relative to the file)::
 
     {"id": "p1", "image": "images/p1.png", "question": "...", "answer": "42",
      "plan": "diagram description and rationale",
-     "regions": [{"bbox": [x1, y1, x2, y2], "question": "guiding question", "steps": ["...", "..."]}],
+     "regions": [{"bbox": [x1, y1, x2, y2], "question": "guiding question", "steps": ["...", "..."]},
+                 {"tool": "scale_image", "scale_factor": 2, "image": 0, "steps": ["..."]},
+                 {"tool": "display_image", "image": 1, "question": "...", "steps": ["..."]}],
      "final": "the concluding step"}
 
-becomes a Critical-Reasoning-Unit trajectory: a Planning block and the first guiding question,
-then per region a ``crop_image`` call whose result the engine really executes (smart_resize,
-``Image k: W x H`` turns), the region's steps and the next guiding question; then the answer.
-Boxes are pixels of the original image; they are mapped onto the image as the model sees it
-(or the 0..999 grid with ``coords="fixed"``). The turns are replayed through the same
-:class:`~vision_tools.engine.ToolEngine` that serves and rolls out, so data and inference agree.
+``images`` (a list) instead of ``image`` gives a problem several images: they open the first user
+turn as images 0..n-1 (``Image k: W x H.`` each). Each region is one Critical Reasoning Unit,
+grounded by one tool call: ``crop_image`` (the default; ``bbox`` in pixels of problem image
+``image``), ``scale_image`` (``scale_factor`` in 0.25-0.5 or 1.5-4, the range RL accepts) or
+``display_image``; ``image`` (default 0) is the conversation's image index, so scale and display
+may name an earlier tool result (problem images first, then one index per unit before it).
+
+It becomes a CRU trajectory: a Planning block and the first guiding question, then per unit its
+tool call, whose result the engine really executes (smart_resize, ``Image k: W x H`` turns), the
+unit's steps and the next guiding question; then the answer. Boxes are pixels of the original
+image; they are mapped onto the image as the model sees it (or the 0..999 grid with
+``coords="fixed"``). The turns are replayed through the same
+:class:`~vision_tools.engine.ToolEngine` that serves and rolls out, so data and inference agree;
+a unit the engine refuses (a box or index out of range, a scale factor RL would reject) drops
+its problem, counted by reason.
 
 Two variants: stage 1 (Instructional SFT: tool-result images dropped, the text structure
 stays) and stage 2 (Practice SFT: full interleaved trajectories).
@@ -36,6 +47,32 @@ from vision_tools.generation import ScriptedGenerator
 from vision_tools.protocol import ToolCall
 from vision_tools.tools import FIXED_GRID
 
+UNIT_TOOLS = ("crop_image", "scale_image", "display_image")
+
+
+def _check_units(p: dict, where: str, n_images: int) -> None:
+    """Each region names a known tool with its arguments (see the module docstring)."""
+    for i, r in enumerate(p.get("regions", [])):
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: region {i} must be an object")
+        tool = r.get("tool", "crop_image")
+        if tool not in UNIT_TOOLS:
+            raise ValueError(f"{where}: region {i} has tool {tool!r}; use one of {', '.join(UNIT_TOOLS)}")
+        index = r.get("image", 0)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"{where}: region {i}: 'image' must be an image index >= 0, got {index!r}")
+        if tool == "crop_image":
+            box = r.get("bbox")
+            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+                raise ValueError(f"{where}: each crop region needs 'bbox': [x1, y1, x2, y2] (pixels)")
+            if index >= n_images:
+                raise ValueError(
+                    f"{where}: region {i} crops image {index}, but the problem has {n_images} image(s); "
+                    "a crop's box is in pixels of a problem image"
+                )
+        if tool == "scale_image" and not isinstance(r.get("scale_factor"), int | float):
+            raise ValueError(f"{where}: region {i} (scale_image) needs a numeric 'scale_factor'")
+
 
 def read_problems(path: str) -> list[dict]:
     """Problems with their images opened; a malformed line is an error naming it and the fix."""
@@ -50,21 +87,19 @@ def read_problems(path: str) -> list[dict]:
                 p = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
-            missing = [k for k in ("image", "question", "answer") if not p.get(k) and p.get(k) != 0]
-            if not isinstance(p, dict) or missing:
+            if not isinstance(p, dict):
+                raise ValueError(f"{where}: a problem is a JSON object")
+            refs = p.get("images") or ([p["image"]] if p.get("image") else [])
+            missing = [k for k in ("question", "answer") if not p.get(k) and p.get(k) != 0]
+            if not refs or not isinstance(refs, list) or missing:
                 raise ValueError(
-                    f"{where}: a problem needs 'image', 'question' and 'answer' (missing {missing})"
+                    f"{where}: a problem needs 'image' (or 'images'), 'question' and 'answer' "
+                    f"(missing {missing or ['image']})"
                 )
-            for r in p.get("regions", []):
-                box = r.get("bbox") if isinstance(r, dict) else None
-                if not (
-                    isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
-                ):
-                    raise ValueError(f"{where}: each region needs 'bbox': [x1, y1, x2, y2] (pixels)")
-            ref = p["image"]
+            _check_units(p, where, len(refs))
             try:
-                p["_path"] = ref if os.path.isabs(ref) else os.path.join(base, ref)
-                p["_image"] = open_image(p["_path"], decode=True)
+                p["_paths"] = [r if os.path.isabs(r) else os.path.join(base, r) for r in refs]
+                p["_images"] = [open_image(path, decode=True) for path in p["_paths"]]
             except VisualError as e:
                 raise ValueError(f"{where}: {e}") from e
             p.setdefault("id", f"problem-{n}")
@@ -93,16 +128,26 @@ def _box_on(box: list[float], orig: tuple[int, int], shown: tuple[int, int], coo
     return [x1, y1, x2, y2]
 
 
-def cru_turns(problem: dict, boxes: list[list[int]]) -> list[str]:
-    """The assistant turns of a problem's CRU trajectory."""
+def unit_call(region: dict, originals: list, shown: list, coords: str) -> ToolCall:
+    """A region's tool call in the model's coordinates."""
+    tool, index = region.get("tool", "crop_image"), region.get("image", 0)
+    if tool == "crop_image":
+        box = _box_on(region["bbox"], originals[index].size, shown[index].size, coords)
+        return ToolCall(tool, {"bbox_2d": box, "image_index": index})
+    if tool == "scale_image":
+        return ToolCall(tool, {"scale_factor": region["scale_factor"], "image_index": index})
+    return ToolCall(tool, {"image_index": index})
+
+
+def cru_turns(problem: dict, calls: list[ToolCall]) -> list[str]:
+    """The assistant turns of a problem's CRU trajectory (one tool call per region)."""
     regions = problem.get("regions", [])
     plan = problem.get("plan", "").strip()
     think = f"Planning: {plan}" if plan else ""
     turns = []
-    for i, (r, box) in enumerate(zip(regions, boxes)):
+    for i, (r, call) in enumerate(zip(regions, calls)):
         if r.get("question"):
             think = f"{think}\n\n{r['question']}".strip()
-        call = ToolCall("crop_image", {"bbox_2d": box, "image_index": 0})
         turns.append(f"<think>{think}</think><tool_call>{call.to_json()}</tool_call>")
         think = "\n".join(regions[i].get("steps", []))
     final = problem.get("final", "").strip()
@@ -127,17 +172,21 @@ def build_crux(
     items = read_problems(problems) if isinstance(problems, str) else problems
     visual = visual or VisualConfig()
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    prompts, scripts, boxes_of = [], [], []
+    prompts, scripts, calls_of = [], [], []
     for p in items:
-        img = p["_image"].convert("RGB")
-        shown = shown_image(img, visual)
-        boxes = [_box_on(r["bbox"], img.size, shown.size, coords) for r in p.get("regions", [])]
+        imgs = [im.convert("RGB") for im in p["_images"]]
+        shown = [shown_image(im, visual) for im in imgs]
+        calls = [unit_call(r, imgs, shown, coords) for r in p.get("regions", [])]
         prompts.append(build_prompt(shown, p["question"], coords=coords))
-        scripts.append(cru_turns(p, boxes))
-        boxes_of.append(boxes)
+        scripts.append(cru_turns(p, calls))
+        calls_of.append(calls)
     processor = tiny_processor()  # only the text is kept: any Qwen tokenizer gives the same records
     cfg = EngineConfig(
-        max_turns=1 + max((len(s) for s in scripts), default=1), max_resamples=0, coords=coords, visual=visual
+        max_turns=1 + max((len(s) for s in scripts), default=1),
+        max_resamples=0,
+        coords=coords,
+        snap_scale=False,  # scale factors as written, and only those RL accepts
+        visual=visual,
     )
     engine = ToolEngine(None, processor, config=cfg, generator=ScriptedGenerator(processor, scripts))
     trajectories = engine.run(prompts)
@@ -145,18 +194,24 @@ def build_crux(
     counts: Counter = Counter()
     handles = {s: open(os.path.join(out_dir, files[s]), "w") for s in wanted}
     try:
-        for p, boxes, traj in zip(items, boxes_of, trajectories):
+        for p, calls, traj in zip(items, calls_of, trajectories):
             if traj.violations or traj.finish_reason != "answer":
                 counts[f"dropped ({(traj.violations or [traj.finish_reason])[0]})"] += 1
                 continue
+            n = len(p["_images"])
             names = []
             for k, im in enumerate(traj.images):
-                names.append(_reuse(p, im, out_dir) if k == 0 else None)
+                names.append(_reuse(p["_paths"][k], p["_images"][k], im, out_dir) if k < n else None)
                 if names[-1] is None:
                     names[-1] = f"images/{p['id']}_{k}.png"
                     im.save(os.path.join(out_dir, names[-1]))
             messages = _with_paths(traj.messages, iter(names))
-            meta = {"source": p.get("source", "crux"), "bbox": boxes, "coords": coords}
+            meta = {
+                "source": p.get("source", "crux"),
+                "bbox": [c.arguments.get("bbox_2d") for c in calls],  # None for scale / display units
+                "tools": [c.name for c in calls],
+                "coords": coords,
+            }
             for s in wanted:
                 msgs = messages
                 if s == "1":
@@ -176,15 +231,11 @@ def build_crux(
     return dict(counts)
 
 
-def _reuse(problem: dict, shown: Image.Image, out_dir: str) -> str | None:
-    """The problem's own image file, when the model sees it unresized and it lies in ``out_dir``."""
-    path, root = os.path.realpath(problem.get("_path", "")), os.path.realpath(out_dir)
-    if (
-        problem.get("_path")
-        and shown.size == problem["_image"].size
-        and os.path.commonpath([root, path]) == root
-    ):
-        return os.path.relpath(path, root)
+def _reuse(path: str, original: Image.Image, shown: Image.Image, out_dir: str) -> str | None:
+    """A problem's own image file, when the model sees it unresized and it lies in ``out_dir``."""
+    real, root = os.path.realpath(path), os.path.realpath(out_dir)
+    if shown.size == original.size and os.path.commonpath([root, real]) == root:
+        return os.path.relpath(real, root)
     return None
 
 

@@ -50,7 +50,11 @@ class EngineConfig:
     coords: Literal["dynamic", "fixed"] = opt(
         "dynamic", "tool coordinates: absolute pixels of the image as shown, or a 0..999 grid"
     )
-    snap_scale: bool = opt(True, "snap scale_factor to {0.25, 0.5, 1.5, 2, 2.5, 4}")
+    snap_scale: bool = opt(
+        True,
+        "inference: any scale_factor in [0.25, 4] snaps to {0.25, 0.5, 1.5, 2, 2.5, 4}; off (RL): only "
+        "0.25-0.5 / 1.5-4, used as given",
+    )
     batch_size: int = opt(16, "conversations generated together")
     seed: int | None = opt(None, "torch seed at the start of a run (sampling reproducibility)")
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")

@@ -16,7 +16,7 @@ bad_arguments       arguments missing, extra, or of the wrong type
 index_out_of_range  ``image_index`` names an image that does not exist (yet)
 bbox_out_of_bounds  a crop box leaves the image
 degenerate_bbox     a crop box with no area (or thinner than 1:200)
-scale_out_of_range  a scale factor outside 0.25-0.5 / 1.5-4
+scale_out_of_range  a scale factor outside 0.25-4 (inference, snapped) or 0.25-0.5 / 1.5-4 (RL)
 repetition          a repetition loop
 empty_answer        an empty ``<answer></answer>``
 ==================  =========================================================================
@@ -56,7 +56,7 @@ FORMAT = (
     "<answer>...</answer> (if available)."
 )
 QUESTION = (
-    "Image 0: {w} x {h}.\nQuestion: {question}\n\nLet's think step by step. Call **tool** if needed, then answer. "
+    "{images}\nQuestion: {question}\n\nLet's think step by step. Call **tool** if needed, then answer. "
     + FORMAT
 )
 RESULT = (
@@ -77,9 +77,12 @@ def system_prompt(tools=None, preamble: str = SYSTEM) -> str:
     return preamble + TOOLS_PREAMBLE.format(schemas=schemas)
 
 
-def question_text(question: str, size: tuple[int, int]) -> str:
-    """The first user turn's text (after image 0)."""
-    return QUESTION.format(w=size[0], h=size[1], question=question)
+def question_text(question: str, size: tuple[int, int] | list[tuple[int, int]]) -> str:
+    """The first user turn's text (after image 0; with a list of sizes, after images 0..n-1, one
+    ``Image k: W x H.`` line each)."""
+    sizes = size if isinstance(size, list) else [size]
+    images = "\n".join(f"Image {k}: {w} x {h}." for k, (w, h) in enumerate(sizes))
+    return QUESTION.format(images=images, question=question)
 
 
 def result_text(k: int, size: tuple[int, int], question: str | None = None) -> str:

@@ -37,8 +37,9 @@ from PIL import Image
 
 FACTOR = 28
 FIXED_GRID = 1000  # "fixed" coordinate mode: every image is a 1000 x 1000 grid, coordinates 0..999
-SCALE_SNAP = (0.25, 0.5, 1.5, 2.0, 2.5, 4.0)  # ViRC inference snaps scale factors to these
-SCALE_RANGES = ((0.25, 0.5), (1.5, 4.0))  # the RL format check accepts only these
+SCALE_SNAP = (0.25, 0.5, 1.5, 2.0, 2.5, 4.0)  # ViRC inference snaps any factor in SCALE_LIMITS to these
+SCALE_LIMITS = (0.25, 4.0)  # what inference accepts (then snaps)
+SCALE_RANGES = ((0.25, 0.5), (1.5, 4.0))  # the RL format check accepts only these, used as given
 
 
 class ToolError(Exception):
@@ -67,7 +68,7 @@ class ToolContext:
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 16384 * 28 * 28
     max_visual_tokens: int | None = None  # budget left for tool results (None: unlimited)
-    snap_scale: bool = True
+    snap_scale: bool = True  # inference: any factor in [0.25, 4] snaps; False (RL): strict ranges
 
     def __post_init__(self):
         if self.coords not in ("dynamic", "fixed"):
@@ -347,13 +348,19 @@ def crop_image(ctx: ToolContext, bbox_2d: list[float], image_index: int) -> Imag
 
 
 def scale_factor_of(ctx: ToolContext, scale_factor: float) -> float:
-    """The factor a ``scale_image`` call uses (snapped at inference), or its violation."""
-    if not any(lo <= scale_factor <= hi for lo, hi in SCALE_RANGES):
-        raise ToolError(
-            "scale_out_of_range",
-            f"scale_factor {scale_factor:g} is not allowed; use 0.25-0.5 to shrink or 1.5-4 to enlarge",
-        )
-    return min(SCALE_SNAP, key=lambda s: abs(s - scale_factor)) if ctx.snap_scale else scale_factor
+    """The factor a ``scale_image`` call uses, or its violation.
+
+    Inference (``ctx.snap_scale``, ViRC's rule): any factor in [0.25, 4] snaps to the nearest of
+    {0.25, 0.5, 1.5, 2, 2.5, 4} (a tie goes to the smaller). RL's format check (``snap_scale``
+    off): only 0.25-0.5 or 1.5-4, used as given.
+    """
+    lo, hi = SCALE_LIMITS
+    if ctx.snap_scale and lo <= scale_factor <= hi:
+        return min(SCALE_SNAP, key=lambda s: abs(s - scale_factor))
+    if not ctx.snap_scale and any(a <= scale_factor <= b for a, b in SCALE_RANGES):
+        return scale_factor
+    allowed = "0.25-4" if ctx.snap_scale else "0.25-0.5 to shrink or 1.5-4 to enlarge"
+    raise ToolError("scale_out_of_range", f"scale_factor {scale_factor:g} is not allowed; use {allowed}")
 
 
 @tool(repeat_question=True)

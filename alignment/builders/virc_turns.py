@@ -36,6 +36,8 @@ def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tupl
             if not turn.ok:
                 continue  # a reference turn that breaks the protocol teaches nothing
             meta = {"turn": k, "source_id": rec.id or f"line-{line}"}
+            if (rec.meta or {}).get("coords"):  # how the boxes are meant (crux: dynamic or fixed)
+                meta["coords"] = rec.meta["coords"]
             if turn.kind == "tool_call":
                 meta["tool"] = turn.call.name
                 if turn.call.name == "crop_image":

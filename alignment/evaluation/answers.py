@@ -5,6 +5,12 @@
 math-verify when installed and both parse as math, then numbers with a tolerance, choice
 letters (``B``, ``(B)``, ``B.`` or ``Answer: B``), then normalised strings. An empty answer never
 matches (the empty-``<answer></answer>`` reward hack).
+
+Classification (CLS-RL's released evaluation): ``class_answer`` is the first ``<answer>`` block or,
+failing that, the whole completion (No-Thinking-CLS-RL answers untagged); ``class_matches`` is
+true when the label, stripped and lower-cased (``_`` read as a space too), is a substring of it.
+This is more lenient than the training reward (a candidate listing several classes matches), as
+in the paper's numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +29,20 @@ def extract_answer(text: str) -> str | None:
         return found[-1].strip()
     boxed = BOXED.findall(text)
     return boxed[-1].strip() if boxed else None
+
+
+def class_answer(text: str) -> str:
+    """The ``<answer>`` block (the first), else the whole completion; stripped."""
+    found = ANSWER.search(text)
+    return (found.group(1) if found else text).strip()
+
+
+def class_matches(pred: str | None, label) -> bool:
+    """CLS-RL's evaluation rule: the normalised label is a substring of the normalised answer."""
+    if pred is None or label is None:
+        return False
+    p, g = pred.strip().lower(), str(label).strip().lower()
+    return bool(g) and (g in p or g.replace("_", " ") in p)
 
 
 def normalize(s: str) -> str:

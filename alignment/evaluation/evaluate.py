@@ -5,6 +5,11 @@ Prompts whose system prompt declares tools (``<tools>``) run through the vision_
 Per-sample results (prompt id, completion, extracted answer, reference, correct, and for tool
 runs the turns and violations) go to a JSONL file; the summary prints accuracy and how many
 completions had a well-formed answer.
+
+Grading follows the record: a record whose ``meta`` carries a class ``label`` (what
+``mmpost data cls-fewshot`` writes) is graded as CLS-RL's released evaluation does
+(``answers.class_answer`` / ``class_matches``: the ``<answer>`` block or the whole completion,
+label as a substring); every other record by ``extract_answer`` / ``answers_match``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sys
 
 import torch
 
-from alignment.evaluation.answers import answers_match, extract_answer
+from alignment.evaluation.answers import answers_match, class_answer, class_matches, extract_answer
 from mm.collate import pad_batch
 from mm.dataset import Problem, iter_jsonl
 
@@ -30,8 +35,9 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def prompts_of(path: str) -> tuple[list[tuple[str, list, str]], int]:
-    """(id, prompt messages, reference answer) for RL records and answer-carrying SFT records."""
+def prompts_of(path: str) -> tuple[list[tuple[str, list, str, str]], int]:
+    """(id, prompt messages, reference answer, grading rule) for RL records and answer-carrying
+    SFT records; the rule is "class" for records with ``meta.label``, else "answer"."""
     items, skipped = [], 0
     for line, rec in iter_jsonl(path):
         if isinstance(rec, Problem) or getattr(rec, "answer", None) is None:
@@ -45,7 +51,8 @@ def prompts_of(path: str) -> tuple[list[tuple[str, list, str]], int]:
         else:
             skipped += 1
             continue
-        items.append((rec.id or f"line-{line}", msgs, str(rec.answer)))
+        rule = "class" if (rec.meta or {}).get("label") is not None else "answer"
+        items.append((rec.id or f"line-{line}", msgs, str(rec.answer), rule))
     return items, skipped
 
 
@@ -136,7 +143,7 @@ def evaluate(
         ):
             chunk = items[k : k + batch_size]
             results = [None] * len(chunk)
-            tools = [i for i, (_, m, _) in enumerate(chunk) if uses_tools(m)]
+            tools = [i for i, (_, m, _, _) in enumerate(chunk) if uses_tools(m)]
             plain = [i for i in range(len(chunk)) if i not in tools]
             if tools:
                 runs = tool_rollouts(
@@ -150,10 +157,14 @@ def evaluate(
                 )
                 for i, text in zip(plain, texts):
                     results[i] = (text, extract_answer(text), {})
-            for (rid, _, gold), (text, pred, extra) in zip(chunk, results):
-                ok = answers_match(pred, gold)
-                correct += ok
+            for (rid, _, gold, rule), (text, pred, extra) in zip(chunk, results):
                 formatted += pred is not None
+                if rule == "class":
+                    pred = class_answer(text)
+                    ok = class_matches(pred, gold)
+                else:
+                    ok = answers_match(pred, gold)
+                correct += ok
                 row = {
                     "id": rid,
                     "completion": text,

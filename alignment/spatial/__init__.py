@@ -6,7 +6,8 @@ from alignment.spatial.align import (
     alignment_targets,
     cosine_align_loss,
     resample_grid,
-    sincos_2d,
+    vggt_position_embedding,
+    vggt_uv_grid,
 )
 from alignment.spatial.teacher import build_teacher
 
@@ -16,5 +17,6 @@ __all__ = [
     "build_teacher",
     "cosine_align_loss",
     "resample_grid",
-    "sincos_2d",
+    "vggt_position_embedding",
+    "vggt_uv_grid",
 ]

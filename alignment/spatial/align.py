@@ -1,9 +1,11 @@
 """Spatial Forcing's alignment pieces as pure functions and one small module.
 
 The student is a hidden state of the language model at the visual-token positions of one view,
-laid out on that view's merged token grid ``[gh, gw]`` (Qwen2.5-VL: image patches / 2 per side).
-The target is the frozen teacher's patch-feature grid of the same view ``[ht, wt, d_t]`` plus a
-2-D sinusoidal position embedding scaled by 0.1, resampled bilinearly to ``[gh, gw]``.
+laid out on that view's merged token grid ``[gh, gw]`` (Qwen2.5-VL: image patches / 2 per side),
+or, with the released code's one-token shift, at the position after each visual token.
+The target is the frozen teacher's patch-feature grid of the same view ``[ht, wt, d_t]`` plus
+VGGT's own 2-D position embedding (``vggt_uv_grid`` -> ``vggt_position_embedding``) scaled by 0.1,
+resampled bilinearly with ``align_corners=True`` to ``[gh, gw]``, as the released code does.
 ``projector`` maps student to teacher width; the loss is 1 - mean cosine similarity over the
 valid tokens of each sample (absent views and padding are masked out).
 """
@@ -14,46 +16,64 @@ import torch
 import torch.nn.functional as F
 
 
-def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
-    """2-D sine-cosine position embedding ``[h, w, dim]`` (MAE form).
+def vggt_uv_grid(h: int, w: int, aspect_ratio: float | None = None) -> torch.Tensor:
+    """VGGT's normalised uv grid ``[h, w, 2]`` (float64): channel 0 is x (columns), 1 is y (rows).
 
-    The first ``dim / 2`` channels encode the row, the last ``dim / 2`` the column; each half is
-    ``[sin(p * omega_k), cos(p * omega_k)]`` with ``omega_k = 10000 ** (-k / (dim / 4))``,
-    k = 0 .. dim/4 - 1.
+    With aspect ratio a (default w / h) the plane spans x in [-a/r, a/r], y in [-1/r, 1/r],
+    r = sqrt(a^2 + 1) (unit half-diagonal); the n points of an axis are n evenly spaced values
+    from -span (n - 1) / n to +span (n - 1) / n, i.e. the centres of n equal cells.
+    """
+    a = w / h if aspect_ratio is None else aspect_ratio
+    r = (a * a + 1.0) ** 0.5
+
+    def axis(n: int, span: float) -> torch.Tensor:
+        edge = span * (n - 1) / n
+        return torch.linspace(-edge, edge, n, dtype=torch.float64)
+
+    ys, xs = torch.meshgrid(axis(h, 1.0 / r), axis(w, a / r), indexing="ij")  # [h, w] each
+    return torch.stack([xs, ys], dim=-1)
+
+
+def vggt_position_embedding(uv: torch.Tensor, dim: int, omega_0: float = 100.0) -> torch.Tensor:
+    """VGGT's sinusoidal embedding of a uv grid ``[h, w, 2]`` -> ``[h, w, dim]`` (float32).
+
+    ``[emb(x) | emb(y)]``, each half ``[sin(p * omega_k) | cos(p * omega_k)]`` with
+    ``omega_k = omega_0 ** (-k / (dim / 4))``, k = 0 .. dim/4 - 1.
     """
     if dim % 4:
-        raise ValueError(f"sincos_2d needs a feature width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # [dim/4]
+        raise ValueError(f"the 2-D position embedding needs a feature width divisible by 4, got {dim}")
+    q = dim // 4
+    omega = 1.0 / omega_0 ** (torch.arange(q, dtype=torch.float64) / q)  # [dim/4]
 
-    def axis(n: int) -> torch.Tensor:
-        p = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]  # [n, dim/4]
-        return torch.cat([p.sin(), p.cos()], dim=1)  # [n, dim/2]
+    def axis(p: torch.Tensor) -> torch.Tensor:
+        t = p.double()[..., None] * omega  # [h, w, dim/4]
+        return torch.cat([t.sin(), t.cos()], dim=-1)  # [h, w, dim/2]
 
-    rows = axis(h)[:, None, :].expand(h, w, dim // 2)
-    cols = axis(w)[None, :, :].expand(h, w, dim // 2)
-    return torch.cat([rows, cols], dim=-1).float()  # [h, w, dim]
+    return torch.cat([axis(uv[..., 0]), axis(uv[..., 1])], dim=-1).float()
 
 
 def resample_grid(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resampling of feature grids ``[N, h, w, d]`` to ``[N, H, W, d]``.
 
-    ``align_corners=False``: both grids tile the same image, so cell centres map onto cell
-    centres (a 2x2 grid [[0, 1], [2, 3]] becomes rows [0, .25, .75, 1], ...); equal sizes are
-    returned unchanged.
+    ``align_corners=True`` as in the released code: the corner cells of both grids coincide (a
+    2x2 grid [[0, 1], [2, 3]] becomes rows [0, .5, 1], [1, 1.5, 2], [2, 2.5, 3] on 3x3); equal
+    sizes are returned unchanged.
     """
     if tuple(x.shape[1:3]) == tuple(size):
         return x
-    y = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+    y = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
     return y.permute(0, 2, 3, 1)
 
 
 def alignment_targets(feats: torch.Tensor, size: tuple[int, int], pos_scale: float = 0.1) -> torch.Tensor:
     """Teacher grid ``[h, w, d]`` -> targets on the student's grid ``[H * W, d]`` (row-major).
 
-    The position embedding is added on the teacher's grid, then the sum is resampled.
+    VGGT's position embedding of the teacher's grid, times ``pos_scale``, is added on that grid,
+    then the sum is resampled.
     """
     h, w, d = feats.shape
-    x = feats.float() + pos_scale * sincos_2d(h, w, d).to(feats.device)
+    pe = vggt_position_embedding(vggt_uv_grid(h, w), d).to(feats.device)
+    x = feats.float() + pos_scale * pe
     return resample_grid(x[None], size)[0].reshape(-1, d)
 
 

@@ -36,6 +36,11 @@ class ActionConfig:
     dims: int = opt(7, "D: dimensions per action (OpenVLA-OFT: 7 = xyz, rpy, gripper)")
     use_proprio: bool = opt(True, "project the records' proprio vector into one token (off: ignore it)")
     head_hidden: int = opt(0, "hidden width of the action head MLP and proprio projector (0: the LLM width)")
+    head: Literal["mlp", "mlp_resnet"] = opt(
+        "mlp",
+        "action head: LayerNorm-Linear-GELU-Linear, or OpenVLA-OFT's MLP-ResNet (LayerNorm/ReLU blocks)",
+    )
+    head_blocks: int = opt(2, "residual blocks of the mlp_resnet head (OpenVLA-OFT: 2)")
     lr_heads: float | None = opt(
         None, "learning rate of the action head, proprio projector and projector (default: optim.lr)"
     )
@@ -59,7 +64,11 @@ class AlignConfig:
         None,
         "folder of precomputed teacher features (mmpost data teacher-features) read instead of a live teacher",
     )
-    pos_scale: float = opt(0.1, "scale of the 2-D sinusoidal position embedding added to the targets")
+    pos_scale: float = opt(0.1, "scale of VGGT's 2-D position embedding added to the targets (paper: 0.1)")
+    shift_student: bool = opt(
+        False,
+        "align the hidden state one position after each visual token (the released gain_feat_1move)",
+    )
     projector_layernorm: bool = opt(True, "LayerNorm(d_llm) at the projector's input")
 
 

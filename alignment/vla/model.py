@@ -7,9 +7,11 @@ Forward (``VLAModel``), per sample::
         p   = proprio_proj(proprio)                   one token, MLP to the LLM width
         q_k = action_queries[k]                       learned embeddings
     -> backbone (causal; every query sees all views, the instruction and the proprio token)
-    -> action_head(h(q_k)) = a_k                      [K, D] in one pass (OpenVLA-OFT style)
+    -> action_head(h(q_k)) = a_k                      [K, D] in one pass (OpenVLA-OFT style;
+                                                      head "mlp", or "mlp_resnet" as OFT's)
     L_action = mean |a - a*|                          per sample, normalised actions
-    L_align  = 1 - cos(projector(h_l(visual tokens)), teacher targets)   (alignment.spatial.align)
+    L_align  = 1 - cos(projector(h_l(visual tokens)), teacher targets)   (alignment.spatial.align;
+               with shift_student, h_l one position after each visual token, as released)
     L        = L_action + alpha * L_align
 
 The module returns per-sample sums and the number of samples, so the shared loop averages over
@@ -18,7 +20,10 @@ samples exactly, however they are split into micro-batches and ranks.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 
 from alignment.spatial.align import AlignProjector, alignment_targets, cosine_align_loss
 
@@ -30,16 +35,53 @@ def _mlp(d_in: int, hidden: int, d_out: int, norm: bool = False) -> torch.nn.Seq
     )
 
 
+class MLPResNet(torch.nn.Module):
+    """OpenVLA-OFT's action head: LayerNorm -> Linear -> ReLU, ``blocks`` pre-norm residual blocks
+    ``x + ReLU(Linear(LayerNorm(x)))``, then LayerNorm -> Linear."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int, blocks: int = 2):
+        super().__init__()
+        self.inp = torch.nn.Sequential(
+            torch.nn.LayerNorm(d_in), torch.nn.Linear(d_in, hidden), torch.nn.ReLU()
+        )
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, hidden), torch.nn.ReLU())
+            for _ in range(blocks)
+        )
+        self.out = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
 class VLAHeads(torch.nn.Module):
     """What the exported model keeps beside the backbone: proprio projector, action queries, action head."""
 
-    def __init__(self, d_llm: int, chunk: int, dims: int, proprio_dim: int, hidden: int = 0):
+    def __init__(
+        self,
+        d_llm: int,
+        chunk: int,
+        dims: int,
+        proprio_dim: int,
+        hidden: int = 0,
+        head: Literal["mlp", "mlp_resnet"] = "mlp",
+        head_blocks: int = 2,
+    ):
         super().__init__()
         hidden = hidden or d_llm
         self.chunk, self.dims, self.proprio_dim, self.hidden = chunk, dims, proprio_dim, hidden
+        self.head, self.head_blocks = head, head_blocks
         self.proprio_proj = _mlp(proprio_dim, hidden, d_llm) if proprio_dim else None
         self.action_queries = torch.nn.Parameter(torch.randn(chunk, d_llm) * 0.02)
-        self.action_head = _mlp(d_llm, hidden, dims, norm=True)
+        if head == "mlp":
+            self.action_head = _mlp(d_llm, hidden, dims, norm=True)
+        elif head == "mlp_resnet":
+            self.action_head = MLPResNet(d_llm, hidden, dims, head_blocks)
+        else:
+            raise ValueError(f"action.head must be 'mlp' or 'mlp_resnet', got {head!r}")
 
     def config(self) -> dict:
         return {
@@ -47,6 +89,8 @@ class VLAHeads(torch.nn.Module):
             "dims": self.dims,
             "proprio_dim": self.proprio_dim,
             "hidden": self.hidden,
+            "head": self.head,
+            "head_blocks": self.head_blocks,
         }
 
     def slot_embeddings(self, proprio: torch.Tensor) -> torch.Tensor:
@@ -79,10 +123,11 @@ class VLAModel(torch.nn.Module):
         layer: int = 0,
         alpha: float = 0.0,
         pos_scale: float = 0.1,
+        shift_student: bool = False,
     ):
         super().__init__()
         self.backbone, self.heads, self.projector = backbone, heads, projector
-        self.alpha, self.pos_scale = alpha, pos_scale
+        self.alpha, self.pos_scale, self.shift_student = alpha, pos_scale, shift_student
         base = self.base
         self.image_id = base.config.image_token_id
         self.merge = base.config.vision_config.spatial_merge_size
@@ -151,9 +196,14 @@ class VLAModel(torch.nn.Module):
         """Per-sample L_align [B] and the number of aligned tokens [B].
 
         The k-th image of the batch is view v of sample b in order (views fill ``view_mask`` from
-        the left); its merged grid is (h / m, w / m) of ``image_grid_thw``.
+        the left); its merged grid is (h / m, w / m) of ``image_grid_thw``. With ``shift_student``
+        the student of a visual token is the hidden state one position later (the released
+        ``gain_feat_1move``; a view's last one is its ``<|vision_end|>``).
         """
-        vis = self.projector(h_l[input_ids == self.image_id])  # [N_visual, d_t]
+        at = input_ids == self.image_id  # [B, L]
+        if self.shift_student:
+            at = F.pad(at[:, :-1], (1, 0))
+        vis = self.projector(h_l[at])  # [N_visual, d_t]
         grids = [(int(h) // self.merge, int(w) // self.merge) for _, h, w in image_grid_thw.tolist()]
         per_image = vis.split([gh * gw for gh, gw in grids])
         owners = view_mask.nonzero().tolist()  # [(b, v)] in image order

@@ -61,7 +61,15 @@ class VLAPolicy:
             meta = json.load(f)
         backbone, processor = load_model(path, dtype=dtype, device=device)
         d = backbone.config.text_config.hidden_size
-        heads = VLAHeads(d, meta["chunk"], meta["dims"], meta["proprio_dim"], meta["hidden"])
+        heads = VLAHeads(
+            d,
+            meta["chunk"],
+            meta["dims"],
+            meta["proprio_dim"],
+            meta["hidden"],
+            meta.get("head", "mlp"),  # exports before the head option carry none: the MLP
+            meta.get("head_blocks", 2),
+        )
         heads.load_state_dict(load_file(os.path.join(path, HEADS)))
         heads.to(device=device, dtype=next(backbone.parameters()).dtype)
         return cls(VLAModel(backbone, heads), processor, NormStats.load(path), meta, device)

@@ -104,11 +104,15 @@ class VLATrainer(Trainer):
         d = self.model.config.text_config.hidden_size
         a, al = cfg.action, cfg.align
         dtype = next(self.model.parameters()).dtype
-        self.heads = VLAHeads(d, a.chunk, a.dims, self.dataset.proprio_dim, a.head_hidden).to(dtype)
+        self.heads = VLAHeads(
+            d, a.chunk, a.dims, self.dataset.proprio_dim, a.head_hidden, a.head, a.head_blocks
+        ).to(dtype)
         projector = (
             AlignProjector(d, self.teacher_dim, al.projector_layernorm).to(dtype) if al.alpha > 0 else None
         )
-        self.vla = VLAModel(self.model, self.heads, projector, al.layer, al.alpha, al.pos_scale)
+        self.vla = VLAModel(
+            self.model, self.heads, projector, al.layer, al.alpha, al.pos_scale, al.shift_student
+        )
         return self.vla
 
     def extra_param_groups(self) -> list[dict]:

@@ -6,7 +6,9 @@ import random
 
 import pytest
 
+import alignment.evaluation.evaluate as ev
 from alignment.builders.cls_fewshot import build_fewshot, candidates, write_shape_classes
+from alignment.evaluation.answers import class_answer, class_matches
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from tests.alignment.conftest import ROOT
@@ -59,3 +61,36 @@ def test_cls_configs_run_end_to_end(config, tmp_path):
     assert summary["steps"] == 2 and len(rows) == 2
     reward = "reward/cls_equality" if config == "no_think.yaml" else "reward/cls_accuracy"
     assert reward in rows[0] and rows[0]["m_kl"] >= 0 and rows[0]["visual_tokens"] > 0
+
+
+def test_class_answer_and_match_as_released():
+    assert class_answer("<think>x</think><answer> Tabby cat </answer>") == "Tabby cat"
+    assert class_answer("  tabby cat\n") == "tabby cat"  # no block: the whole completion
+    assert class_answer("<answer>a</answer><answer>b</answer>") == "a"  # the first block
+    assert class_matches("It is a Tabby Cat.", " tabby cat")  # the label as a substring
+    assert class_matches("sea lion", "sea_lion")  # "_" read as a space
+    assert not class_matches("cat", "tabby cat") and not class_matches("", "cat")
+    assert not class_matches("anything", "")  # an empty label matches nothing
+
+
+def test_eval_grades_untagged_class_answers(tmp_path, monkeypatch, capsys):
+    """No-Thinking-CLS-RL answers without tags: today's protocol found no answer and scored 0."""
+    root = write_shape_classes(str(tmp_path / "imgs"), per_class=5)
+    build_fewshot(root, str(tmp_path / "d"), shots=4, variant="no_think")
+    data = str(tmp_path / "d" / "test.jsonl")
+    gold = [json.loads(ln)["answer"] for ln in open(data)]  # 6 classes x 1 held-out image
+    # the model's completions, scripted: 4 right (untagged, tagged, with words around), 2 wrong
+    said = [
+        gold[0],
+        f"<answer>{gold[1]}</answer>",
+        f"It is a {gold[2].upper()}.",
+        f" {gold[3]}\n",
+        "no idea",
+        "",
+    ]
+    monkeypatch.setattr(ev, "generate", lambda model, proc, enc, prompts, *a: said[: len(prompts)])
+    acc = ev.evaluate("tiny", data, str(tmp_path / "res.jsonl"), batch_size=8)
+    assert acc == pytest.approx(4 / 6)
+    rows = [json.loads(ln) for ln in open(tmp_path / "res.jsonl")]
+    assert [r["correct"] for r in rows] == [True] * 4 + [False] * 2
+    assert rows[0]["answer"] == gold[0] and "answer block in 1/6" in capsys.readouterr().out

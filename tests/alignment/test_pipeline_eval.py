@@ -65,7 +65,7 @@ def test_batched_generation_equals_one_by_one(synth):
     enc = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
     items, _ = prompts_of(synth["test"])
     base = os.path.dirname(synth["test"])
-    prompts = [m for _, m, _ in items[:3]]
+    prompts = [m for _, m, _, _ in items[:3]]
     batched = generate(model, processor, enc, prompts, base, max_new_tokens=8)
     single = [generate(model, processor, enc, [p], base, max_new_tokens=8)[0] for p in prompts]
     assert batched == single

@@ -13,6 +13,7 @@ from alignment.rewards import (
     accuracy,
     cls_accuracy,
     cls_equality,
+    cls_format,
     combine,
     crop_score,
     format_think_answer,
@@ -58,12 +59,29 @@ def test_cls_rewards():
     comps = [
         "<think>fur</think><answer> Tabby Cat </answer>",
         "<think>.</think><answer>dog</answer>",
-        "tabby cat",
-        "Tabby cat",
+        "tabby cat",  # no answer block: the whole completion is the answer (as released)
+        " Tabby cat\n",
+        "it is a tabby cat",  # the reward is equality, not the evaluation's substring rule
+        "<think>.</think><answer>dog</answer><answer>tabby cat</answer>",  # hedging earns nothing
     ]
-    assert cls_accuracy(comps, answer="tabby cat") == [1.0, 0.0, 0.0, 0.0]
-    assert cls_equality(comps, answer="tabby cat") == [0.0, 0.0, 1.0, 0.0]  # exact, raw
-    assert cls_accuracy(["<think>.</think><answer></answer>"], answer="") == [0.0]
+    assert cls_accuracy(comps, answer="tabby cat") == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert cls_equality(comps, answer="tabby cat") == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]  # exact, raw
+    assert cls_accuracy(["<think>.</think><answer></answer>", ""], answer="") == [0.0, 0.0]
+
+
+CLS_FORMAT = [
+    ("<think>fur</think><answer>cat</answer>", 1.0),
+    ("<think>fur</think> \n<answer>cat</answer>", 1.0),  # whitespace between the blocks only
+    ("<think>fur</think><answer>cat</answer>\n", 0.0),  # nothing after (format_think_answer: 1)
+    (" <think>fur</think><answer>cat</answer>", 0.0),  # nothing before
+    ("<think>a</think><answer>cat</answer><answer>dog</answer>", 0.0),  # the release's regex: 1
+    ("cat", 0.0),
+]
+
+
+@pytest.mark.parametrize("text, want", CLS_FORMAT)
+def test_cls_format_is_the_released_full_match(text, want):
+    assert cls_format([text]) == [want]
 
 
 def call(name, think="I zoom into the left bar to read it", **arguments):
@@ -159,3 +177,35 @@ def test_http_judge_retries_caches_and_falls_back():
     with pytest.warns(UserWarning, match="rule-based"):
         assert dead.score("q", "three words here") == 1.0  # RuleJudge's verdict
     assert RuleJudge().score("q", "too short") == 0.0
+
+
+def test_virc_turn_reads_boxes_in_fixed_coordinates():
+    """coords="fixed": boxes on the 0..999 grid, checked and compared there (the whole grid is the
+    whole image, 0.8); in pixels the same box leaves a 280 x 224 image."""
+    whole = call("crop_image", bbox_2d=[0, 0, 999, 999], image_index=0)
+    half = call("crop_image", bbox_2d=[0, 0, 499, 999], image_index=0)
+    sample = {**SAMPLE, "meta": {"bbox": [[0, 0, 499, 999]], "tool": "crop_image"}}
+    assert virc_turn([whole, half], coords="fixed", **sample) == pytest.approx([0.92, 1.0])
+    assert virc_turn([whole], **sample) == [-1.0]  # dynamic pixels: out of bounds
+    fixed_meta = {**sample, "meta": {**sample["meta"], "coords": "fixed"}}  # or from the data
+    assert virc_turn([whole], **fixed_meta) == pytest.approx([0.92])
+
+
+def test_http_judge_cache_file_survives_the_run(tmp_path):
+    """judge.cache: a second judge on the same file asks nothing it was asked before; a fallback
+    score (server down) is not written, so it is asked again next time."""
+    FakeJudge.calls = 1  # past the scripted first failure
+    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, cache = f"http://127.0.0.1:{server.server_port}/v1", str(tmp_path / "judge.jsonl")
+    try:
+        assert HTTPJudge(url, "judge", cache_file=cache).score("q", "some reasoning") == pytest.approx(0.7)
+        again = HTTPJudge(url, "judge", cache_file=cache)
+        assert again.score("q", "some reasoning") == pytest.approx(0.7) and again.requests == 0
+    finally:
+        server.shutdown()
+        FakeJudge.calls = 0
+    dead = HTTPJudge(url, "judge", timeout=0.5, retries=1, cache_file=cache)
+    with pytest.warns(UserWarning, match="rule-based"):
+        assert dead.score("q", "three words here") == 1.0
+    assert len(open(cache).read().splitlines()) == 1

@@ -12,46 +12,93 @@ from alignment.spatial.align import (
     alignment_targets,
     cosine_align_loss,
     resample_grid,
-    sincos_2d,
+    vggt_position_embedding,
+    vggt_uv_grid,
 )
 from alignment.vla.model import VLAHeads, VLAModel, resolve_layer
 
 
-def test_sincos_2d_hand_computed():
-    pe = sincos_2d(2, 3, 4)  # dim/4 = 1 frequency, omega = 1
-    assert pe.shape == (2, 3, 4)
-    for r in range(2):
-        for c in range(3):
-            want = [math.sin(r), math.cos(r), math.sin(c), math.cos(c)]
-            assert pe[r, c].tolist() == pytest.approx(want, abs=1e-7)
-    pe = sincos_2d(1, 2, 8)  # omegas 1 and 1e-2
-    assert pe[0, 1].tolist() == pytest.approx(
-        [0, 0, 1, 1, math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)]
+def test_vggt_uv_grid_hand_computed():
+    """VGGT's create_uv_grid on a 2 x 3 grid: aspect 1.5, r = sqrt(1.5^2 + 1); x spans
+    +-(1.5 / r) * 2/3 = +-1 / r in 3 points, y spans +-(1 / r) * 1/2 in 2 points."""
+    r = math.sqrt(3.25)
+    uv = vggt_uv_grid(2, 3)
+    assert uv.shape == (2, 3, 2)
+    xs, ys = [-1 / r, 0.0, 1 / r], [-0.5 / r, 0.5 / r]
+    for i in range(2):
+        for j in range(3):
+            assert uv[i, j].tolist() == pytest.approx([xs[j], ys[i]], abs=1e-12)
+    big = vggt_uv_grid(37, 37)  # square: about +-0.71 at the corners (1 / sqrt(2) x 36 / 37)
+    assert big[0, 0].tolist() == pytest.approx([-(36 / 37) / math.sqrt(2)] * 2)
+    assert big[-1, -1].tolist() == pytest.approx([(36 / 37) / math.sqrt(2)] * 2)
+    # an explicit aspect ratio (the image's, as released) sets the spans, not the grid's shape
+    assert vggt_uv_grid(2, 2, aspect_ratio=2.0)[1, 1].tolist() == pytest.approx(
+        [2 / math.sqrt(5) / 2, 1 / math.sqrt(5) / 2]
     )
+
+
+def test_vggt_position_embedding_against_the_formula():
+    """[emb(x) | emb(y)], each [sin(p w_k) | cos(p w_k)], w_k = 100^(-k / (dim/4)), element by element."""
+    uv = vggt_uv_grid(3, 2)
+    dim = 12
+    pe = vggt_position_embedding(uv, dim)
+    assert pe.shape == (3, 2, dim) and pe.dtype == torch.float32
+    q = dim // 4
+    for i in range(3):
+        for j in range(2):
+            x, y = uv[i, j].tolist()
+            want = []
+            for p in (x, y):
+                want += [math.sin(p * 100 ** (-k / q)) for k in range(q)]
+                want += [math.cos(p * 100 ** (-k / q)) for k in range(q)]
+            assert pe[i, j].tolist() == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match="divisible by 4"):
-        sincos_2d(2, 2, 6)
+        vggt_position_embedding(uv, 6)
 
 
-def test_resample_grid_bilinear_half_pixel():
+def _bilinear_corners(x: list[list[float]], H: int, W: int) -> list[list[float]]:
+    """align_corners=True by hand: output (i, j) reads the input at ((h-1) i/(H-1), (w-1) j/(W-1))."""
+    h, w = len(x), len(x[0])
+    out = []
+    for i in range(H):
+        u = (h - 1) * i / (H - 1) if H > 1 else 0.0
+        i0 = min(int(u), h - 1)
+        i1, a = min(i0 + 1, h - 1), u - i0
+        row = []
+        for j in range(W):
+            v = (w - 1) * j / (W - 1) if W > 1 else 0.0
+            j0 = min(int(v), w - 1)
+            j1, b = min(j0 + 1, w - 1), v - j0
+            top = (1 - b) * x[i0][j0] + b * x[i0][j1]
+            bottom = (1 - b) * x[i1][j0] + b * x[i1][j1]
+            row.append((1 - a) * top + a * bottom)
+        out.append(row)
+    return out
+
+
+def test_resample_grid_bilinear_align_corners():
     x = torch.tensor([[0.0, 1.0], [2.0, 3.0]])[None, :, :, None]  # [1, 2, 2, 1]
-    y = resample_grid(x, (4, 4))[0, :, :, 0]
-    want = [
-        [0.0, 0.25, 0.75, 1.0],
-        [0.5, 0.75, 1.25, 1.5],
-        [1.5, 1.75, 2.25, 2.5],
-        [2.0, 2.25, 2.75, 3.0],
-    ]
-    assert torch.allclose(y, torch.tensor(want))
+    y = resample_grid(x, (3, 3))[0, :, :, 0]
+    assert torch.allclose(y, torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.5, 2.0], [2.0, 2.5, 3.0]]))
     assert resample_grid(x, (2, 2)) is x
-    assert resample_grid(x, (1, 1)).flatten().tolist() == [1.5]  # the centre: mean of the four
+    # a non-square grid shrunk and stretched, against the hand-written bilinear rule
+    torch.manual_seed(0)
+    g = torch.randn(3, 5, dtype=torch.float64)
+    for size in ((2, 3), (4, 7), (1, 4)):
+        got = resample_grid(g[None, :, :, None], size)[0, :, :, 0]
+        want = _bilinear_corners(g.tolist(), *size)
+        assert got.tolist() == [pytest.approx(r, abs=1e-12) for r in want]
 
 
 def test_targets_add_scaled_position_embedding_then_resample():
     feats = torch.zeros(2, 2, 4)
-    t = alignment_targets(feats, (1, 1), pos_scale=0.1)
-    s, c = math.sin(1) / 2, (1 + math.cos(1)) / 2  # mean over rows/cols 0 and 1
-    assert t.shape == (1, 4)
-    assert t[0].tolist() == pytest.approx([0.1 * s, 0.1 * c, 0.1 * s, 0.1 * c])
+    p = -0.5 / math.sqrt(2)  # top-left uv of a 2 x 2 grid: x = y = -(1/sqrt 2) / 2
+    t = alignment_targets(feats, (2, 2), pos_scale=0.1)
+    assert t.shape == (4, 4)  # row-major: token 0 is the top-left cell, token 3 the bottom-right
+    assert t[0].tolist() == pytest.approx([0.1 * math.sin(p), 0.1 * math.cos(p)] * 2)
+    assert t[3].tolist() == pytest.approx([0.1 * math.sin(-p), 0.1 * math.cos(-p)] * 2)
+    t = alignment_targets(feats, (3, 3), pos_scale=0.1)  # align_corners: the centre is the mean
+    assert t[4].tolist() == pytest.approx([0.0, 0.1 * math.cos(p)] * 2, abs=1e-7)
     feats = torch.randn(3, 3, 8)
     t = alignment_targets(feats, (3, 3), pos_scale=0.0)
     assert torch.equal(t, feats.reshape(9, 8))  # same grid, no embedding: the features as they are

@@ -19,8 +19,34 @@ def test_schedules_hand_computed():
     assert lr_multiplier(6, 10, 2, "linear") == pytest.approx(0.5)
     assert lr_multiplier(10, 10, 2, "cosine", min_ratio=0.1) == pytest.approx(0.1)
     assert lr_multiplier(4, 10, 0, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.4)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown schedule 'steps'"):
+        lr_multiplier(0, 10, 0, "steps")
+
+
+def test_step_schedule_is_multistep_lr():
+    """``step``: 1 until decay_step, then decay_gamma (OpenVLA-OFT's MultiStepLR, one milestone);
+    warmup first when asked. Compared with torch's MultiStepLR, step by step."""
+    assert [lr_multiplier(s, 6, 0, "step", decay_step=3) for s in range(6)] == [1, 1, 1, 0.1, 0.1, 0.1]
+    assert [lr_multiplier(s, 6, 2, "step", decay_step=4, decay_gamma=0.5) for s in range(6)] == [
+        0.5,
+        1.0,
+        1.0,
+        1.0,
+        0.5,
+        0.5,
+    ]
+    with pytest.raises(ValueError, match="decay_step >= 1"):
         lr_multiplier(0, 10, 0, "step")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=5e-4)
+    ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[4], gamma=0.1)
+    ours = []
+    for s in range(8):
+        assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 * lr_multiplier(s, 8, 0, "step", decay_step=4))
+        ours.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert ours[3] == pytest.approx(5e-4) and ours[4] == pytest.approx(5e-5)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from mm.visual import VisualConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VLA_YAML = os.path.join(ROOT, "configs", "spatial_forcing", "vla.yaml")
 SF_YAML = os.path.join(ROOT, "configs", "spatial_forcing", "vla_sf.yaml")
+PAPER_YAML = os.path.join(ROOT, "configs", "spatial_forcing", "paper.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -499,10 +500,12 @@ def test_vggt_weights_are_checked(tmp_path, monkeypatch):
         build_teacher("vggt", wrong)
 
 
-def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder):
+@pytest.mark.parametrize("shift", [0, 1])
+def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder, shift):
     """Non-square views of different sizes, in either order: L_align equals a hand loop over each
-    (sample, view) that takes the view's tokens, its merged grid (rows = height / 28) and its own
-    teacher grid resampled to it; swapping the two views' teacher features changes the loss."""
+    (sample, view) that takes the view's tokens (with ``shift_student``: the hidden states one
+    position later, as the released gain_feat_1move), its merged grid (rows = height / 28) and its
+    own teacher grid resampled to it; swapping the two views' teacher features changes the loss."""
     import torch.nn.functional as F
 
     from alignment.spatial.align import alignment_targets
@@ -522,6 +525,7 @@ def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder
     torch.manual_seed(1)
     feats = torch.randn(2, 2, 5, 5, 32)  # [B, V, h_t, w_t, d_t]
     vla = _model(tiny)
+    vla.shift_student = bool(shift)
     with torch.no_grad():
         _, _, stats = vla(**batch, teacher_feats=feats)
         keys = ("attention_mask", "position_ids", "pixel_values", "image_grid_thw")
@@ -538,7 +542,7 @@ def test_views_of_different_shapes_pair_with_their_own_targets(tiny, vla_encoder
             cos, start = [], 0
             for v, im in enumerate(ims):
                 gh, gw = grid[id(im)]
-                pred = vla.projector(h_l[b, pos[start : start + gh * gw]]).float()
+                pred = vla.projector(h_l[b, [p + shift for p in pos[start : start + gh * gw]]]).float()
                 cos.append(F.cosine_similarity(pred, alignment_targets(feats[b, v], (gh, gw), 0.1), dim=-1))
                 start += gh * gw
             assert start == len(pos)
@@ -558,3 +562,70 @@ def test_sft_refuses_vla_records(vla_data, encoder):
         RecordDataset(vla_data["train"], encoder)
     ds = RecordDataset(vla_data["train"], encoder, on_error="skip")
     assert len(ds) == 0 and ds.skipped == 32
+
+
+def test_mlp_resnet_head_is_openvla_ofts():
+    """LayerNorm -> Linear -> ReLU, two pre-norm residual blocks h + ReLU(W LN(h) + b), LayerNorm ->
+    Linear: recomputed with torch.nn.functional from the module's own weights."""
+    import torch.nn.functional as F
+
+    from alignment.vla.model import MLPResNet
+
+    torch.manual_seed(0)
+    heads = VLAHeads(16, 8, 7, 4, hidden=12, head="mlp_resnet")
+    head = heads.action_head
+    assert isinstance(head, MLPResNet) and len(head.blocks) == 2
+    for m in head.modules():  # non-trivial norms, so a missing or misplaced LayerNorm shows
+        if isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.normal_(m.weight)
+            torch.nn.init.normal_(m.bias)
+
+    def ln(x, m):
+        return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+    x = torch.randn(3, 8, 16)
+    h = F.relu(F.linear(ln(x, head.inp[0]), head.inp[1].weight, head.inp[1].bias))
+    for blk in head.blocks:
+        h = h + F.relu(F.linear(ln(h, blk[0]), blk[1].weight, blk[1].bias))
+    want = F.linear(ln(h, head.out[0]), head.out[1].weight, head.out[1].bias)
+    assert torch.allclose(head(x), want, atol=1e-6) and want.shape == (3, 8, 7)
+    assert heads.config()["head"] == "mlp_resnet" and heads.config()["head_blocks"] == 2
+    with pytest.raises(ValueError, match="action.head must be 'mlp' or 'mlp_resnet'"):
+        VLAHeads(16, 8, 7, 4, head="resnet")
+
+
+def test_paper_yaml_trains_with_lora_step_decay_and_exports_the_resnet_head(vla_data, tmp_path):
+    """configs/spatial_forcing/paper.yaml: the released settings, and a short run of them: LoRA r=32
+    on the language model, the MLP-ResNet head (exported and reloaded by VLAPolicy), the shifted
+    student, and the step schedule (lr 5e-4, x0.1 from decay_step on)."""
+    from alignment.vla import VLAPolicy
+    from alignment.vla.model import MLPResNet
+
+    cfg = build_config(PAPER_YAML)
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.decay_step, cfg.optim.decay_gamma) == (
+        5e-4,
+        "step",
+        100_000,
+        0.1,
+    )
+    assert cfg.train.max_steps == 150_000 and cfg.optim.warmup_ratio == 0
+    assert (cfg.model.lora_r, cfg.model.lora_alpha, cfg.action.head, cfg.align.shift_student) == (
+        32,
+        16,
+        "mlp_resnet",
+        True,
+    )
+    assert (cfg.align.alpha, cfg.align.pos_scale, cfg.action.chunk, cfg.action.dims) == (0.5, 0.1, 8, 7)
+    out = str(tmp_path / "paper")
+    over = [f"data.train={vla_data['train']}", "train.max_steps=3", "optim.decay_step=2", "train.log_every=1"]
+    trainer = VLATrainer(build_config(PAPER_YAML, over, output_dir=out))
+    summary = trainer.run()
+    # the lr logged after optimizer step k is the scheduler's next one: that of 0-based step k
+    assert [x["lr"] for x in read_metrics(out)] == pytest.approx([5e-4, 5e-5, 5e-5])
+    assert trainer.model.peft_config["default"].r == 32  # trained through adapters (merged at export)
+    assert all(m > 0 for m in (read_metrics(out)[0]["m_align"], read_metrics(out)[0]["m_action_l1"]))
+    policy = VLAPolicy.from_pretrained(summary["model"])
+    head = policy.model.heads.action_head
+    assert isinstance(head, MLPResNet)
+    trained = trainer.heads.action_head.state_dict()
+    assert all(torch.equal(v.float(), trained[k].float().cpu()) for k, v in head.state_dict().items())

@@ -135,3 +135,71 @@ def test_malformed_problems_name_the_line(tmp_path):
     path.write_text('{"image": "nope.png", "question": "q", "answer": "1"}\n')
     with pytest.raises(ValueError, match=r"p.jsonl:1: .*not found"):
         build_crux(str(path), str(tmp_path / "out"))
+
+
+def test_scale_and_display_units_over_several_images(tmp_path):
+    """A problem with two images and one unit of each tool: the prompt shows images 0 and 1 (one
+    size line each); the crop of image 1 is of image 1's pixels; scale_image(2) of image 0 and
+    display_image of the crop (image 2) are executed by the engine (images 3 and 4); a scale factor
+    RL would reject (1.0) drops its problem."""
+    solid(280, 224).save(tmp_path / "a.png")
+    solid(140, 112, (20, 20, 200)).save(tmp_path / "b.png")
+    units = [
+        {"bbox": [0, 0, 56, 56], "image": 1, "question": "Top-left of B?", "steps": ["It is 2."]},
+        {"tool": "scale_image", "scale_factor": 2, "image": 0, "question": "Details of A?", "steps": ["3."]},
+        {"tool": "display_image", "image": 2, "question": "Check the crop again.", "steps": ["Still 2."]},
+    ]
+    rows = [
+        {"id": "multi", "images": ["a.png", "b.png"], "question": "Sum?", "answer": "5", "regions": units},
+        {
+            "id": "gap",
+            "image": "a.png",
+            "question": "Q?",
+            "answer": "1",
+            "regions": [{"tool": "scale_image", "scale_factor": 1.0, "steps": []}],
+        },
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert build_crux(str(path), str(out)) == {"written": 1, "dropped (scale_out_of_range)": 1}
+    rec = records(out / "stage2.jsonl")["multi"]
+    msgs = rec["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user"] + ["assistant", "user"] * 3 + ["assistant"]
+    first = msgs[1]["content"]
+    assert [c["type"] for c in first] == ["image", "image", "text"]
+    assert first[2]["text"].startswith("Image 0: 280 x 224.\nImage 1: 140 x 112.\nQuestion: Sum?\n\n")
+    calls = [parse_turn(msgs[i]["content"]).call for i in (2, 4, 6)]
+    assert [(c.name, c.arguments) for c in calls] == [
+        ("crop_image", {"bbox_2d": [0, 0, 56, 56], "image_index": 1}),
+        ("scale_image", {"scale_factor": 2, "image_index": 0}),
+        ("display_image", {"image_index": 2}),
+    ]
+    results = [Image.open(out / msgs[i]["content"][0]["image"]) for i in (3, 5, 7)]
+    b_crop = solid(140, 112, (20, 20, 200)).crop((0, 0, 56, 56))  # 56 x 56: smart_resize keeps it
+    assert np.array_equal(np.asarray(results[0]), np.asarray(b_crop))  # image 2: a crop of image 1
+    assert results[1].size == (560, 448)  # image 3: image 0 x 2 (multiples of 28 already)
+    assert np.array_equal(np.asarray(results[2]), np.asarray(b_crop))  # image 4: image 2 again
+    texts = [msgs[i]["content"][1]["text"] for i in (3, 5, 7)]
+    assert texts[0].startswith("Image 2: 56 x 56.") and texts[1].startswith("Image 3: 560 x 448.")
+    assert texts[1].endswith("Question: Sum?")  # scale_image repeats the question
+    assert texts[2].startswith("Image 4: 56 x 56.")
+    assert rec["meta"]["tools"] == ["crop_image", "scale_image", "display_image"]
+    assert rec["meta"]["bbox"] == [[0, 0, 56, 56], None, None]
+    assert run_validate(str(out / "stage2.jsonl"), VisualConfig()) == 0
+
+
+def test_bad_units_name_the_line_and_the_fix(tmp_path):
+    solid(56, 56).save(tmp_path / "a.png")
+    path = tmp_path / "p.jsonl"
+    cases = [
+        ({"tool": "rotate_image"}, "use one of crop_image, scale_image, display_image"),
+        ({"bbox": [0, 0, 10, 10], "image": 1}, "crops image 1, but the problem has 1 image"),
+        ({"tool": "scale_image"}, "needs a numeric 'scale_factor'"),
+        ({"tool": "display_image", "image": -1}, "'image' must be an image index >= 0"),
+    ]
+    for unit, message in cases:
+        row = {"image": "a.png", "question": "q", "answer": "1", "regions": [unit]}
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(ValueError, match=rf"p.jsonl:1: .*{message}"):
+            build_crux(str(path), str(tmp_path / "out"))

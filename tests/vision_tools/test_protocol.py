@@ -67,7 +67,12 @@ TABLE = [
     (T + call("crop_image", bbox_2d=[-1, 0, 100, 100], image_index=0), "bbox_out_of_bounds", None),
     (T + call("crop_image", bbox_2d=[50, 50, 50, 100], image_index=0), "degenerate_bbox", None),
     (T + call("crop_image", bbox_2d=[60, 50, 40, 100], image_index=0), "degenerate_bbox", None),
-    (T + call("scale_image", scale_factor=1.0, image_index=0), "scale_out_of_range", None),
+    (
+        T + call("scale_image", scale_factor=1.0, image_index=0),
+        "tool_call",
+        "scale_image",
+    ),  # snaps (inference)
+    (T + call("scale_image", scale_factor=4.5, image_index=0), "scale_out_of_range", None),
     (T + call("scale_image", scale_factor=8, image_index=0), "scale_out_of_range", None),
     (T + call("scale_image", scale_factor=0.1, image_index=0), "scale_out_of_range", None),
     (f"<think>{LOOP}</think><answer>4</answer>", "repetition", None),
@@ -128,3 +133,15 @@ def test_prompts():
         "Image 2: 112 x 56. Fully utilize the tools and make comprehensive use of the results. Keep thinking."
     )
     assert result_text(1, (56, 56), "How many?").endswith("Keep thinking.\nQuestion: How many?")
+
+
+def test_rl_checks_scale_factors_strictly():
+    """Inference snaps any factor in [0.25, 4]; the RL format check (snap_scale off) rejects the
+    gap (0.5, 1.5), as ViRC's reward does."""
+    rl = ToolContext(sizes=[(280, 224)], snap_scale=False)
+    for factor in (0.75, 1.0, 1.4):
+        assert parse_turn(T + call("scale_image", scale_factor=factor, image_index=0), ctx=SIZES).ok
+        got = parse_turn(T + call("scale_image", scale_factor=factor, image_index=0), ctx=rl)
+        assert got.code == "scale_out_of_range" and "1.5-4" in got.message
+    for factor in (0.5, 1.5, 3.3):
+        assert parse_turn(T + call("scale_image", scale_factor=factor, image_index=0), ctx=rl).ok

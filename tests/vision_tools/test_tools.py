@@ -102,11 +102,29 @@ def test_scale_capped_by_max_pixels(photos):
     assert scale_image(c, {"scale_factor": 4, "image_index": 0}).size == (448, 448)
 
 
-@pytest.mark.parametrize("factor", [1.0, 0.1, 5, 100, 1e9, -2, 0.75])
+@pytest.mark.parametrize("factor", [0.1, 0.24, 4.01, 5, 100, 1e9, -2])
 def test_scale_out_of_range(photos, factor):
-    with pytest.raises(ToolError) as e:
-        scale_image(ctx(photos["coffee"]), {"scale_factor": factor, "image_index": 0})
-    assert e.value.code == "scale_out_of_range"
+    for snap in (True, False):
+        with pytest.raises(ToolError) as e:
+            scale_image(ctx(photos["coffee"], snap_scale=snap), {"scale_factor": factor, "image_index": 0})
+        assert e.value.code == "scale_out_of_range"
+
+
+@pytest.mark.parametrize(
+    "factor, snapped",
+    [(0.25, 0.25), (0.3, 0.25), (0.4, 0.5), (0.75, 0.5), (1.0, 0.5), (1.2, 1.5), (1.75, 1.5), (2.2, 2.0),
+     (2.3, 2.5), (3.2, 2.5), (3.3, 4.0), (4.0, 4.0)],
+)  # fmt: skip
+def test_inference_snaps_any_factor_in_range(photos, factor, snapped):
+    """ViRC inference: every factor in [0.25, 4] snaps to the nearest of {0.25, 0.5, 1.5, 2, 2.5, 4}
+    (1.0 is as near 0.5 as 1.5: the smaller wins); RL (snap_scale off) refuses 0.5 < f < 1.5."""
+    img = photos["chelsea"]  # 451 x 300
+    got = scale_image(ctx(img), {"scale_factor": factor, "image_index": 0})
+    want = scale_image(ctx(img, snap_scale=False), {"scale_factor": snapped, "image_index": 0})
+    assert got.size == want.size
+    if 0.5 < factor < 1.5:
+        with pytest.raises(ToolError, match="0.25-0.5 to shrink or 1.5-4"):
+            scale_image(ctx(img, snap_scale=False), {"scale_factor": factor, "image_index": 0})
 
 
 def test_display_returns_the_image_unchanged(photos):
