@@ -13,7 +13,14 @@ from mm.visual import VisualConfig
 
 @dataclass
 class VLADataConfig:
-    train: str = opt("", "VLA records: messages (one image per view + the instruction), actions, proprio")
+    train: str = opt(
+        "",
+        "VLA records (JSONL: messages with one image per view + the instruction, actions, proprio) "
+        "or a LeRobot v3.0 dataset folder",
+    )
+    format: Literal["auto", "jsonl", "lerobot"] = opt(
+        "auto", "data.train's format: auto (a folder with meta/info.json is LeRobot), jsonl or lerobot"
+    )
     eval: str | None = opt(None, "optional held-out VLA records (not read by training; for VLAPolicy checks)")
     micro_batch_size: int = opt(8, "samples per micro-batch on each rank")
     max_views: int = opt(2, "camera views per sample at most; samples with fewer have the rest masked")

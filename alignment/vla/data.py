@@ -263,6 +263,16 @@ class VLADataset(torch.utils.data.Dataset):
         return sample
 
 
+def open_vla_dataset(path: str, fmt: str = "auto", *args, **kwargs):
+    """The VLA samples of ``path``: a LeRobot v3.0 dataset folder (``fmt`` "lerobot", or "auto" and the
+    folder holds meta/info.json) or a JSONL file; the arguments are VLADataset's."""
+    from alignment.vla.lerobot import LeRobotVLADataset, is_lerobot
+
+    if fmt == "lerobot" or (fmt == "auto" and is_lerobot(path)):
+        return LeRobotVLADataset(path, *args, **kwargs)
+    return VLADataset(path, *args, **kwargs)
+
+
 def collate(
     samples: list[VLASample], pad_id: int, max_views: int, teacher_size: int = 0, features=None
 ) -> dict:

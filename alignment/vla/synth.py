@@ -87,6 +87,22 @@ def _point(rng) -> list[float]:
     return [float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.0, 0.5))]
 
 
+def _scenes(rng, count: int, size: int, chunk: int, dims: int, distractors: int):
+    """(colour, target, gripper, front, top, actions) of ``count`` scenes, in the generator's order."""
+    for _ in range(count):
+        color = str(rng.choice(list(COLORS)))
+        target, gripper = _point(rng), _point(rng) + [1.0]
+        others = [c for c in COLORS if c != color]
+        extra = [(_point(rng), str(rng.choice(others))) for _ in range(distractors)]
+        front, top = render_views(target, color, size, extra)
+        actions = np.round(action_chunk(gripper, target, chunk, dims), 6)
+        yield color, target, [round(x, 6) for x in gripper], front, top, actions
+
+
+def instruction(color: str) -> str:
+    return f"move the gripper to the {color} ball"
+
+
 def write_vla_synth(
     out: str,
     n: int = 256,
@@ -105,12 +121,9 @@ def write_vla_synth(
     for split, count in (("train", n), ("test", n_test)):
         path = os.path.join(out, f"{split}.jsonl")
         with open(path, "w") as f:
-            for i in range(count):
-                color = str(rng.choice(list(COLORS)))
-                target, gripper = _point(rng), _point(rng) + [1.0]
-                others = [c for c in COLORS if c != color]
-                extra = [(_point(rng), str(rng.choice(others))) for _ in range(distractors)]
-                front, top = render_views(target, color, size, extra)
+            for i, (color, target, gripper, front, top, actions) in enumerate(
+                _scenes(rng, count, size, chunk, dims, distractors)
+            ):
                 names = []
                 for view, img in (("front", front), ("wrist", top)):
                     name = f"images/{split}_{i:05d}_{view}.png"
@@ -124,14 +137,48 @@ def write_vla_synth(
                             "content": [
                                 {"type": "image", "image": names[0]},
                                 {"type": "image", "image": names[1]},
-                                {"type": "text", "text": f"move the gripper to the {color} ball"},
+                                {"type": "text", "text": instruction(color)},
                             ],
                         }
                     ],
-                    "actions": np.round(action_chunk(gripper, target, chunk, dims), 6).tolist(),
-                    "proprio": [round(x, 6) for x in gripper],
+                    "actions": actions.tolist(),
+                    "proprio": gripper,
                     "meta": {"target": target, "color": color},
                 }
                 f.write(json.dumps(rec) + "\n")
         paths[split] = path
+    return paths
+
+
+def write_vla_synth_lerobot(
+    out: str,
+    n: int = 256,
+    n_test: int = 32,
+    seed: int = 0,
+    size: int = 112,
+    chunk: int = 8,
+    dims: int = 7,
+    distractors: int = 0,
+    fps: int = 10,
+    lossless: bool = False,
+    episodes_per_file: int = 1000,
+) -> dict:
+    """The same scenes as ``write_vla_synth`` (same seed, same order) as LeRobot v3.0 datasets OUT/train
+    and OUT/test: scene i is episode i, K frames long (views ``front`` and ``wrist``); the state
+    starts at the gripper and moves by each action's xyz delta, so frame 0's state is the record's
+    proprio and frame 0's K-step chunk is the record's actions."""
+    from alignment.vla.lerobot_write import Episode, write_lerobot
+
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for split, count in (("train", n), ("test", n_test)):
+        episodes = []
+        for color, _, gripper, front, top, actions in _scenes(rng, count, size, chunk, dims, distractors):
+            state = np.tile(np.asarray(gripper), (chunk, 1))  # [K, 4]
+            state[1:, :3] += np.cumsum(actions[:-1, :3], axis=0)
+            images = {"front": np.stack([front] * chunk), "wrist": np.stack([top] * chunk)}
+            episodes.append(Episode(instruction(color), images, actions, state))
+        paths[split] = write_lerobot(
+            os.path.join(out, split), episodes, fps, episodes_per_file, lossless=lossless
+        )
     return paths

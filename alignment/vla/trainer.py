@@ -26,7 +26,7 @@ from alignment.spatial.align import AlignProjector
 from alignment.spatial.features import FeatureStore
 from alignment.spatial.teacher import build_teacher
 from alignment.vla.config import VLAConfig
-from alignment.vla.data import VLADataset, collate
+from alignment.vla.data import VLADataset, collate, open_vla_dataset
 from alignment.vla.model import VLAHeads, VLAModel
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
@@ -66,8 +66,9 @@ class VLATrainer(Trainer):
             self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
         )
         a = cfg.action
-        self.dataset = VLADataset(
+        self.dataset = open_vla_dataset(
             cfg.data.train,
+            cfg.data.format,
             encoder,
             a.chunk,
             a.dims,

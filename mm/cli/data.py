@@ -283,12 +283,37 @@ def add_vla_synth(p) -> None:
     p.add_argument("--chunk", type=int, default=8, help="K: actions per chunk")
     p.add_argument("--dims", type=int, default=7, help="D: dimensions per action")
     p.add_argument("--distractors", type=int, default=0, help="extra balls of other colours per scene")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "lerobot"),
+        default="jsonl",
+        help="jsonl (records + PNGs) or lerobot (LeRobot v3.0 datasets OUT/train, OUT/test: one episode per scene)",
+    )
+    p.add_argument(
+        "--lossless", action="store_true", help="lerobot: lossless RGB H.264 instead of 4:2:0 H.264"
+    )
     p.set_defaults(func=cmd_vla_synth)
 
 
 def cmd_vla_synth(args) -> int:
-    from alignment.vla.synth import write_vla_synth
+    from alignment.vla.synth import write_vla_synth, write_vla_synth_lerobot
 
+    if args.format == "lerobot":
+        paths = write_vla_synth_lerobot(
+            args.out,
+            args.n,
+            args.n_test,
+            args.seed,
+            args.size,
+            args.chunk,
+            args.dims,
+            args.distractors,
+            lossless=args.lossless,
+        )
+        print(
+            f"wrote LeRobot v3.0 datasets {paths['train']} ({args.n} episodes) and {paths['test']} ({args.n_test})"
+        )
+        return 0
     paths = write_vla_synth(
         args.out, args.n, args.n_test, args.seed, args.size, args.chunk, args.dims, args.distractors
     )
