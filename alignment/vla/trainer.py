@@ -83,6 +83,11 @@ class VLATrainer(Trainer):
         al = cfg.align
         if al.alpha > 0:
             if al.features:
+                if os.path.isdir(cfg.data.train):
+                    raise ValueError(
+                        "align.features is read with JSONL data only: write the LeRobot frames as JSONL "
+                        "(LeRobotVLADataset.write_jsonl) for teacher-features, or drop align.features"
+                    )
                 self.features = FeatureStore(al.features)
                 self.features.check(al.teacher, al.teacher_image_size, cfg.data.train, al.teacher_weights)
                 self.teacher_dim = self.features.meta["dim"]

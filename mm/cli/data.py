@@ -5,7 +5,7 @@
     synth DIR                 the generated visual-reasoning set
     crux PROBLEMS OUT         CRU trajectories (ViRC stage 1 + 2) from problems
     stream-chunks V T OUT     streaming SFT chunks from a video and word timestamps
-    vla-synth OUT             the synthetic two-view reaching task (VLA / Spatial Forcing)
+    vla-synth OUT             the synthetic two-view reaching task (VLA / Spatial Forcing; --format lerobot)
     teacher-features D O      precomputed Spatial Forcing teacher features
     specs-pairs ...           SPECS preference pairs (zero vs corrupted base responses)
 

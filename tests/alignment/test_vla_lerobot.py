@@ -24,6 +24,7 @@ pytest.importorskip("pyarrow")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VLA_YAML = os.path.join(ROOT, "configs", "spatial_forcing", "vla.yaml")
+SF_YAML = os.path.join(ROOT, "configs", "spatial_forcing", "vla_sf.yaml")
 K, N = 8, 6  # chunk, scenes (= episodes of K frames)
 
 
@@ -166,6 +167,15 @@ def test_training_on_lerobot_equals_training_on_its_frames_as_jsonl(sets, lossy,
     assert len(losses["lerobot"]) == 3
     assert losses["lerobot"] == pytest.approx(losses["jsonl"], rel=1e-6, abs=1e-7)
     assert NormStats.load(str(tmp_path / "lerobot")) == stats  # norm_stats.json of the run = stats.json's
+
+
+def test_spatial_forcing_live_teacher_on_lerobot(sets, tmp_path):
+    over = [f"data.train={sets['lossy']['train']}", "train.max_steps=2", "data.micro_batch_size=4"]
+    out = str(tmp_path / "sf")
+    VLATrainer(build_config(SF_YAML, over, output_dir=out)).run()
+    assert all(m["m_align"] > 0 and m["m_action_l1"] > 0 for m in read_metrics(out))
+    with pytest.raises(ValueError, match="align.features is read with JSONL data only"):
+        VLATrainer(build_config(SF_YAML, [*over, f"align.features={tmp_path}"])).setup("cpu")
 
 
 def _copy(src, dst):
