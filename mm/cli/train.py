@@ -184,6 +184,7 @@ def cmd_benchmark(args, kw: dict) -> int:
     import os
 
     from alignment.evaluation.benchmarks.run import evaluate_benchmark
+    from alignment.evaluation.evaluate import model_label
     from mm.config import ConfigError
 
     if args.ood or args.base:
@@ -193,11 +194,9 @@ def cmd_benchmark(args, kw: dict) -> int:
         from alignment.rewards import HTTPJudge
 
         judge = HTTPJudge(args.judge_url, args.judge_model, os.environ.get("MMPOST_JUDGE_KEY", ""))
-    for m in args.model:
+    for i, m in enumerate(args.model):  # several models with --out: one sub-folder each
         out = (
-            os.path.join(args.out, os.path.basename(os.path.normpath(m)))
-            if args.out and len(args.model) > 1
-            else args.out
+            os.path.join(args.out, f"{i}_{model_label(m)}") if args.out and len(args.model) > 1 else args.out
         )
         evaluate_benchmark(m, args.benchmark, args.data, out_dir=out, tools=args.tools, judge=judge, **kw)
     return 0

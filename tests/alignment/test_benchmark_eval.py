@@ -2,6 +2,7 @@
 for tool-trained models, and the Generalization Factor over several OOD sets."""
 
 import json
+import os
 
 import pytest
 
@@ -47,6 +48,15 @@ def test_cli_prints_a_per_category_table_and_writes_scores(tmp_path, capsys):
     assert "--benchmark scores one benchmark" in capsys.readouterr().err
     assert main(["eval", "tiny", "--benchmark", "chartqa", "--data", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_several_models_get_one_folder_each(tmp_path, capsys):
+    data = write_fixture("cls_rl", str(tmp_path / "cls"))
+    out = tmp_path / "out"
+    args = ["eval", "tiny", "tiny", "--benchmark", "cls_rl", "--data", data, "--max-new-tokens", "2"]
+    assert main(args + ["--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["0_tiny", "1_tiny"]
+    assert capsys.readouterr().out.count("| dataset | flowers102_test |") == 2
 
 
 def test_tools_flag_runs_the_tool_loop(tmp_path, monkeypatch, capsys):

@@ -82,7 +82,14 @@ class MathVision(Benchmark):
     def load(self, path: str) -> list[Sample]:
         files = find_files(
             path,
-            ("data/test.jsonl", "test.jsonl", "data/testmini.jsonl", "testmini.jsonl", "**/test*-*.parquet"),
+            (
+                "data/test.jsonl",
+                "test.jsonl",
+                "data/testmini.jsonl",
+                "testmini.jsonl",
+                "**/test-*.parquet",
+                "**/testmini-*.parquet",
+            ),
             "MATH-V data/test.jsonl (or testmini.jsonl) with images/",
         )
         out = []
