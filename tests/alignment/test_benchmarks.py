@@ -3,6 +3,7 @@ by its own rules (MathVista's precision and choice mapping, MMMU's option parsin
 ScienceQA's letters, MathVerse / MATH-V choice vs free-form, CLS-RL's substring match)."""
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -239,3 +240,47 @@ def test_judge_extracts_where_the_benchmark_uses_a_model_with_rule_fallback(tmp_
     with pytest.warns(UserWarning, match="rule extractor"):
         rows = score_samples(bench, samples[:1], ["The answer is (B)."], dead)
     assert (rows[0]["extracted_by"], rows[0]["score"]) == ("rules", 1.0)
+
+
+def test_hugging_face_parquet_layouts_load_like_the_github_files(tmp_path):
+    """MathVista's data/testmini-*.parquet (image bytes in decoded_image) and ScienceQA's
+    test-*.parquet (image bytes inline, only the IMG questions kept) give the same samples."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def image_struct(path):
+        return {"bytes": open(path, "rb").read(), "path": os.path.basename(path)}
+
+    bench, github = load("mathvista", tmp_path / "gh")
+    rows = json.load(open(tmp_path / "gh" / "testmini.json")).values()
+    rows = [{**r, "decoded_image": image_struct(tmp_path / "gh" / r["image"])} for r in rows]
+    (tmp_path / "hf" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf" / "data" / "testmini-00000-of-00001.parquet")
+    hf = {s.id: s for s in bench.load(str(tmp_path / "hf"))}
+    assert hf.keys() == github.keys()
+    for k, s in hf.items():
+        assert (s.answer, s.categories, bench.prompt(s)) == (
+            github[k].answer,
+            github[k].categories,
+            bench.prompt(github[k]),
+        )
+        assert s.images[0].getpixel((0, 0)) == github[k].images[0].getpixel((0, 0))
+
+    bench, github = load("scienceqa", tmp_path / "sqa")
+    problems = json.load(open(tmp_path / "sqa" / "problems.json"))
+    test = [(pid, p) for pid, p in problems.items() if p["split"] == "test"]
+    rows = [
+        {
+            **p,
+            "image": image_struct(tmp_path / "sqa" / "images" / "test" / pid / p["image"])
+            if p["image"]
+            else None,
+        }
+        for pid, p in test
+    ]
+    (tmp_path / "sqa_hf" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "sqa_hf" / "data" / "test-00000-of-00001.parquet")
+    hf = bench.load(str(tmp_path / "sqa_hf"))
+    assert [(s.answer, s.categories) for s in hf] == [
+        (github[pid].answer, github[pid].categories) for pid in ("5", "9")
+    ]
