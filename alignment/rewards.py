@@ -196,16 +196,29 @@ class HTTPJudge(Judge):
         return self.cache[key]
 
     def _ask(self, question: str, response: str, reference: str) -> float | None:
-        body = {
-            "model": self.model,
-            "temperature": 0,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": self.prompt.format(question=question, response=response, reference=reference),
-                }
-            ],
-        }
+        """The endpoint's score, or None when every retry failed and a fallback exists."""
+        content = self.prompt.format(question=question, response=response, reference=reference)
+        try:
+            return self.complete(content, self._score_of)
+        except JudgeUnavailable as e:
+            if self.fallback is None:
+                raise
+            warnings.warn(f"{e}; using the rule-based score", stacklevel=3)
+            return None
+
+    @staticmethod
+    def _score_of(text: str) -> float:
+        m = re.search(r"\d+(\.\d+)?", text)
+        if m is None:
+            raise ValueError(f"no score in the judge's reply {text[:80]!r}")
+        return min(10.0, float(m.group(0))) / 10
+
+    def complete(self, content: str, parse: Callable = str):
+        """The endpoint's reply to one user message (temperature 0), passed through ``parse``;
+        a failed request or a ``ValueError`` from ``parse`` is retried, and after ``retries``
+        failures ``JudgeUnavailable`` is raised (and counted in ``failures``). Also used by the
+        benchmarks that extract answers with a model (``alignment.evaluation.benchmarks``)."""
+        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}
         headers = {"content-type": "application/json"}
         if self.api_key:
             headers["authorization"] = f"Bearer {self.api_key}"
@@ -215,21 +228,12 @@ class HTTPJudge(Judge):
             try:
                 req = urllib.request.Request(self.url, json.dumps(body).encode(), headers)
                 with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    text = json.load(r)["choices"][0]["message"]["content"]
-                m = re.search(r"\d+(\.\d+)?", text)
-                if m is None:
-                    raise ValueError(f"no score in the judge's reply {text[:80]!r}")
-                return min(10.0, float(m.group(0))) / 10
+                    return parse(json.load(r)["choices"][0]["message"]["content"])
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError) as e:
                 last = e
                 time.sleep(min(2.0, 0.1 * 2**attempt))
         self.failures += 1
-        if self.fallback is None:
-            raise JudgeUnavailable(f"judge {self.url} failed {self.retries} times ({last})")
-        warnings.warn(
-            f"judge {self.url} failed {self.retries} times ({last}); using the rule-based score", stacklevel=3
-        )
-        return None
+        raise JudgeUnavailable(f"judge {self.url} failed {self.retries} times ({last})")
 
 
 @dataclass

@@ -23,7 +23,7 @@ OPTIONAL = {
     "uvicorn": ("serve", "uvicorn"),
     "timm": ("spatial", "timm"),
     "av": ("lerobot", "av"),
-    "pyarrow": ("lerobot", "pyarrow"),
+    "pyarrow": ("data", "pyarrow"),
 }
 
 

@@ -183,27 +183,64 @@ def evaluate(
     return correct / n
 
 
+def model_label(model: str) -> str:
+    """A short name for a model in file names: its folder (the run's, for ``.../final``)."""
+    parts = os.path.normpath(resolve_model(model)).split(os.sep)
+    return parts[-2] if parts[-1] == "final" and len(parts) > 1 else parts[-1]
+
+
 def run_gf(
-    models: list[str], base: str, data: str, ood: str, beta: float = 2.0, out_dir: str | None = None, **kw
+    models: list[str],
+    base: str,
+    data: str,
+    ood: str | list[str],
+    beta: float = 2.0,
+    out_dir: str | None = None,
+    ood_weights: list[float] | None = None,
+    **kw,
 ) -> list[dict]:
-    """Accuracy of ``base`` and every model on the ID and OOD sets, gains over base and the
-    Generalization Factor (``alignment.evaluation.gf``), printed as a table; returns the rows."""
-    from alignment.evaluation.gf import format_table, gf_rows
+    """Accuracy of ``base`` and every model on the ID set and the OOD set(s), gains over base and
+    the Generalization Factor (``alignment.evaluation.gf``), printed as a table; returns the rows.
+    With several OOD sets the OOD accuracy is their mean (``gf.ood_accuracy``: equal weights
+    unless ``ood_weights``) and each row also lists the per-set accuracies (``acc_ood_sets``)."""
+    from alignment.evaluation.gf import format_table, gf_rows, ood_accuracy
+
+    oods = [ood] if isinstance(ood, str) else list(ood)
+    if ood_weights is not None and len(ood_weights) != len(oods):
+        from mm.config import ConfigError
+
+        raise ConfigError(
+            f"--ood-weights: {len(ood_weights)} weight(s) for {len(oods)} --ood file(s); give one each"
+        )
 
     def acc(model: str, path: str, tag: str) -> float:
         out = None
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
-            parts = os.path.normpath(resolve_model(model)).split(os.sep)
-            name = parts[-2] if parts[-1] == "final" and len(parts) > 1 else parts[-1]
-            out = os.path.join(out_dir, f"{len(seen)}_{name}_{tag}.jsonl")
+            out = os.path.join(out_dir, f"{len(seen)}_{model_label(model)}_{tag}.jsonl")
         seen.append(model)
         return 100 * evaluate(model, path, out, **kw)
 
+    def accs(model: str) -> tuple[float, list[float]]:
+        a_id = acc(model, data, "id")
+        tags = ["ood"] if len(oods) == 1 else [f"ood{i}" for i in range(len(oods))]
+        return a_id, [acc(model, path, tag) for path, tag in zip(oods, tags)]
+
     seen: list[str] = []
-    base_acc = (acc(base, data, "id"), acc(base, ood, "ood"))
-    accs = [(m, (acc(m, data, "id"), acc(m, ood, "ood"))) for m in models]
-    rows = gf_rows(base_acc, accs, beta)
-    print(f"\nGeneralization Factor: ID {data}, OOD {ood}, base {base}")
+    per_set = [(m, accs(m)) for m in [base, *models]]  # base first
+    combined = [(m, (a_id, ood_accuracy(a, ood_weights))) for m, (a_id, a) in per_set]
+    rows = gf_rows(combined[0][1], combined[1:], beta)
+    for r, (_, (_, a)) in zip(rows, per_set):
+        r["acc_ood_sets"] = a
+    print(f"\nGeneralization Factor: ID {data}, OOD {', '.join(oods)}, base {base}")
+    if len(oods) > 1:
+        weights = ood_weights or [1.0] * len(oods)
+        print(
+            "OOD accuracy = weighted mean over the sets (weights "
+            + ", ".join(f"{w:g}" for w in weights)
+            + ")"
+        )
+        for r in rows:
+            print(f"  {r['model']}: " + ", ".join(f"{a:.2f}" for a in r["acc_ood_sets"]))
     print(format_table(rows, beta))
     return rows

@@ -9,6 +9,12 @@ Gains are in accuracy points.
 A harmonic mean only means something for gains of one sign: GF(1, -5) would be +25, a large
 "gain" from a regression. So GF is NaN (printed ``n/a`` in the table) unless both gains are >= 0
 and not both 0, i.e. when the gains have opposite signs or the denominator is <= 0.
+
+Several OOD sets: SPECS reports G_OOD as one number; how it combines several OOD benchmarks into it
+is not published in the sources checked (the paper's text as summarised online, REFERENCE.md; no
+released evaluation code was found). ``ood_accuracy`` therefore takes the mean over the sets,
+equal weights unless given: since a gain is linear in the accuracy, G_OOD is then the same
+weighted mean of the per-set gains.
 """
 
 from __future__ import annotations
@@ -23,6 +29,16 @@ def generalization_factor(g_id: float, g_ood: float, beta: float = 2.0) -> float
     if g_id * g_ood < 0 or den <= 0:
         return math.nan
     return (1 + b2) * g_id * g_ood / den
+
+
+def ood_accuracy(accs: list[float], weights: list[float] | None = None) -> float:
+    """The OOD accuracy of several sets: their mean, weighted by ``weights`` (default equal)."""
+    if not accs:
+        raise ValueError("no OOD accuracies to combine")
+    weights = [1.0] * len(accs) if weights is None else list(weights)
+    if len(weights) != len(accs) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"need one non-negative weight per OOD set ({len(accs)}), not all 0; got {weights}")
+    return sum(w * a for w, a in zip(weights, accs)) / sum(weights)
 
 
 def gf_rows(base: tuple[float, float], models, beta: float = 2.0) -> list[dict]:

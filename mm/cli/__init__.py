@@ -5,7 +5,8 @@
     mmpost data COMMAND ...           validate, describe and generate data files (``mmpost data -h``)
     mmpost train CONFIG [k=v ...]     train (SFT, DPO, GRPO, VLA) from a YAML config
     mmpost pipeline PIPELINE.yaml     run training stages in order
-    mmpost eval MODEL --data FILE     greedy generation + accuracy (+ --base B --ood F: SPECS GF)
+    mmpost eval MODEL --data FILE     greedy generation + accuracy (+ --base B --ood F: SPECS GF;
+                                      --benchmark NAME: a standard benchmark, its own protocol)
     mmpost serve --model tiny         the HTTP tool-call API on 127.0.0.1:8000
     mmpost stream VIDEO               live commentary (StreamingVLM), terminal / --jsonl / --vtt / --web
 

@@ -74,15 +74,35 @@ def add_pipeline(p: argparse.ArgumentParser, words) -> None:
 
 
 def add_eval(p: argparse.ArgumentParser, words) -> None:
+    from alignment.evaluation.benchmarks import BENCHMARKS
+
     p.add_argument(
         "model", nargs="+", help="model folder(s) (e.g. runs/quickstart/final), 'tiny', or training YAML(s)"
     )
-    p.add_argument("--data", required=True, help="JSONL with prompts and answers (RL or SFT records); ID set")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="JSONL with prompts and answers (RL or SFT records; the ID set with --ood), or with "
+        "--benchmark the benchmark's released files (docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--benchmark",
+        choices=list(BENCHMARKS),
+        help="score with this benchmark's own prompt, answer extraction and metric; prints overall and "
+        "per-category scores",
+    )
     p.add_argument(
         "--out",
-        help="per-sample results JSONL (default: next to the model, eval_<data>.jsonl); a folder with --base",
+        help="per-sample results JSONL (default: next to the model, eval_<data>.jsonl); a folder with "
+        "--base or --benchmark (default for a benchmark: <model>/bench_<name>)",
     )
-    p.add_argument("--ood", help="out-of-distribution JSONL: with --base, report G_ID, G_OOD and GF (SPECS)")
+    p.add_argument(
+        "--ood",
+        nargs="+",
+        help="out-of-distribution JSONL file(s): with --base, report G_ID, G_OOD and GF (SPECS); with "
+        "several, G_OOD is their (weighted) mean gain",
+    )
+    p.add_argument("--ood-weights", nargs="+", type=float, help="one weight per --ood file (default: equal)")
     p.add_argument("--base", help="the base model the gains are measured against (with --ood)")
     p.add_argument("--beta", type=float, default=2.0, help="GF's beta (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -91,6 +111,19 @@ def add_eval(p: argparse.ArgumentParser, words) -> None:
         "--max-turns", type=int, default=8, help="turn limit of tool-using prompts (default %(default)s)"
     )
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records")
+    p.add_argument(
+        "--tools",
+        action="store_true",
+        help="with --benchmark: ask single-image questions with the ViRC tools and run the tool loop "
+        "(for models trained with tools)",
+    )
+    p.add_argument(
+        "--judge-url",
+        help="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8001/v1) that extracts answers where the "
+        "benchmark uses a model for it (MathVista, MathVerse); key from $MMPOST_JUDGE_KEY; without it, "
+        "or when it fails, the benchmark's rule extractor",
+    )
+    p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
     p.set_defaults(func=cmd_eval)
 
 
@@ -118,12 +151,25 @@ def cmd_eval(args) -> int:
         limit=args.limit,
         max_turns=args.max_turns,
     )
+    if args.benchmark:
+        return cmd_benchmark(args, kw)
+    if args.tools or args.judge_url:
+        raise ConfigError("--tools and --judge-url go with --benchmark NAME")
     if args.ood or args.base:
         if not (args.ood and args.base):
             raise ConfigError(
                 "the Generalization Factor needs both --base MODEL and --ood FILE (plus --data)"
             )
-        run_gf(args.model, args.base, args.data, args.ood, args.beta, out_dir=args.out, **kw)
+        run_gf(
+            args.model,
+            args.base,
+            args.data,
+            args.ood,
+            args.beta,
+            out_dir=args.out,
+            ood_weights=args.ood_weights,
+            **kw,
+        )
         return 0
     if len(args.model) > 1 and args.out:
         raise ConfigError(
@@ -131,4 +177,26 @@ def cmd_eval(args) -> int:
         )
     for m in args.model:
         run_eval(m, args.data, out=args.out, **kw)
+    return 0
+
+
+def cmd_benchmark(args, kw: dict) -> int:
+    import os
+
+    from alignment.evaluation.benchmarks.run import evaluate_benchmark
+    from alignment.evaluation.evaluate import model_label
+    from mm.config import ConfigError
+
+    if args.ood or args.base:
+        raise ConfigError("--benchmark scores one benchmark; --base/--ood (the GF) take JSONL files")
+    judge = None
+    if args.judge_url:
+        from alignment.rewards import HTTPJudge
+
+        judge = HTTPJudge(args.judge_url, args.judge_model, os.environ.get("MMPOST_JUDGE_KEY", ""))
+    for i, m in enumerate(args.model):  # several models with --out: one sub-folder each
+        out = (
+            os.path.join(args.out, f"{i}_{model_label(m)}") if args.out and len(args.model) > 1 else args.out
+        )
+        evaluate_benchmark(m, args.benchmark, args.data, out_dir=out, tools=args.tools, judge=judge, **kw)
     return 0

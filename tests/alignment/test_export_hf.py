@@ -1,0 +1,47 @@
+"""An mmpost export is a plain Hugging Face Qwen2.5-VL folder: it loads with the Auto classes and,
+fed the way lmms-eval's ``qwen2_5_vl`` model feeds it (chat template + qwen-vl-utils +
+processor), sees the same tokens and pixels as mmpost and generates the same text."""
+
+import torch
+from PIL import Image
+
+from alignment.evaluation.evaluate import generate
+from alignment.infra.export import export_hf
+from mm.encode import ConversationEncoder
+from mm.loading import load_model
+from mm.records import Message
+from mm.rope import RopeSpec
+
+
+def test_export_loads_with_auto_classes_and_renders_the_same_chat(tmp_path):
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model, processor = load_model("tiny")
+    model.eval()
+    out = str(tmp_path / "final")
+    export_hf(None, model, processor, out, stage=0)
+    hf_model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    hf_proc = AutoProcessor.from_pretrained(out)
+    assert type(hf_model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+    image = Image.new("RGB", (56, 56), (200, 30, 30))
+    question = "What colour is the square?"
+    # mmpost's side: the encoder and batched greedy generation of evaluation
+    mine = [Message("user", [{"type": "image", "image": image}, {"type": "text", "text": question}])]
+    encoder = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
+    sample = encoder.encode(mine, None, add_generation_prompt=True)
+    ours = generate(model, processor, encoder, [mine], ".", max_new_tokens=6)[0]
+    # lmms-eval's side: messages -> apply_chat_template, process_vision_info -> processor -> generate
+    theirs = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}
+    ]
+    text = hf_proc.apply_chat_template(theirs, tokenize=False, add_generation_prompt=True)
+    images, _ = process_vision_info(theirs)
+    batch = hf_proc(text=[text], images=images, padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"][0], sample.input_ids)
+    assert torch.allclose(batch["pixel_values"], sample.pixel_values)
+    assert torch.equal(batch["image_grid_thw"], sample.image_grid_thw)
+    with torch.no_grad():
+        new = hf_model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    assert hf_proc.batch_decode(new, skip_special_tokens=True)[0] == ours
