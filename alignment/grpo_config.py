@@ -15,6 +15,9 @@ from mm.visual import VisualConfig
 class RLDataConfig:
     train: str = opt("", "RL records: prompt messages + answer (+ meta) per line")
     eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
+        "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
+    )
     prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
     share_prompt: bool = opt(
