@@ -4,6 +4,7 @@
     mmpost quickstart                 tiny model + bundled sample: validate, encode, forward, loss
     mmpost data validate FILE.jsonl   every problem with its line number and a fix hint
     mmpost data stats FILE.jsonl      counts, token lengths, visual tokens
+    mmpost data convert IN OUT.jsonl  any format (ShareGPT, parquet, TRL, EasyR1...) -> mmpost JSONL
     mmpost data synth DIR             the generated visual-reasoning set
     mmpost data crux PROBLEMS OUT     CRU trajectories (ViRC stage 1 + 2) from problems
     mmpost data stream-chunks V T OUT streaming SFT chunks from a video and word timestamps
@@ -26,6 +27,9 @@ import argparse
 import dataclasses
 import os
 import sys
+
+DATA_FILE_HELP = "data file: JSONL, JSON, parquet, arrow, or a save_to_disk / parquet folder (docs/data.md)"
+FORMAT_HELP = "auto (told by the columns), mmpost, sharegpt, alpaca, openai, trl or rl (default %(default)s)"
 
 
 def _add_visual_args(p: argparse.ArgumentParser) -> None:
@@ -113,13 +117,19 @@ def _avail(ok: bool, version: str | None, extra: str) -> str:
 def cmd_validate(args) -> int:
     from mm.data_cli import run_validate
 
-    return run_validate(args.file, _visual_config(args))
+    return run_validate(args.file, _visual_config(args), fmt=args.format)
 
 
 def cmd_stats(args) -> int:
     from mm.data_cli import run_stats
 
-    return run_stats(args.file, _load_processor(args.model), _visual_config(args))
+    return run_stats(args.file, _load_processor(args.model), _visual_config(args), fmt=args.format)
+
+
+def cmd_convert(args) -> int:
+    from mm.data_cli import run_convert
+
+    return run_convert(args.file, args.out, fmt=args.format)
 
 
 def _load_processor(name: str):
@@ -483,16 +493,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser(
         "validate", help="check every line; print each problem with its line number and a fix"
     )
-    p.add_argument("file", help="JSONL file in the mmpost data format")
+    p.add_argument("file", help=DATA_FILE_HELP)
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
     _add_visual_args(p)
     p.set_defaults(func=cmd_validate)
     p = dsub.add_parser("stats", help="counts, token lengths and visual tokens as a table")
-    p.add_argument("file", help="JSONL file in the mmpost data format")
+    p.add_argument("file", help=DATA_FILE_HELP)
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
     p.add_argument(
         "--model", default="tiny", help="processor to count tokens with: 'tiny' or a local checkpoint folder"
     )
     _add_visual_args(p)
     p.set_defaults(func=cmd_stats)
+    p = dsub.add_parser("convert", help="write any data file as mmpost JSONL (what the trainers read)")
+    p.add_argument("file", help=DATA_FILE_HELP)
+    p.add_argument("out", help="output JSONL; embedded images are written to OUT_STEM_images/ beside it")
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+    p.set_defaults(func=cmd_convert)
     p = dsub.add_parser("synth", help="write the procedurally generated visual-reasoning set (train + test)")
     p.add_argument("out", help="output folder, e.g. data/synth")
     p.add_argument("--n-train", type=int, default=200)

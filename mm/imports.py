@@ -1,6 +1,6 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT) is looked up here, so
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, datasets) is looked up here, so
 the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
@@ -22,6 +22,7 @@ OPTIONAL = {
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
     "timm": ("spatial", "timm"),
+    "datasets": ("data", "datasets"),
 }
 
 

@@ -46,7 +46,8 @@ def sharegpt_rows(jsonl: str, embed: bool = False) -> list[dict]:
                 system = m["content"]
             else:
                 conv.append({"from": ROLE[m["role"]], "value": _flatten(m["content"], base, embed, images)})
-        rows.append({"id": rec["id"], "system": system, "conversations": conv, "images": images})
+        row = {"id": rec["id"], "system": system, "conversations": conv, "images": images}
+        rows.append({**row, "answer": rec["answer"]} if "answer" in rec else row)
     return rows
 
 
