@@ -31,7 +31,17 @@ def _is_image(t) -> bool:
 
 
 def open_dataset(path: str):
-    """The ``datasets.Dataset`` stored at ``path`` (parquet/arrow file, save_to_disk or parquet folder)."""
+    """The ``datasets.Dataset`` stored at ``path`` (parquet/arrow file, save_to_disk or parquet folder),
+    memory-mapped. The first open of a parquet file converts it into the arrow cache, one row group
+    at a time; the memory that took is handed back to the system afterwards."""
+    import pyarrow as pa
+
+    ds = _open_dataset(path)
+    pa.default_memory_pool().release_unused()  # the pool keeps freed conversion buffers otherwise
+    return ds
+
+
+def _open_dataset(path: str):
     datasets = require("datasets", "Hugging Face datasets")
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "dataset_dict.json")):
