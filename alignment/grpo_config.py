@@ -77,7 +77,14 @@ class GRPOConfig:
     rollout: RolloutConfig = opt(factory=RolloutConfig, help="sampling")
     loss: GRPOLossConfig = opt(factory=GRPOLossConfig, help="clipping, aggregation, advantages, KL")
     rewards: dict[str, float] = opt(
-        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0}, help="reward name -> weight"
+        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0},
+        help="reward name (built in, or file.py:function of your own) -> weight",
     )
     optim: OptimConfig = opt(factory=OptimConfig, help="AdamW and schedule")
     train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")
+
+    def __post_init__(self):
+        from alignment.rewards import reward_function
+
+        for name in self.rewards:  # unknown names, missing files and wrong signatures fail at load
+            reward_function(name)

@@ -1,6 +1,7 @@
 """mm: the shared multimodal layer of mmpost.
 
-Model and processor loading (``load_model``), the record schema (``parse_record``), visual
+Model and processor loading (``load_model``), the record schema (``parse_record``), other data
+formats read as records (``open_records``), visual
 inputs under a per-sample token budget (``VisualConfig``), conversation -> model inputs
 (``ConversationEncoder``), M-RoPE positions (``mrope_positions``) and the pad/pack collators.
 Names are imported lazily so that ``mmpost --help`` does not pay for torch.
@@ -12,6 +13,7 @@ _EXPORTS = {
     "mm.collate": ["pack_batch", "pad_batch", "per_sample_nll", "plan_packs"],
     "mm.dataset": ["DataError", "Problem", "RecordDataset", "iter_jsonl"],
     "mm.encode": ["IGNORE", "ConversationEncoder", "EncodedSample"],
+    "mm.formats": ["open_records"],
     "mm.loading": ["ModelConfig", "load_model"],
     "mm.records": ["Message", "PreferenceRecord", "RecordError", "RLRecord", "SFTRecord", "parse_record"],
     "mm.rope": ["RopeSpec", "mrope_positions"],

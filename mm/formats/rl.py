@@ -41,7 +41,7 @@ def to_record(row: dict, ctx: Context) -> dict:
     ph = Placeholders(media_list(row, "images", ctx), media_list(row, "videos", ctx))
     if isinstance(prompt, str):
         turns = [{"role": "user", "content": ph.content(prompt, key)}]
-    elif isinstance(prompt, list):
+    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
         turns = [
             {**m, "content": ph.content(m.get("content"), f"{key}[{i}].content")}
             for i, m in enumerate(prompt)
