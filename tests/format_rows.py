@@ -6,7 +6,16 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 ROLE = {"user": "human", "assistant": "gpt"}
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """Arrow caches of the test's parquet files go to its tmp folder, not ~/.cache (import this)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -9,7 +9,8 @@ from alignment.metrics import read_metrics
 from alignment.train import train
 from tests.alignment.conftest import QUICKSTART, ROOT
 from tests.alignment.test_dpo import DPO_CONFIG, write_pairs
-from tests.format_rows import (
+from tests.format_rows import (  # noqa: F401 (datasets_cache: a fixture)
+    datasets_cache,
     easyr1_rows,
     sharegpt_rows,
     trl_pair_rows,

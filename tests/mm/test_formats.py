@@ -15,7 +15,14 @@ from mm.formats.common import TOOLS_BLOCK
 from mm.formats.tables import EmbeddedImage, TableRows
 from mm.visual import VisualConfig, open_image
 from tests.conftest import solid
-from tests.format_rows import easyr1_rows, sharegpt_rows, write_disk, write_json, write_parquet
+from tests.format_rows import (  # noqa: F401 (datasets_cache: a fixture)
+    datasets_cache,
+    easyr1_rows,
+    sharegpt_rows,
+    write_disk,
+    write_json,
+    write_parquet,
+)
 
 pytest.importorskip("datasets")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
