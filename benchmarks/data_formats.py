@@ -18,6 +18,14 @@ Printed per run: peak resident memory (VmHWM: includes memory-mapped file pages,
 kernel can drop) and peak anonymous memory (RssAnon sampled every 20 ms: what the process
 really holds), the part of it added by reading (above what both load first: torch,
 transformers, the tiny processor), then the ratios eager / lazy. Rounds alternate lazy and eager.
+
+Measured here (2 shared CPU cores, 20k rows, 308 MiB parquet, one round): anonymous memory added
+by reading: lazy 90 MiB with an empty cache (the page-by-page conversion plus 20k records of
+text), 33 MiB with a warm cache, eager 750 MiB: 8.3x and 22.7x. Peak RSS 1263 / 1196 / 1920 MiB
+(RSS also counts the memory-mapped pages read, which the kernel can drop). The lazy runs took
+146 / 136 s against 8 s: they count every record's tokens and decode every image, the eager
+one only loads. ``datasets.Dataset.from_parquet``, which the eager run (and this reader before)
+uses, alone holds ~700 MiB converting this file; 100k rows were not run on this machine.
 """
 
 from __future__ import annotations
