@@ -40,8 +40,10 @@ class Context:
             ref = ref.get("path")
         if ref is None or ref == "":
             raise RecordError("missing_image", f"'{key}' is empty", "give a path or embed the image")
+        if isinstance(ref, (list, tuple)):  # a video as its frames
+            return [self.media(f, f"{key}[{j}]") for j, f in enumerate(ref)]
         if not isinstance(ref, str) or ref.startswith(("data:", "http://", "https://")):
-            return ref  # lazy images, frame lists and URLs go on to mm.visual, which judges them
+            return ref  # lazy images and URLs go on to mm.visual, which judges them
         ref = ref.removeprefix("file://")
         if os.path.isabs(ref):
             return ref
