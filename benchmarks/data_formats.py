@@ -100,7 +100,8 @@ def write_set(path: str, rows: int, image_kb: int, seed: int = 0) -> int:
             "images": List(Image()),
         }
     )
-    Dataset.from_generator(gen, features=features).to_parquet(path)
+    cache = os.path.join(os.path.dirname(path), "generator_cache")  # not ~/.cache: removed with the folder
+    Dataset.from_generator(gen, features=features, cache_dir=cache).to_parquet(path)
     return side
 
 
