@@ -26,6 +26,9 @@ from mm.visual import VisualConfig
 class DataConfig:
     train: str = opt("", "training JSONL file (mmpost data format)")
     eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
+        "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
+    )
     layout: Literal["pack", "pad"] = opt(
         "pack", "pack samples into rows (exact, no padding waste) or pad batches"
     )

@@ -123,7 +123,9 @@ class DPOTrainer(Trainer):
         encoder = ConversationEncoder(
             self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
         )
-        self.dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error)
+        self.dataset = PairDataset(
+            cfg.data.train, encoder, on_error=cfg.data.on_error, format=cfg.data.format
+        )
         lengths = self.dataset.lengths()
         check_lengths(self.dataset, lengths, cfg.data, "pair (prompt twice + both responses)")
         self.planner = StepPlanner(

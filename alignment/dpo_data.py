@@ -32,8 +32,8 @@ def _context(prompt: list[Message]) -> list[Message]:
 class PairDataset(RecordDataset):
     """Preference records of one JSONL file; item i is the pair (chosen, rejected) of record i."""
 
-    def __init__(self, path: str, encoder, on_error: str = "raise"):
-        super().__init__(path, encoder, on_error)
+    def __init__(self, path: str, encoder, on_error: str = "raise", format: str = "auto"):
+        super().__init__(path, encoder, on_error, format=format)
         keep = []
         for i, rec in enumerate(self.records):
             problem = self._check(i, rec)

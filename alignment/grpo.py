@@ -38,8 +38,9 @@ from alignment.shared_prompt import TREE_KEYS, shared_prompt_batch, worth_sharin
 from mm.attention import choose_backend, uses_varlen
 from mm.collate import pad_batch
 from mm.config import ConfigError
-from mm.dataset import Problem, iter_jsonl
+from mm.dataset import Problem
 from mm.encode import IGNORE
+from mm.formats import open_records
 from mm.image_features import ImageFeatures, encoder_outputs, vision_frozen
 from mm.loading import load_for_training, unwrap
 from mm.logprobs import labelled_logprobs, target_logprobs
@@ -209,7 +210,7 @@ class GRPOTrainer(Trainer):
         if not path:
             raise ValueError("data.train is empty: set it to an RL JSONL (prompt + answer per line)")
         out = []
-        for line, rec in iter_jsonl(path):
+        for line, rec in open_records(path, self.cfg.data.format):
             if isinstance(rec, Problem):
                 raise ValueError(str(rec))
             if rec.kind != "rl":

@@ -16,6 +16,9 @@ from mm.visual import VisualConfig
 class RLDataConfig:
     train: str = opt("", "RL records: prompt messages + answer (+ meta) per line")
     eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
+        "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
+    )
     prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
     share_prompt: bool = opt(
@@ -80,7 +83,8 @@ class GRPOConfig:
     rollout: RolloutConfig = opt(factory=RolloutConfig, help="sampling")
     loss: GRPOLossConfig = opt(factory=GRPOLossConfig, help="clipping, aggregation, advantages, KL")
     rewards: dict[str, float] = opt(
-        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0}, help="reward name -> weight"
+        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0},
+        help="reward name (built in, or file.py:function of your own) -> weight",
     )
     judge: JudgeConfig = opt(
         factory=JudgeConfig,
@@ -88,3 +92,9 @@ class GRPOConfig:
     )
     optim: OptimConfig = opt(factory=OptimConfig, help="AdamW and schedule")
     train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")
+
+    def __post_init__(self):
+        from alignment.rewards import reward_function
+
+        for name in self.rewards:  # unknown names, missing files and wrong signatures fail at load
+            reward_function(name)

@@ -2,7 +2,8 @@
 
 ``completions`` are the G completions sampled for one prompt; ``sample`` is that prompt's
 record fields (``answer``, ``meta``, and for tool turns ``image_sizes`` / ``images``). Configs
-name rewards by their registered name with a weight (``combine``). Built in:
+name rewards by their registered name with a weight (``combine``), or a function of the user's
+own file as ``file.py:function`` with the same signature (``reward_function``). Built in:
 
 ==================== =====================================================================
 format_think_answer  1 if the completion is exactly ``<think>...</think> <answer>...</answer>``
@@ -48,6 +49,7 @@ from typing import Literal
 
 from alignment.evaluation.answers import answers_match
 from mm.config import opt
+from mm.plugins import is_plugin, load_function
 
 REWARDS: dict[str, Callable] = {}
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
@@ -352,13 +354,22 @@ def virc_turn(
     return out
 
 
+def reward_function(name: str) -> Callable:
+    """A built-in reward by name, or a user's own as ``file.py:function`` (checked: the file
+    exists and the function takes ``(completions, **sample)``)."""
+    if name in REWARDS:
+        return REWARDS[name]
+    if is_plugin(name):
+        return load_function(name, "(completions, **sample)")
+    raise ValueError(
+        f"unknown reward {name!r}; registered: {sorted(REWARDS)}, or a user's own as file.py:function"
+    )
+
+
 def combine(
     weights: dict[str, float], completions: list[str], **sample
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Weighted sum of the named rewards, and each reward's own scores (for the metrics)."""
-    unknown = sorted(set(weights) - set(REWARDS))
-    if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; registered: {sorted(REWARDS)}")
-    parts = {name: REWARDS[name](completions, **sample) for name in weights}
+    parts = {name: reward_function(name)(completions, **sample) for name in weights}
     total = [sum(weights[n] * parts[n][i] for n in weights) for i in range(len(completions))]
     return total, parts

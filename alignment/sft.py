@@ -53,7 +53,9 @@ class SFTTrainer(Trainer):
             self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
         )
         transform = drop_tool_result_images if cfg.data.drop_tool_images else None
-        self.dataset = RecordDataset(cfg.data.train, encoder, on_error=cfg.data.on_error, transform=transform)
+        self.dataset = RecordDataset(
+            cfg.data.train, encoder, on_error=cfg.data.on_error, transform=transform, format=cfg.data.format
+        )
         lengths = self.dataset.lengths(progress=dist.is_main())
         check_lengths(self.dataset, lengths, cfg.data)
         self.planner = StepPlanner(

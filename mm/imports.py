@@ -1,6 +1,6 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow) is looked up here, so
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow, datasets) is looked up here, so
 the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
@@ -24,6 +24,7 @@ OPTIONAL = {
     "timm": ("spatial", "timm"),
     "av": ("lerobot", "av"),
     "pyarrow": ("data", "pyarrow"),
+    "datasets": ("data", "datasets"),
 }
 
 

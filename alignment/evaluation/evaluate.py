@@ -22,7 +22,8 @@ import torch
 
 from alignment.evaluation.answers import answers_match, class_answer, class_matches, extract_answer
 from mm.collate import pad_batch
-from mm.dataset import Problem, iter_jsonl
+from mm.dataset import Problem
+from mm.formats import open_records
 
 
 def resolve_model(name: str) -> str:
@@ -35,11 +36,11 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def prompts_of(path: str) -> tuple[list[tuple[str, list, str, str]], int]:
+def prompts_of(path: str, format: str = "auto") -> tuple[list[tuple[str, list, str, str]], int]:
     """(id, prompt messages, reference answer, grading rule) for RL records and answer-carrying
-    SFT records; the rule is "class" for records with ``meta.label``, else "answer"."""
+    SFT records (of a data file in any format ``mm.formats`` reads); the rule is "class" for records with ``meta.label``, else "answer"."""
     items, skipped = [], 0
-    for line, rec in iter_jsonl(path):
+    for line, rec in open_records(path, format):
         if isinstance(rec, Problem) or getattr(rec, "answer", None) is None:
             skipped += 1
             continue

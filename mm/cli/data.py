@@ -1,7 +1,8 @@
 """``mmpost data ...``: check, describe and generate data files.
 
-    validate FILE.jsonl       every problem with its line number and a fix hint (mm.data_cli)
-    stats FILE.jsonl          counts, token lengths, visual tokens
+    validate FILE             every problem with its line (or row) and a fix hint (mm.data_cli)
+    stats FILE                counts, token lengths, visual tokens
+    convert IN OUT.jsonl      any format (ShareGPT, parquet, TRL, EasyR1, ...) -> mmpost JSONL
     synth DIR                 the generated visual-reasoning set
     crux PROBLEMS OUT         CRU trajectories (ViRC stage 1 + 2) from problems
     stream-chunks V T OUT     streaming SFT chunks from a video and word timestamps
@@ -31,11 +32,20 @@ def add_data(p: argparse.ArgumentParser, words) -> None:
 # ----------------------------------------------------------------------------- validate, stats
 
 
+DATA_FILE_HELP = "data file: JSONL, JSON, parquet, arrow, or a save_to_disk / parquet folder (docs/data.md)"
+FORMAT_HELP = "auto (told by the columns), mmpost, sharegpt, alpaca, openai, trl or rl (default %(default)s)"
+
+
+def _add_data_file(p) -> None:
+    p.add_argument("file", help=DATA_FILE_HELP)
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+
+
 def _add_file(p) -> None:
     from mm.cli.flags import add_config_flags
     from mm.visual import VisualConfig
 
-    p.add_argument("file", help="JSONL file in the mmpost data format")
+    _add_data_file(p)
     add_config_flags(p, VisualConfig, title="visual limits (VisualConfig)")
 
 
@@ -49,7 +59,7 @@ def cmd_validate(args) -> int:
     from mm.data_cli import run_validate
     from mm.visual import VisualConfig
 
-    return run_validate(args.file, config_from_args(VisualConfig, args))
+    return run_validate(args.file, config_from_args(VisualConfig, args), fmt=args.format)
 
 
 def add_stats(p) -> None:
@@ -65,7 +75,21 @@ def cmd_stats(args) -> int:
     from mm.data_cli import run_stats
     from mm.visual import VisualConfig
 
-    return run_stats(args.file, load_processor(args.model), config_from_args(VisualConfig, args))
+    return run_stats(
+        args.file, load_processor(args.model), config_from_args(VisualConfig, args), fmt=args.format
+    )
+
+
+def add_convert(p) -> None:
+    _add_data_file(p)
+    p.add_argument("out", help="output JSONL; embedded images are written to OUT_STEM_images/ beside it")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    from mm.data_cli import run_convert
+
+    return run_convert(args.file, args.out, fmt=args.format)
 
 
 def load_processor(name: str):
@@ -356,6 +380,7 @@ def cmd_teacher_features(args) -> int:
 COMMANDS = {
     "validate": (add_validate, "check every line; print each problem with its line number and a fix"),
     "stats": (add_stats, "counts, token lengths and visual tokens as a table"),
+    "convert": (add_convert, "write any data file as mmpost JSONL (what the trainers read)"),
     "synth": (add_synth, "write the procedurally generated visual-reasoning set (train + test)"),
     "crux": (add_crux, "CRU trajectories (planning, guiding question, crop, steps, answer)"),
     "stream-chunks": (add_stream_chunks, "streaming SFT records: overlapped chunks of a commented video"),
