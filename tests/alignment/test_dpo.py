@@ -17,6 +17,7 @@ from mm.dataset import DataError
 from mm.loading import load_model
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
+from tests.testing_utils import require_deepspeed
 
 DPO_CONFIG = os.path.join(ROOT, "configs", "specs", "dpo_cold_start.yaml")
 
@@ -156,6 +157,7 @@ def run_dpo(out, *overrides, data=None):
 
 
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+@require_deepspeed
 def test_reference_precomputed_equals_frozen_copy(tmp_path, lora):
     """Two steps with a precomputed reference and with a reference scoring every micro-batch (a
     frozen copy; under LoRA the policy with adapters disabled): the same losses and rewards."""
@@ -172,6 +174,7 @@ def test_reference_precomputed_equals_frozen_copy(tmp_path, lora):
     assert pre[1]["m_chosen_reward"] != 0.0  # step 2: the update moved the policy away from it
 
 
+@require_deepspeed
 def test_sft_term_keeps_the_chosen_reward_up(tmp_path):
     """SPECS: without the SFT term the chosen reward drifts negative (DPO lowers both sides and
     the rejected one faster); with lambda = 1 it stays up. Measured on tiny from a base model that
@@ -205,8 +208,8 @@ def reference_of(out, *overrides, data):
     over = [f"data.train={data}", "train.gradient_accumulation_steps=1", *overrides]
     cfg = build_config(DPO_CONFIG, over, output_dir=out)
     trainer = DPOTrainer(cfg)
-    trainer.setup("cpu")
-    return trainer.ref_logps, trainer
+    trainer.state = trainer.setup("cpu")
+    return trainer.state.ref_logps, trainer
 
 
 def perturbed_tiny(folder: str) -> str:
@@ -269,6 +272,7 @@ def test_reference_scores_only_the_pairs_the_planner_uses(encoder, tmp_path, mon
     assert ref[4].tolist() == [0.0, 0.0] and (ref[:4] != 0).all()
 
 
+@require_deepspeed
 def test_bf16_reference_matches_the_bf16_policy_at_step_0(tmp_path):
     """precision=bf16 (as auto on GPU): the reference is the bf16 starting model, so the first
     step's margin is exactly 0 and the DPO loss log 2, precomputed or live (one pair per padded

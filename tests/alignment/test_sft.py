@@ -8,8 +8,10 @@ import torch
 from mm.loading import load_model, model_parts
 from mm.records import drop_tool_result_images, parse_message
 from tests.alignment.conftest import run_sft
+from tests.testing_utils import require_deepspeed
 
 
+@require_deepspeed
 def test_loss_falls(synth, tmp_path):
     """30 steps on templated CRU trajectories: the loss must fall from ~ln(vocab)=6.56 to under half.
 
@@ -36,6 +38,7 @@ def test_loss_falls(synth, tmp_path):
         assert key in m[-1]
 
 
+@require_deepspeed
 def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
     """Same samples per step, split differently: per-token averaging makes the updates equal.
 
@@ -50,7 +53,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
     model, processor = load_model("tiny")
     ds = RecordDataset(synth["train"], ConversationEncoder(processor))
     cfg = DataConfig(layout="pack", max_tokens=3200)
-    rows = len(StepPlanner(ds.lengths(), cfg, 1, 1, 0).micro_batches(0))
+    rows = len(StepPlanner.of(ds.lengths(), cfg, 1, 1, 0).micro_batches(0))
     common = ("train.max_steps=2", "optim.lr=1e-3", "optim.schedule=constant", "train.export=false")
     _, packed = run_sft(
         synth,
@@ -76,6 +79,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
     assert packed[0]["visual_tokens"] == padded[0]["visual_tokens"]
 
 
+@require_deepspeed
 def test_freezing_keeps_frozen_parts_bit_identical(synth, tmp_path):
     run_sft(synth, str(tmp_path), "train.max_steps=3", "optim.lr=1e-3", "model.freeze=[vision_tower,merger]")
     before, _ = load_model("tiny")
@@ -88,6 +92,7 @@ def test_freezing_keeps_frozen_parts_bit_identical(synth, tmp_path):
             assert not all(same), part
 
 
+@require_deepspeed
 def test_per_part_learning_rates(synth, tmp_path):
     _, m = run_sft(
         synth,
@@ -111,6 +116,7 @@ def test_per_part_learning_rates(synth, tmp_path):
     ] == 0.0
 
 
+@require_deepspeed
 def test_export_reloads_and_generates(synth, tmp_path, encoder):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -125,6 +131,7 @@ def test_export_reloads_and_generates(synth, tmp_path, encoder):
     assert a.shape[1] > len(s)  # and it generates
 
 
+@require_deepspeed
 def test_zero3_single_process(synth, tmp_path):
     summary, m = run_sft(synth, str(tmp_path), "train.max_steps=2", "train.deepspeed=zero3", "optim.lr=1e-3")
     assert len(m) == 2 and all(x["loss"] == x["loss"] for x in m)
