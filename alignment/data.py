@@ -163,7 +163,7 @@ def collate_samples(ds: RecordDataset, layout: str, pad_id: int, attn: str, spec
 
 def check_lengths(ds: RecordDataset, lengths: list[int], cfg: DataConfig, what: str = "sample") -> None:
     """Items over max_tokens: an error naming the line, or counted as skipped. ``what`` names an
-    item in the message (DPO: a pair, prompt twice + both responses)."""
+    item in the message (DPO: a pair's longer sequence)."""
     for i, n in enumerate(lengths):
         if n > cfg.max_tokens:
             p = Problem(

@@ -153,10 +153,23 @@ class DPOTrainer(Trainer):
             raise ValueError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
         encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
         dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error)
-        lengths = dataset.lengths()
-        check_lengths(dataset, lengths, cfg.data, "pair (prompt twice + both responses)")
+        # max_tokens bounds one sequence (prompt + one response), as SPECS' max length; a pair
+        # (both sequences, one packed row) takes up to twice that
+        sides = dataset.side_lengths()
+        check_lengths(
+            dataset, [max(s) for s in sides], cfg.data, "its longer sequence (prompt + one response)"
+        )
+        lengths = [sum(s) if max(s) <= cfg.data.max_tokens else 0 for s in sides]  # 0: not used
         ga = self.train_cfg.gradient_accumulation_steps
-        planner = StepPlanner.of(lengths, cfg.data, dist.world(), ga, self.train_cfg.seed)
+        planner = StepPlanner(
+            lengths,
+            layout=cfg.data.layout,
+            micro_batch_size=cfg.data.micro_batch_size,
+            max_tokens=2 * cfg.data.max_tokens,
+            world=dist.world(),
+            grad_accum=ga,
+            seed=self.train_cfg.seed,
+        )
         state = DPOState(model, processor, planner, ga, dataset, attn)
         if self.bf16:
             # DeepSpeed casts the policy to bf16 (its fp32 master weights are made from those bf16

@@ -88,18 +88,22 @@ class PairDataset(RecordDataset):
                 return None
         return c, r
 
-    def lengths(self, progress: bool = True) -> list[int]:
-        """Tokens of each pair (chosen + rejected; they share a packed row), from file headers."""
+    def side_lengths(self) -> list[tuple[int, int]]:
+        """Tokens of each pair's sequences (prompt + chosen, prompt + rejected), from file headers;
+        (0, 0) for a pair that cannot be encoded."""
         out = []
         for i in range(len(self.records)):
             try:
-                out.append(
-                    sum(self.encoder.count_tokens(conv, self.base_dir)[0] for conv in self.conversations(i))
-                )
+                c, r = (self.encoder.count_tokens(conv, self.base_dir)[0] for conv in self.conversations(i))
             except (RecordError, VisualError) as e:
                 self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
-                out.append(0)
+                c = r = 0
+            out.append((c, r))
         return out
+
+    def lengths(self, progress: bool = True) -> list[int]:
+        """Tokens of each pair (chosen + rejected; they share a packed row), from file headers."""
+        return [c + r for c, r in self.side_lengths()]
 
 
 def _strip(s: EncodedSample) -> EncodedSample:

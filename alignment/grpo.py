@@ -2,10 +2,11 @@
 
 Each optimizer step:
 
-1. ``rollout``: take ``prompts_per_step`` RL records, roll each out ``num_generations`` times
-   through the vision_tools engine (batched sampling with KV cache; one turn, or several with
-   tool calls), score the last turn of every rollout with the configured rewards (weighted sum)
-   and turn them into group-relative advantages: a ``RolloutBatch`` of ``Group``s' sequences;
+1. ``rollout``: take ``prompts_per_step`` RL records (over all ranks: each rank rolls out its
+   share), roll each out ``num_generations`` times through the vision_tools engine (batched
+   sampling with KV cache; one turn, or several with tool calls), score the last turn of every
+   rollout with the configured rewards (weighted sum) and turn them into group-relative
+   advantages: a ``RolloutBatch`` of ``Group``s' sequences;
    the trajectories' ids are scored as they are (token-in/token-out) and only tokens the model
    generated count (tool-result turns are masked out);
 2. split the sequences into micro-batches; ``score`` (a step of the loop, before the update)
@@ -141,23 +142,32 @@ def loss_unit_of(aggregation: str) -> units.LossUnit:
 
 
 class PromptPlanner:
-    """Which prompts each rollout takes: a seeded shuffle per epoch, sharded over ranks; each
-    rollout batch serves ``mu`` optimizer steps."""
+    """Which prompts each rollout takes: a seeded shuffle per epoch. A rollout batch holds
+    ``per_step`` prompts over all ranks (rank r rolls out its ``per_step / world`` of them) and
+    serves ``mu`` optimizer steps, so an epoch of ``n`` prompts scores each once in
+    ``n // per_step`` rollouts and takes ``mu`` times as many steps."""
 
     def __init__(self, n: int, per_step: int, world: int, seed: int, mu: int = 1):
+        if per_step % world:
+            raise ConfigError(
+                f"data.prompts_per_step={per_step} is global over ranks and must divide by the "
+                f"{world} ranks (each rolls out an equal share)"
+            )
         self.n, self.per_step, self.world, self.seed, self.mu = n, per_step, world, seed, mu
+        self.per_rank = per_step // world
 
     def rollouts_per_epoch(self) -> int:
-        return max(1, self.n // (self.per_step * self.world))
+        return max(1, self.n // self.per_step)
 
     def steps_per_epoch(self) -> int:
         return self.rollouts_per_epoch() * self.mu
 
-    def prompts(self, epoch: int, step: int, rank: int) -> list[int]:
+    def prompts(self, epoch: int, rollout: int, rank: int) -> list[int]:
+        """Rank ``rank``'s prompts of rollout ``rollout`` of ``epoch``."""
         order = list(range(self.n))
         random.Random(self.seed + epoch).shuffle(order)
-        start = (step * self.world + rank) * self.per_step
-        return [order[(start + i) % self.n] for i in range(self.per_step)]
+        start = rollout * self.per_step + rank * self.per_rank
+        return [order[(start + i) % self.n] for i in range(self.per_rank)]
 
 
 @dataclass
@@ -221,12 +231,14 @@ class GRPOTrainer(Trainer):
         from vision_tools.engine import EngineConfig, ToolEngine
         from vision_tools.generation import HFGenerator
 
-        ga = self._grad_accum()
+        records = self._read(cfg.data.train)
+        planner = PromptPlanner(
+            len(records), cfg.data.prompts_per_step, dist.world(), self.train_cfg.seed, cfg.loss.mu
+        )
+        ga = self._grad_accum(planner.per_rank)
         attn = choose_backend(cfg.model.attn, device)
         model, processor = load_for_training(cfg, attn, self.train_cfg.seed)
         model.to(device)
-        records = self._read(cfg.data.train)
-        planner = PromptPlanner(len(records), cfg.data.prompts_per_step, dist.world(), self.train_cfg.seed)
         st = GRPOState(model, processor, planner, ga, records, attn)
         if cfg.loss.beta > 0:  # a frozen copy of the starting policy, in the policy's training dtype
             st.ref = copy.deepcopy(model).to(self.train_dtype(device)).eval().requires_grad_(False)
@@ -240,7 +252,7 @@ class GRPOTrainer(Trainer):
             top_p=r.top_p,
             top_k=r.top_k,
             max_resamples=0,  # a violating turn is the model's own: it gets its (negative) reward
-            batch_size=cfg.data.prompts_per_step * r.num_generations,
+            batch_size=planner.per_rank * r.num_generations,
             visual=cfg.data.visual,
         )
         # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
@@ -264,24 +276,26 @@ class GRPOTrainer(Trainer):
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         return st
 
-    def _grad_accum(self) -> int:
-        """Micro-batches per step: the rollout's sequences in micro-batches of ``data.micro_batch_size``.
-        A configured ``train.gradient_accumulation_steps`` other than 1 must agree."""
+    def _grad_accum(self, prompts: int) -> int:
+        """Micro-batches per step on a rank rolling out ``prompts`` prompts: their sequences in
+        micro-batches of ``data.micro_batch_size``. A configured ``train.gradient_accumulation_steps``
+        other than 1 must agree."""
         cfg = self.cfg
-        sequences = cfg.data.prompts_per_step * cfg.rollout.num_generations
+        sequences = prompts * cfg.rollout.num_generations
         ga = math.ceil(sequences / cfg.data.micro_batch_size)
         asked = self.train_cfg.gradient_accumulation_steps
         if asked not in (1, ga):
             raise ConfigError(
                 f"train.gradient_accumulation_steps={asked}: GRPO derives it from the rollout "
-                f"(data.prompts_per_step {cfg.data.prompts_per_step} x rollout.num_generations "
-                f"{cfg.rollout.num_generations} = {sequences} sequences in micro-batches of "
-                f"data.micro_batch_size {cfg.data.micro_batch_size}: {ga}); leave it at 1 and set those"
+                f"({prompts} prompts per rank x rollout.num_generations {cfg.rollout.num_generations} = "
+                f"{sequences} sequences in micro-batches of data.micro_batch_size "
+                f"{cfg.data.micro_batch_size}: {ga}); leave it at 1 and set those"
             )
         if ga != asked and dist.is_main():
             print(
-                f"grpo: {sequences} sequences per step in {ga} micro-batches of {cfg.data.micro_batch_size}: "
-                f"gradient accumulation over {ga} (derived; train.gradient_accumulation_steps is not used)",
+                f"grpo: {sequences} sequences per step and rank in {ga} micro-batches of "
+                f"{cfg.data.micro_batch_size}: gradient accumulation over {ga} (derived; "
+                "train.gradient_accumulation_steps is not used)",
                 flush=True,
             )
         return ga

@@ -15,7 +15,9 @@ from mm.visual import VisualConfig
 class RLDataConfig:
     train: str = opt("", "RL records: prompt messages + answer (+ meta) per line")
     eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
-    prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
+    prompts_per_step: int = opt(
+        4, "prompts per rollout batch over all ranks (the papers' batch; each rank rolls out 1/world of them)"
+    )
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
     share_prompt: bool = opt(
         True,
@@ -56,7 +58,10 @@ class GRPOLossConfig:
         "group", "divide by the group's std (GRPO), the batch's std, or not at all (Dr.GRPO)"
     )
     beta: float = opt(0.0, "KL coefficient to the frozen reference (k3); 0 = no reference model")
-    mu: int = opt(1, "optimizer steps per rollout batch (old log-probs stored when > 1)")
+    mu: int = opt(
+        1,
+        "optimizer steps per rollout batch (old log-probs stored when > 1); an epoch scores each prompt once",
+    )
     dynamic_sampling: bool = opt(
         False, "replace groups whose rewards are all equal with fresh prompts (DAPO)"
     )

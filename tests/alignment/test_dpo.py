@@ -299,3 +299,20 @@ def test_ipo_compares_mean_log_probs_by_default(tiny, encoder, tmp_path):
     with torch.no_grad():
         total, n, stats = DPOModule(model, cfg)(ref_logps=means, **batch)
     assert abs(float(total) / int(n) - 25.0) < 1e-2, float(total)
+
+
+def test_max_tokens_bounds_a_sequence_not_a_pair(encoder, tmp_path):
+    """SPECS' max length (16,384) is per sequence: a pair whose two sequences each fit is trained
+    even when together they do not (it used to be rejected as a pair over max_tokens); a
+    sequence over the limit names itself in the error."""
+    from mm.dataset import DataError
+
+    data = write_pairs(str(tmp_path), n=4)
+    ds = PairDataset(data, encoder)
+    sides = [[encoder.count_tokens(c, ds.base_dir)[0] for c in ds.conversations(i)] for i in range(len(ds))]
+    longest = max(max(s) for s in sides)
+    assert longest < min(sum(s) for s in sides)  # every pair is longer than its longer side
+    _, trainer = reference_of(str(tmp_path / "fits"), f"data.max_tokens={longest}", data=data)
+    assert trainer.state.planner.usable == [0, 1, 2, 3]
+    with pytest.raises(DataError, match=rf"longer sequence \(prompt \+ one response\) has {longest} tokens"):
+        reference_of(str(tmp_path / "over"), f"data.max_tokens={longest - 1}", data=data)

@@ -151,11 +151,11 @@ def test_grpo_refuses_another_gradient_accumulation():
     grpo = os.path.join(ROOT, "configs", "quickstart", "grpo.yaml")
     for ga, want in (("1", 2), ("2", 2)):
         cfg = build_config(grpo, [*over, f"train.gradient_accumulation_steps={ga}"])
-        assert GRPOTrainer(cfg)._grad_accum() == want
+        assert GRPOTrainer(cfg)._grad_accum(4) == want
         assert cfg.train.gradient_accumulation_steps == int(ga)  # never overwritten
     cfg = build_config(grpo, [*over, "train.gradient_accumulation_steps=8"])
     with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=8: GRPO derives it .* 16 sequences"):
-        GRPOTrainer(cfg)._grad_accum()
+        GRPOTrainer(cfg)._grad_accum(4)
 
 
 @require_deepspeed
