@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from alignment import units
 from alignment.grpo_config import GRPOConfig
 from alignment.infra import distributed as dist
-from alignment.loop import Trainer, TrainState
+from alignment.loop import STAND_IN, Trainer, TrainState
 from alignment.losses import IGNORE, group_advantages, grpo_loss
-from alignment.rewards import combine
+from alignment.rewards import combine, soft_overlong_penalty
 from alignment.shared_prompt import TREE_KEYS, shared_prompt_batch, worth_sharing
 from mm.attention import choose_backend, uses_varlen
 from mm.collate import pad_batch
@@ -333,8 +333,15 @@ class GRPOTrainer(Trainer):
         planner = self.state.planner
         for r in range(first, planner.rollouts_per_epoch()):
             self._draw_key = f"{self.train_cfg.seed}/{epoch}/{r}/{dist.rank()}"  # refills resume identically
-            rollout = self.rollout(planner.prompts(epoch, r, dist.rank()))
+            prompts = planner.prompts(epoch, r, dist.rank())
+            rollout = self.rollout(prompts)
             batches = [self._batch(rollout, k, k + mb) for k in range(0, len(rollout), mb)]
+            # fewer sequences than planned (dynamic sampling ran dry, overlong filtering): the
+            # missing micro-batches are skipped ones (weight 0); a rank with none left runs a
+            # stand-in so collectives stay in step
+            batches += [None] * (self.state.grad_accum - len(batches))
+            if batches[0] is None:
+                batches[0] = {**self._stand_in(prompts[0]), STAND_IN: True}
             for _ in range(mu - (skip if r == first else 0)):
                 yield from batches  # the same dicts: scored once, before their first update
 
@@ -360,6 +367,13 @@ class GRPOTrainer(Trainer):
             total, parts = combine(
                 cfg.rewards, [t.turns[-1].text if t.turns else "" for t in group], **sample
             )
+            if cfg.loss.overlong_cache:  # DAPO's soft overlong punishment, added to the reward
+                limit = cfg.rollout.max_completion_length * cfg.rollout.max_turns
+                pen = [
+                    soft_overlong_penalty(t.generated_tokens, limit, cfg.loss.overlong_cache) for t in group
+                ]
+                total = [r + p for r, p in zip(total, pen)]
+                parts["overlong_penalty"] = pen
             groups.append(Group(rec, group, torch.tensor(total), parts))
         return groups
 
@@ -382,17 +396,22 @@ class GRPOTrainer(Trainer):
                 informative += [g for g in more if g.informative]
                 rolled += more
                 refills += 1
-            rest = [g for g in rolled if not g.informative]
-            chosen = (informative + rest)[: len(indices)]  # the batch keeps its size
+            chosen = informative[: len(indices)]  # the cap spent: fewer groups, never zero-advantage ones
         t_gen = time.perf_counter() - t0
-        adv = group_advantages(torch.cat([g.rewards for g in chosen]), G, cfg.loss.advantage_scale)
         self.rollout_stats = self._rollout_stats(rolled, chosen, refills, t_gen)
-        trajs = [t for g in chosen for t in g.trajectories]
+        if not chosen:
+            return RolloutBatch([], [], [], torch.zeros(0))
+        adv = group_advantages(torch.cat([g.rewards for g in chosen]), G, cfg.loss.advantage_scale)
+        keep = [  # (group, trajectory, advantage); DAPO overlong filtering drops truncated completions
+            (j, t, a)
+            for (j, t), a in zip(((j, t) for j, g in enumerate(chosen) for t in g.trajectories), adv)
+            if not (cfg.loss.overlong_filter and t.finish_reason == "max_tokens")
+        ]
         return RolloutBatch(
-            samples=[t.encoded(st.engine.encoder.rope) for t in trajs],
-            prompt_lengths=[t.prompt_length for t in trajs],
-            groups=[j for j, g in enumerate(chosen) for _ in g.trajectories],
-            advantages=adv,
+            samples=[t.encoded(st.engine.encoder.rope) for _, t, _ in keep],
+            prompt_lengths=[t.prompt_length for _, t, _ in keep],
+            groups=[j for j, _, _ in keep],
+            advantages=torch.stack([a for _, _, a in keep]) if keep else torch.zeros(0),
         )
 
     def _rollout_stats(self, rolled: list[Group], chosen: list[Group], refills: int, t_gen: float) -> dict:
@@ -414,8 +433,10 @@ class GRPOTrainer(Trainer):
             "tool_calls": sum(rec.image_index is not None for t in every for rec in t.turns) / n,  # executed
             "response_length": sum(t.generated_tokens for t in every) / n,
             "generation_s": t_gen,
-            "informative_groups": sum(float(g.informative) for g in chosen) / len(chosen),
+            "informative_groups": sum(float(g.informative) for g in chosen) / max(1, len(chosen)),
+            "groups_trained": len(chosen),  # per rank; < the rank's prompts when dynamic sampling ran dry
             "refills": refills,
+            "overlong": sum(t.finish_reason == "max_tokens" for t in every) / n,
         }
         if "accuracy" in parts_all:
             stats["accuracy"] = parts_all["accuracy"] / n
@@ -425,6 +446,17 @@ class GRPOTrainer(Trainer):
         means = dist.all_sum([stats[k] for k in shared], str(self.model.device)) / dist.world()
         stats.update({k: float(v) for k, v in zip(shared, means)})
         return stats
+
+    def _stand_in(self, index: int) -> dict:
+        """A one-sequence micro-batch of prompt ``index`` (the loop gives it weight 0)."""
+        st = self.state
+        rec = st.dataset[index]
+        sample = st.engine.encoder.encode(
+            [m.to_dict() for m in rec.prompt], st.base_dir, add_generation_prompt=True
+        )
+        batch = pad_batch([sample], self.processor.tokenizer.pad_token_id)
+        batch["advantages"] = torch.zeros(1)
+        return batch
 
     def _any_rank(self, flag: bool) -> bool:
         """``flag`` on any rank (ZeRO-3 on several ranks), else this rank's ``flag``."""

@@ -37,8 +37,9 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int = opt(0, "top-k sampling (0: off)")
     max_completion_length: int = opt(512, "new tokens per turn")
-    max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
-    tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+    max_turns: int = opt(
+        1, "assistant turns per rollout (> 1: tool calls run through vision_tools, the ViRC tools)"
+    )
     image_cache: bool = opt(
         True,
         "encode each distinct image once per rollout batch and reuse its features in generation and "
@@ -63,9 +64,23 @@ class GRPOLossConfig:
         "optimizer steps per rollout batch (old log-probs stored when > 1); an epoch scores each prompt once",
     )
     dynamic_sampling: bool = opt(
-        False, "replace groups whose rewards are all equal with fresh prompts (DAPO)"
+        False,
+        "DAPO dynamic sampling: train only on groups whose rewards differ, drawing fresh prompts "
+        "until the rank has its prompts_per_step share of them (or max_refills rounds are spent: "
+        "the step then holds fewer groups, never zero-advantage ones)",
     )
     max_refills: int = opt(2, "dynamic sampling: extra rollout rounds per step at most")
+    overlong_filter: bool = opt(
+        False,
+        "DAPO overlong filtering: completions cut at the length limit get no loss (their rewards "
+        "still shape their group's advantages)",
+    )
+    overlong_cache: int = opt(
+        0,
+        "DAPO soft overlong punishment: L_cache, the last tokens before the length limit L_max = "
+        "rollout.max_completion_length x max_turns over which a penalty grows linearly to -1 "
+        "(added to the reward; 0: off; DAPO: 4096 of 20480)",
+    )
 
 
 @dataclass

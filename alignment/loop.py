@@ -107,6 +107,9 @@ class TrainState:
     attn: str = "sdpa"  # the attention backend the model was loaded with
 
 
+STAND_IN = "stand_in"  # a micro-batch key: the batch runs (collectives stay in step) with weight 0
+
+
 class ContractError(RuntimeError):
     """A trainer or its module broke the loop's contract (the message names the method)."""
 
@@ -315,7 +318,7 @@ class Trainer:
     def train_step(self, engine, batches: list[dict | None], device: str) -> dict:
         world = dist.world()
         # a micro-batch whose records were all skipped still runs (collectives stay in step), with weight 0
-        weights = [0.0 if b is None else 1.0 for b in batches]
+        weights = [0.0 if b is None or b.get(STAND_IN) else 1.0 for b in batches]
         valid = [b for b in batches if b is not None]
         if not valid:
             raise RuntimeError("every micro-batch of this step was skipped (bad records); check the data")
@@ -326,7 +329,7 @@ class Trainer:
         loss_sum, norm = 0.0, None
         extra: dict[str, float] = {}
         for k, (b, w) in enumerate(zip(batches, weights)):
-            b = {key: v.to(device) if torch.is_tensor(v) else v for key, v in b.items()}
+            b = {key: v.to(device) if torch.is_tensor(v) else v for key, v in b.items() if key != STAND_IN}
             total, st = self.checked_forward(engine, b, counted[k])
             engine.backward(total * (w * scale), scale_wrt_gas=False)
             if self._norm_by_hand and k == len(batches) - 1:  # before DeepSpeed clips them
