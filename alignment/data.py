@@ -1,11 +1,19 @@
 """Training data: the data config, per-epoch step plans sharded over ranks, and the loader.
 
 An epoch is planned up front from token counts (file headers only): samples are shuffled with
-``seed + epoch``, then grouped into micro-batches (``pad``: ``micro_batch_size`` samples;
-``pack``: rows of at most ``max_tokens`` tokens, ``micro_batch_size`` rows per micro-batch).
-One optimizer step takes ``world x grad_accum`` micro-batches; rank r gets micro-batches
-``a * world + r``. The position in the data is just (epoch, step), so resuming skips whole steps
-without touching their samples.
+``seed + epoch``, then grouped into micro-batches of ``micro_batch_size`` samples. The layout is
+how a micro-batch is laid out, not how big it is: ``pad`` pads its samples to the longest,
+``pack`` concatenates them into as few rows of at most ``max_tokens`` tokens as first-fit
+decreasing makes (no padding inside a row). One optimizer step takes ``world x grad_accum``
+micro-batches; rank r gets micro-batches ``a * world + r``.
+
+So a step holds ``world x grad_accum x micro_batch_size`` samples whatever the layout and the
+sample lengths: the global batch as the papers (and their padded trainers) count it, and the
+same number of optimizer steps per epoch (ViRC: 8 GPUs x 8 accumulation x 1 = 64 samples).
+Packing saves the padding's compute, never changes what a step averages over.
+
+The position in the data is just (epoch, step), so resuming skips whole steps without touching
+their samples.
 """
 
 from __future__ import annotations
@@ -33,7 +41,11 @@ class DataConfig:
     max_tokens: int = opt(
         4096, "pack: tokens per row; both: longer samples are an error (or skipped with on_error=skip)"
     )
-    micro_batch_size: int = opt(1, "rows (pack) or samples (pad) per micro-batch on each rank")
+    micro_batch_size: int = opt(
+        1,
+        "samples per micro-batch on each rank, in either layout (pack lays them out in rows of at most "
+        "max_tokens): a step holds world x gradient_accumulation_steps x micro_batch_size samples",
+    )
     on_error: Literal["raise", "skip"] = opt(
         "raise", "bad records: stop with file:line, or skip and count them"
     )
@@ -49,9 +61,9 @@ class DataConfig:
 class StepPlanner:
     """Deterministic per-epoch plans of optimizer steps, each a list of world x grad_accum micro-batches.
 
-    ``lengths``: tokens per item (0: unusable); ``layout`` pad (``micro_batch_size`` items per
-    micro-batch) or pack (rows of at most ``max_tokens`` tokens, ``micro_batch_size`` rows per
-    micro-batch); items longer than ``max_tokens`` (None: no limit) are left out.
+    ``lengths``: tokens per item (0: unusable); ``micro_batch_size`` items per micro-batch, laid
+    out as a list of items (pad) or a list of rows of items of at most ``max_tokens`` tokens
+    together (pack); items longer than ``max_tokens`` (None: no limit) are left out.
     """
 
     def __init__(
@@ -102,18 +114,16 @@ class StepPlanner:
         order = list(self.usable)
         random.Random(self.seed * 1000003 + epoch).shuffle(order)
         mb = self.micro_batch_size
+        groups = [order[k : k + mb] for k in range(0, len(order) - mb + 1, mb)]
         if self.layout == "pad":
-            return [order[k : k + mb] for k in range(0, len(order) - mb + 1, mb)]
-        rows = [
-            [order[j] for j in row] for row in plan_packs([self.lengths[i] for i in order], self.max_tokens)
+            return groups
+        return [  # the micro-batch's samples in rows of at most max_tokens
+            [[g[j] for j in row] for row in plan_packs([self.lengths[i] for i in g], self.max_tokens)]
+            for g in groups
         ]
-        random.Random(self.seed * 1000003 + epoch + 1).shuffle(rows)
-        return [rows[k : k + mb] for k in range(0, len(rows) - mb + 1, mb)]
 
     def steps_per_epoch(self) -> int:
-        # the same every epoch: reshuffling changes which samples share a row, not how many rows
-        # first-fit decreasing makes (it only sees the sorted lengths)
-        return len(self.micro_batches(0)) // self.per_step
+        return len(self.usable) // self.micro_batch_size // self.per_step
 
     def rank_micro_batches(self, epoch: int, rank: int, start_step: int = 0) -> list[list]:
         """This rank's micro-batches of ``epoch`` from ``start_step`` on, grad_accum per step."""

@@ -73,8 +73,9 @@ class TrainConfig:
     max_steps: int = opt(0, "stop after this many optimizer steps (0: epochs decide)")
     gradient_accumulation_steps: int = opt(
         1,
-        "micro-batches per optimizer step on each rank (GRPO derives it from data.prompts_per_step x "
-        "rollout.num_generations / data.micro_batch_size and refuses another value than 1 or that)",
+        "micro-batches per optimizer step on each rank (GRPO derives it: a rank's share of "
+        "data.prompts_per_step x rollout.num_generations / data.micro_batch_size, and refuses another "
+        "value than 1 or that)",
     )
     seed: int = opt(0, "seed for data order and initialisation")
     log_every: int = opt(1, "log metrics every N optimizer steps")

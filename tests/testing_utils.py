@@ -9,10 +9,14 @@
 
 ``require_cuda`` and ``require_flash_attn`` also carry the declared ``gpu`` / ``flash_attn``
 markers, so ``-m "not gpu"`` deselects them and ``-m gpu`` runs only them.
+
+The marks look packages up without importing them: importing decord first breaks OpenCV's
+libvpx video writer in the same process (ABI mismatch), which the streaming tests use.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 
 import pytest
@@ -21,6 +25,11 @@ import torch
 from mm.imports import is_available
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def installed(name: str) -> bool:
+    """Whether the package ``name`` can be found (not imported)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def _both(*marks):
@@ -35,15 +44,13 @@ def _both(*marks):
 
 
 require_deepspeed = pytest.mark.skipif(
-    not is_available("deepspeed"), reason="needs DeepSpeed (pip install 'mmpost[deepspeed]')"
+    not installed("deepspeed"), reason="needs DeepSpeed (pip install 'mmpost[deepspeed]')"
 )
 require_decord = pytest.mark.skipif(
-    not is_available("decord"), reason="needs decord (pip install 'mmpost[video]')"
+    not installed("decord"), reason="needs decord (pip install 'mmpost[video]')"
 )
-require_opencv = pytest.mark.skipif(
-    not is_available("cv2"), reason="needs OpenCV (pip install 'mmpost[video]')"
-)
-require_peft = pytest.mark.skipif(not is_available("peft"), reason="needs peft (pip install 'mmpost[lora]')")
+require_opencv = pytest.mark.skipif(not installed("cv2"), reason="needs OpenCV (pip install 'mmpost[video]')")
+require_peft = pytest.mark.skipif(not installed("peft"), reason="needs peft (pip install 'mmpost[lora]')")
 require_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)"
 )

@@ -145,9 +145,9 @@ def run_dpo(out, *overrides, data=None):
             "train.save_every=0",
             "optim.schedule=constant",
             "optim.warmup_ratio=0",
-            "data.max_tokens=1024",
-            "data.layout=pack",  # one packed row of pairs per step (the measurements below)
-            "data.micro_batch_size=1",
+            "data.max_tokens=512",  # per sequence: a packed row of pairs holds up to 1024 tokens
+            "data.layout=pack",  # one packed row of 5 pairs per step (the measurements below)
+            "data.micro_batch_size=5",
             "train.gradient_accumulation_steps=1",
             *overrides,
         ],
@@ -156,12 +156,19 @@ def run_dpo(out, *overrides, data=None):
     return summary, read_metrics(out)
 
 
+@pytest.mark.parametrize("layout", ["pad", "pack"])
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
 @require_deepspeed
-def test_reference_precomputed_equals_frozen_copy(tmp_path, lora):
+def test_reference_precomputed_equals_frozen_copy(tmp_path, lora, layout):
     """Two steps with a precomputed reference and with a reference scoring every micro-batch (a
-    frozen copy; under LoRA the policy with adapters disabled): the same losses and rewards."""
-    common = ("train.max_steps=2", "optim.lr=1e-3", f"model.lora_r={lora}")
+    frozen copy; under LoRA the policy with adapters disabled): the same losses and rewards.
+
+    Step 1's policy is the reference: with one pair per padded micro-batch (the precompute's own
+    batches) its margin is exactly 0; packed (all 8 pairs in one row) the policy's log-probs come
+    from another layout, equal to the padded ones up to float rounding (invariant 1: <= 1e-5)."""
+    mb = 1 if layout == "pad" else 8
+    common = ("train.max_steps=2", "optim.lr=1e-3", f"model.lora_r={lora}", f"data.layout={layout}")
+    common += (f"data.micro_batch_size={mb}",)
     data = write_pairs(str(tmp_path), n=8)
     _, pre = run_dpo(str(tmp_path / "pre"), *common, data=data)
     _, live = run_dpo(str(tmp_path / "live"), *common, "loss.precompute_ref=false", data=data)
@@ -170,7 +177,10 @@ def test_reference_precomputed_equals_frozen_copy(tmp_path, lora):
         for k in ("loss", "m_dpo_loss", "m_chosen_reward", "m_rejected_reward", "m_sft_loss"):
             assert abs(a[k] - b[k]) < 1e-4, (k, a[k], b[k])
     assert abs(pre[0]["m_dpo_loss"] - 0.693147) < 1e-5  # step 1: the policy is the reference
-    assert pre[0]["m_margin"] == 0.0
+    if layout == "pad":
+        assert pre[0]["m_margin"] == 0.0
+    else:
+        assert abs(pre[0]["m_margin"]) < 1e-5
     assert pre[1]["m_chosen_reward"] != 0.0  # step 2: the update moved the policy away from it
 
 

@@ -81,3 +81,23 @@ def test_token_nll_sum_matches_full_logits():
         logits.reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100
     )
     assert n == 5 and torch.allclose(total, ref, atol=1e-5)
+
+
+def test_a_step_holds_the_global_batch_of_samples_whatever_the_packing():
+    """Packed SFT counts samples: 2 ranks x 3 accumulation x 2 samples = 12 samples per step, so 50
+    samples make 4 steps per epoch padded, packed in short rows or packed in long ones (the paper's
+    trainer, padded, takes the same 4 steps), and every step holds exactly 12 samples."""
+    import random
+
+    lengths = [random.Random(k).randint(50, 900) for k in range(50)]
+    for layout, max_tokens in (("pad", 1000), ("pack", 1000), ("pack", 4000)):
+        plain = dict(layout=layout, micro_batch_size=2, max_tokens=max_tokens, world=2, grad_accum=3, seed=1)
+        ranks = [StepPlanner(lengths, **plain) for _ in range(2)]
+        assert ranks[0].steps_per_epoch() == 4, layout
+        per_rank = [p.rank_micro_batches(0, r) for r, p in enumerate(ranks)]
+        for step in range(4):
+            mbs = [mb for own in per_rank for mb in own[3 * step : 3 * step + 3]]
+            samples = [i for mb in mbs for i in (mb if layout == "pad" else [i for row in mb for i in row])]
+            assert len(samples) == len(set(samples)) == 12
+            if layout == "pack":  # rows within the limit
+                assert all(sum(lengths[i] for i in row) <= max_tokens for mb in mbs for row in mb)
