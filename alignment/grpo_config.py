@@ -19,7 +19,9 @@ class RLDataConfig:
     format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
         "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
     )
-    prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
+    prompts_per_step: int = opt(
+        4, "prompts per rollout batch over all ranks (the papers' batch; each rank rolls out 1/world of them)"
+    )
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
     share_prompt: bool = opt(
         True,
@@ -39,8 +41,9 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int = opt(0, "top-k sampling (0: off)")
     max_completion_length: int = opt(512, "new tokens per turn")
-    max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
-    tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+    max_turns: int = opt(
+        1, "assistant turns per rollout (> 1: tool calls run through vision_tools, the ViRC tools)"
+    )
     coords: Literal["dynamic", "fixed"] = opt(
         "dynamic",
         "how tool coordinates are meant, in rollouts and in virc_turn: pixels of the image as shown, "
@@ -65,11 +68,28 @@ class GRPOLossConfig:
         "group", "divide by the group's std (GRPO), the batch's std, or not at all (Dr.GRPO)"
     )
     beta: float = opt(0.0, "KL coefficient to the frozen reference (k3); 0 = no reference model")
-    mu: int = opt(1, "optimizer steps per rollout batch (old log-probs stored when > 1)")
+    mu: int = opt(
+        1,
+        "optimizer steps per rollout batch (old log-probs stored when > 1); an epoch scores each prompt once",
+    )
     dynamic_sampling: bool = opt(
-        False, "replace groups whose rewards are all equal with fresh prompts (DAPO)"
+        False,
+        "DAPO dynamic sampling: train only on groups whose rewards differ, drawing fresh prompts "
+        "until the rank has its prompts_per_step share of them (or max_refills rounds are spent: "
+        "the step then holds fewer groups, never zero-advantage ones)",
     )
     max_refills: int = opt(2, "dynamic sampling: extra rollout rounds per step at most")
+    overlong_filter: bool = opt(
+        False,
+        "DAPO overlong filtering: completions cut at the length limit get no loss (their rewards "
+        "still shape their group's advantages)",
+    )
+    overlong_cache: int = opt(
+        0,
+        "DAPO soft overlong punishment: L_cache, the last tokens before the length limit L_max = "
+        "rollout.max_completion_length x max_turns over which a penalty grows linearly to -1 "
+        "(added to the reward; 0: off; DAPO: 4096 of 20480)",
+    )
 
 
 @dataclass

@@ -373,3 +373,23 @@ def combine(
     parts = {name: reward_function(name)(completions, **sample) for name in weights}
     total = [sum(weights[n] * parts[n][i] for n in weights) for i in range(len(completions))]
     return total, parts
+
+
+def soft_overlong_penalty(length: int, max_length: int, cache: int) -> float:
+    """DAPO's soft overlong punishment R_length (Yu et al. 2025, eq. 13), added to the reward:
+
+        0                                     if |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
+        -1                                    if |y| > L_max
+
+    ``length`` |y| the completion's generated tokens, ``max_length`` L_max, ``cache`` L_cache
+    (DAPO: L_max 20,480 with a 4,096-token cache: no penalty up to 16,384 tokens, then linear
+    down to -1 at the limit).
+    """
+    if not 0 < cache <= max_length:
+        raise ValueError(f"overlong cache {cache} must be in 1..{max_length} (the length limit)")
+    if length <= max_length - cache:
+        return 0.0
+    if length <= max_length:
+        return ((max_length - cache) - length) / cache
+    return -1.0

@@ -4,7 +4,7 @@ EasyR1 / TRL rows in JSON or parquet (images embedded as bytes), gives the same 
 import os
 
 import pytest
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 
 from alignment.train import train
 from tests.alignment.conftest import QUICKSTART, ROOT
