@@ -61,8 +61,8 @@ def prompts_of(path: str, format: str = "auto") -> tuple[list[tuple[str, list, s
 def generate(model, processor, encoder, prompts: list[list], base_dir: str, max_new_tokens: int) -> list[str]:
     samples = [encoder.encode(p, base_dir, add_generation_prompt=True) for p in prompts]
     batch = pad_batch(samples, processor.tokenizer.pad_token_id, side="left")
-    # generate derives M-RoPE positions itself from the mask and mm_token_type_ids
-    batch = {k: v.to(model.device) for k, v in batch.items() if k not in ("labels", "position_ids")}
+    # the encoder's M-RoPE positions (mm's rule, as in training); generate goes on from the last + 1
+    batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, batch["input_ids"].shape[1] :]
     return processor.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -57,6 +57,7 @@ def test_grpo_on_easyr1_columns_matches_jsonl(tmp_path):
     cfg = os.path.join(ROOT, "configs", "cls_rl", "grpo.yaml")
     over = (
         "rewards={contains_answer: 1.0}",
+        "data.prompts_per_step=2",
         "train.max_steps=2",
         "optim.lr=3e-3",
         "rollout.max_completion_length=12",

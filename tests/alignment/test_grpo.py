@@ -201,6 +201,7 @@ def test_cached_image_features_give_the_same_run(tmp_path, freeze):
     base = [
         f"data.train={image_letter_task(tmp_path)}",
         "rewards={contains_answer: 1.0}",
+        "data.prompts_per_step=2",
         "train.export=false",
         "train.max_steps=4",
         "loss.mu=2",
