@@ -327,24 +327,14 @@ def cmd_virc_rl(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from vision_tools.engine import EngineConfig
     from vision_tools.server import ServeConfig, serve
 
     for d in args.image_dir:
         if not os.path.isdir(d):
             raise FileNotFoundError(f"--image-dir {d}: no such folder")
-    engine = EngineConfig(max_turns=args.max_turns, max_turn_tokens=args.max_turn_tokens)
-    cfg = ServeConfig(
-        image_dirs=args.image_dir,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_image_bytes=int(args.max_image_mb * 2**20),
-        max_turns=args.max_turns,
-        max_turn_tokens=args.max_turn_tokens,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        engine=engine,
-    )
-    serve(args.model, args.host, args.port, cfg)
+    names = ("image_dir", "max_turns", "max_turn_tokens", "max_batch", "batch_wait_ms", "max_body_mb",
+             "max_image_mb", "max_queue", "request_timeout")  # fmt: skip
+    serve(args.model, args.host, args.port, ServeConfig(**{k: getattr(args, k) for k in names}))
     return 0
 
 
@@ -440,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-image-mb", type=float, default=16.0, help="largest image file (default %(default)s MiB)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=256, help="waiting conversations; more get 429 (%(default)s)"
+    )
+    p.add_argument(
+        "--request-timeout", type=float, default=600.0, help="seconds per request, then 504 (0: none)"
     )
     p.set_defaults(func=cmd_serve)
 

@@ -27,6 +27,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 50
+    stop: tuple[str, ...] = ()  # stop strings besides STOP_STRINGS
 
 
 @dataclass
@@ -51,15 +52,20 @@ class Generator(Protocol):
 class _StopCriteria:
     """Per-row stop: a stop string appeared in the new text, or the row's own token limit."""
 
-    def __init__(self, tokenizer, prompt_len: int, limits: list[int], stops=STOP_STRINGS, tail: int = 8):
+    def __init__(
+        self, tokenizer, prompt_len: int, limits: list[int], stops=STOP_STRINGS, tail: int = 8, cancelled=None
+    ):
         self.tok, self.prompt_len, self.stops, self.tail = tokenizer, prompt_len, stops, tail
         self.limits = torch.tensor(limits)
+        self.cancelled = cancelled  # [B] -> which rows to stop now (their conversation was cancelled)
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
         n_new = input_ids.shape[1] - self.prompt_len
         done = (n_new >= self.limits).to(input_ids.device)
         tails = self.tok.batch_decode(input_ids[:, -min(self.tail, n_new) :])
         hit = torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+        if self.cancelled is not None:
+            hit |= torch.tensor(self.cancelled(), dtype=torch.bool, device=input_ids.device)
         return done | hit
 
 
@@ -77,6 +83,8 @@ class HFGenerator:
             )
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         self.features = features
+        # key -> bool, checked at every token: a True row stops at once (a server cancelling work)
+        self.cancelled = None
         ids = self.tok.convert_tokens_to_ids
         self.end_ids = [ids("<|im_end|>"), ids("<|endoftext|>")]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
@@ -143,6 +151,12 @@ class HFGenerator:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        stops = STOP_STRINGS + tuple(sampling.stop)
+        cancelled = None
+        if self.cancelled is not None:
+            keys = [c.key for c in contexts]
+            cancelled = lambda: [self.cancelled(k) for k in keys]  # noqa: E731
+        criteria = _StopCriteria(self.tok, L, max_new_tokens, stops, cancelled=cancelled)
         out = self.model.generate(
             **batch,
             max_new_tokens=max(max_new_tokens),
@@ -150,22 +164,22 @@ class HFGenerator:
             pad_token_id=self.pad_id,
             suppress_tokens=self.suppress,
             synced_gpus=self.synced_gpus,
-            stopping_criteria=StoppingCriteriaList([_StopCriteria(self.tok, L, max_new_tokens)]),
+            stopping_criteria=StoppingCriteriaList([criteria]),
             **kwargs,
         )
         rows = zip(out.cpu()[:real], max_new_tokens[:real])
-        return [self._trim(row[L:].tolist(), limit) for row, limit in rows]
+        return [self._trim(row[L:].tolist(), limit, stops) for row, limit in rows]
 
-    def _trim(self, new: list[int], limit: int) -> list[int]:
+    def _trim(self, new: list[int], limit: int, stops=STOP_STRINGS) -> list[int]:
         """Drop the padding after a finished row: keep up to the first end token or stop string."""
         new = new[:limit]
         for j, t in enumerate(new):
             if t in self.end_ids:
                 return new[: j + 1]
-        if not any(s in self.tok.decode(new) for s in STOP_STRINGS):
+        if not any(s in self.tok.decode(new) for s in stops):
             return new
         for j in range(1, len(new) + 1):  # the step at which a stop string completed
-            if any(s in self.tok.decode(new[max(0, j - 8) : j]) for s in STOP_STRINGS):
+            if any(s in self.tok.decode(new[max(0, j - 8) : j]) for s in stops):
                 return new[:j]
         return new
 
