@@ -69,7 +69,9 @@ class ClientTool(Tool):
             raise ApiError(400, "bad_request", f"{where}.function.parameters must be a JSON schema object")
         self.name, self.repeat_question = fn["name"], False
         self.description = str(fn.get("description", ""))
-        self.parameters = {"required": [], "properties": {}, **params}
+        self.parameters = {**params}  # as sent: the system prompt declares it verbatim
+        self.parameters.setdefault("properties", {})
+        self.parameters.setdefault("required", [])
         same = builtin is not None and set(self.parameters["properties"]) == set(
             builtin.parameters["properties"]
         )
