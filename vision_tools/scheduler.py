@@ -61,9 +61,16 @@ class Job:
 
     def resolve(self, value) -> None:
         """Answer the request (a result or an ApiError) from any thread; later answers are ignored."""
-        self.loop.call_soon_threadsafe(_set, self.result, value)
+        self.send(_set, self.result, value)
         if self.events is not None:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, None)
+            self.send(self.events.put_nowait, None)
+
+    def send(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the request's event loop (nothing if the server has stopped)."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
 def _set(fut: asyncio.Future, value) -> None:
@@ -222,7 +229,7 @@ class Scheduler:
                             if r.image_index is not None and job.request.include_images
                             else None
                         )
-                        job.loop.call_soon_threadsafe(job.events.put_nowait, (i, turn_json(r, image)))
+                        job.send(job.events.put_nowait, (i, turn_json(r, image)))
                     job.reported[i] = len(c.turns)
             if all(c.finish is not None for c in job.convs):
                 engine = self.engines[job.group]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 import time
 
@@ -254,12 +256,23 @@ def serve(model_name: str, host: str = "127.0.0.1", port: int = 8000, cfg: Serve
     app = create_app(model, processor, cfg, model_name=model_name)
 
     class Server(uvicorn.Server):
+        signal: int | None = None
+
         def handle_exit(self, sig, frame):  # answer in-flight requests with 503 and stop generating
+            self.signal = sig
             threading.Thread(target=app.state.scheduler.shutdown, daemon=True).start()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=cfg.shutdown_timeout
     )
+    server = Server(config)
     print(f"mmpost serve: {model_name} on http://{host}:{port}", flush=True)
-    Server(config).run()
+    try:
+        server.run()
+    finally:  # the worker stops within a decoding step once everything is cancelled
+        app.state.scheduler.thread.join(timeout=cfg.shutdown_timeout)
+        if server.signal is not None:  # skip the interpreter's teardown (seconds with torch loaded)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + server.signal)

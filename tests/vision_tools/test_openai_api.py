@@ -201,16 +201,16 @@ def test_streaming_matches_the_completion(client):
 
 @pytest.mark.slow
 def test_a_hundred_concurrent_requests_are_all_answered(server):
+    def ask(i: int) -> list[dict]:
+        img = image_part(solid(56, 56 + 28 * (i % 3)))
+        return [{"role": "user", "content": [img, {"type": "text", "text": f"Q{i}?"}]}]
+
     async def main():
         client = openai.AsyncOpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=600)
-        ask = lambda i: [
-            {
-                "role": "user",
-                "content": [image_part(solid(56, 56 + 28 * (i % 3))), {"type": "text", "text": f"Q{i}?"}],
-            }
-        ]  # noqa: E731
-        return await asyncio.gather(*(client.chat.completions.create(
-            model="tiny", messages=ask(i), max_tokens=4, extra_body={"max_resamples": 0, "max_turns": 2}) for i in range(100)))  # fmt: skip
+        opts = {"model": "tiny", "max_tokens": 4, "extra_body": {"max_resamples": 0, "max_turns": 2}}
+        return await asyncio.gather(
+            *(client.chat.completions.create(messages=ask(i), **opts) for i in range(100))
+        )
 
     replies = asyncio.run(main())
     assert len({r.id for r in replies}) == 100 and all(r.choices[0].trajectory["turns"] for r in replies)
