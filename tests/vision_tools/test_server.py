@@ -225,3 +225,42 @@ def test_an_image_that_cannot_be_shown_is_a_bad_request():
     assert (e.value.status, e.value.code) == (400, "bad_image")
     shown = load_request_image(data_url(solid(300, 200)), ServeConfig(), "t", VisualConfig())
     assert shown.size == (308, 196)  # as the model sees it: 300 x 200 -> smart_resize
+
+
+def test_every_curl_example_in_the_docs_succeeds(server):
+    """Each curl command of docs/api.md, pointed at this server, gets a 2xx reply."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("curl") is None or shutil.which("base64") is None:
+        pytest.skip("curl/base64 not installed")
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```bash\n(.*?)```", (root / "docs" / "api.md").read_text(), flags=re.S)
+    curls = [b for b in blocks if "curl " in b]
+    assert len(curls) >= 6
+    script = "set -e\n" + "\n".join(curls).replace("http://127.0.0.1:8000", server[0])
+    script = script.replace("curl -s", "curl --fail-with-body -s")
+    r = subprocess.run(["bash", "-c", script], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    assert "data: [DONE]" in r.stdout and '"object": "chat.completion"' in r.stdout.replace('":"', '": "')
+
+
+def test_the_sdk_examples_in_the_docs_work(server):
+    """docs/api.md's ``python sdk`` blocks, run in order against this server with the openai SDK."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("openai", reason="the openai SDK is in the dev extra")
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```python sdk\n(.*?)```", (root / "docs" / "api.md").read_text(), flags=re.S)
+    assert len(blocks) >= 6
+    namespace = {"__name__": "__doc_example__"}
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for block in blocks:
+            exec(compile(block.replace("http://127.0.0.1:8000", server[0]), "docs/api.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["reply"].object == "chat.completion"
