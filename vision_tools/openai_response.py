@@ -81,7 +81,10 @@ def message(t: Trajectory, req: ChatRequest, stop: list[str]) -> tuple[dict, str
     text = t.answer if t.answer is not None else (last.text if last else "")
     if t.finish_reason == "stop":
         text = min((text.split(s)[0] for s in stop if s in text), key=len, default=text)
-    finish = "stop" if t.finish_reason in ("answer", "stop") else "length"
+    # with client tools the server takes one turn per request: only a turn cut short is "length"
+    cut = last is not None and last.span[1] - last.span[0] >= req.engine.max_turn_tokens
+    one_turn = req.client_tools and t.finish_reason == "max_turns" and not cut
+    finish = "stop" if t.finish_reason in ("answer", "stop") or one_turn else "length"
     return {"role": "assistant", "content": text}, finish
 
 

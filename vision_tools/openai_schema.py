@@ -86,8 +86,6 @@ def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool]) -> ChatRequ
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "bad_request", "'messages' must be a non-empty list")
-    if len(msgs) > 4 * cfg.max_turns + 8:
-        raise ApiError(400, "bad_request", f"at most {4 * cfg.max_turns + 8} messages per request")
     client = body.get("tools") is not None
     declared = client_tools(body.get("tools"), tools) if client else list(tools.values())
     econf = replace(engine_options(body, cfg), **({"max_turns": 1} if client else {}))
@@ -112,8 +110,11 @@ def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool]) -> ChatRequ
 def client_tools(specs, builtin: dict[str, Tool]) -> list[Tool]:
     if not isinstance(specs, list) or not specs:
         raise ApiError(400, "bad_request", "'tools' must be a non-empty list of function definitions")
-    out = [ClientTool(s, builtin.get((s.get("function") or {}).get("name")) if isinstance(s, dict) else None,
-                      f"tools[{i}]") for i, s in enumerate(specs)]  # fmt: skip
+    out = []
+    for i, spec in enumerate(specs):
+        fn = spec.get("function") if isinstance(spec, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        out.append(ClientTool(spec, builtin.get(name) if isinstance(name, str) else None, f"tools[{i}]"))
     if len({t.name for t in out}) != len(out):
         raise ApiError(400, "bad_request", "'tools': two functions have the same name")
     return out
@@ -183,12 +184,13 @@ def _flag(body: dict, key: str, default: bool) -> bool:
 class _Builder:
     """Turns OpenAI messages into the one data format, numbering images as they appear."""
 
-    def __init__(self, tools: list[Tool], econf: EngineConfig, cfg: ServeConfig):
-        self.tools, self.econf, self.cfg = tools, econf, cfg
+    def __init__(self, econf: EngineConfig, cfg: ServeConfig):
+        self.econf, self.cfg = econf, cfg
         self.system: str | None = None
         self.messages: list[dict] = []
         self.images = 0
         self.question: str | None = None
+        self.calls_open = False  # the last assistant turn called tools whose results may follow
 
     def image(self, ref, where: str) -> Image.Image:
         self.images += 1
@@ -231,23 +233,18 @@ class _Builder:
         else:
             self.question = text or self.question
             body = "\n".join([*lines, text]) if text else "\n".join(lines)
-        self.messages.append(
-            {
-                "role": "user",
-                "content": [*({"type": "image", "image": p} for p in pics), {"type": "text", "text": body}],
-            }
-        )
+        self.calls_open = False
+        self._user_turn(pics, body)
 
     def tool_result(self, pics: list[Image.Image], text: str) -> None:
+        """A tool result is a user turn (ViRC): ``Image k: W x H. ...`` per image, then any text."""
         first = self.images - len(pics)
         parts = [result_text(first + k, display_size(p.size, self.econf.coords)) for k, p in enumerate(pics)]
-        body = "\n".join([*parts, text] if text else parts)
-        self.messages.append(
-            {
-                "role": "user",
-                "content": [*({"type": "image", "image": p} for p in pics), {"type": "text", "text": body}],
-            }
-        )
+        self._user_turn(pics, "\n".join([*parts, text] if text else parts))
+
+    def _user_turn(self, pics: list[Image.Image], body: str) -> None:
+        images = [{"type": "image", "image": p} for p in pics]
+        self.messages.append({"role": "user", "content": [*images, {"type": "text", "text": body}]})
 
     def assistant(self, m: dict, where: str) -> None:
         _, text = self.parts(m.get("content"), where, images=False)
@@ -265,6 +262,7 @@ class _Builder:
                     400, "bad_request", f"{where}.tool_calls[{j}].function.arguments is not JSON"
                 ) from e
             text += "<tool_call>" + json.dumps({"name": fn["name"], "arguments": args}) + "</tool_call>"
+        self.calls_open = "<tool_call>" in text
         if not text:
             raise ApiError(400, "bad_request", f"{where}: an assistant message needs content or tool_calls")
         self.messages.append({"role": "assistant", "content": text})
@@ -274,7 +272,7 @@ def conversation(
     msgs: list, tools: list[Tool], econf: EngineConfig, cfg: ServeConfig
 ) -> tuple[list[dict], str | None]:
     """OpenAI messages -> (the prompt in the one data format, the last question)."""
-    b = _Builder(tools, econf, cfg)
+    b = _Builder(econf, cfg)
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         role = m.get("role") if isinstance(m, dict) else None
@@ -289,11 +287,7 @@ def conversation(
                 raise ApiError(400, "bad_request", f"{where}: the conversation starts with a user message")
             b.assistant(m, where)
         elif role == "tool":
-            if (
-                not b.messages
-                or b.messages[-1]["role"] != "assistant"
-                or "<tool_call>" not in b.messages[-1]["content"]
-            ):
+            if not b.calls_open:
                 raise ApiError(400, "bad_request", f"{where}: a tool message answers an assistant tool call")
             b.tool_result(*b.parts(m.get("content"), where, images=True))
         else:

@@ -183,8 +183,8 @@ class Scheduler:
             key += f"seed={req.seed}/{id(job)}"
         job.group = key
         if key not in self.engines:
-            if len(self.engines) > 64:
-                self.engines.clear()
+            if len(self.engines) > 64:  # keep the engines of running jobs only
+                self.engines = {j.group: self.engines[j.group] for j in self.running}
             self.engines[key] = ToolEngine(self.model, self.processor, req.tools, req.engine, self.generator)
         return self.engines[key]
 

@@ -180,7 +180,8 @@ async def stream(job: Job, writer: ChunkWriter):
     except ApiError as e:
         yield writer.error(e)
     finally:
-        job.cancel(DISCONNECTED)  # no effect once answered
+        if not job.result.done():  # the client went away mid-stream
+            job.cancel(DISCONNECTED)
 
 
 # ----------------------------------------------------------------------------- the app
