@@ -332,9 +332,14 @@ def cmd_serve(args) -> int:
     for d in args.image_dir:
         if not os.path.isdir(d):
             raise FileNotFoundError(f"--image-dir {d}: no such folder")
-    names = ("image_dir", "max_turns", "max_turn_tokens", "max_batch", "batch_wait_ms", "max_body_mb",
-             "max_image_mb", "max_queue", "request_timeout")  # fmt: skip
-    serve(args.model, args.host, args.port, ServeConfig(**{k: getattr(args, k) for k in names}))
+    names = ("max_turns", "max_turn_tokens", "max_batch", "batch_wait_ms", "max_queue", "request_timeout")
+    cfg = ServeConfig(
+        image_dirs=args.image_dir,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_image_bytes=int(args.max_image_mb * 2**20),
+        **{k: getattr(args, k) for k in names},
+    )
+    serve(args.model, args.host, args.port, cfg)
     return 0
 
 

@@ -52,7 +52,9 @@ class EngineConfig:
     snap_scale: bool = opt(True, "snap scale_factor to {0.25, 0.5, 1.5, 2, 2.5, 4}")
     batch_size: int = opt(16, "conversations generated together")
     seed: int | None = opt(None, "torch seed at the start of a run (sampling reproducibility)")
-    stop: tuple[str, ...] = opt((), "extra stop strings: a turn that writes one ends the conversation")
+    stop: list[str] = opt(
+        factory=list, help="extra stop strings: a turn that writes one ends the conversation"
+    )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 
     def __post_init__(self):

@@ -72,6 +72,10 @@ class _StopCriteria:
 class HFGenerator:
     """``model.generate`` over a left-padded batch; positions come from the model's rope rule."""
 
+    # conversation key -> bool, checked at every token: a True row stops at once (a server
+    # cancelling the work of a client that went away); None: never
+    cancelled = None
+
     def __init__(self, model, processor, synced_gpus: bool = False, features=None):
         """``synced_gpus``: keep stepping until every rank is done (ZeRO-3 over several ranks
         gathers parameters in every forward, so a rank that stopped early would hang the rest).
@@ -83,8 +87,6 @@ class HFGenerator:
             )
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         self.features = features
-        # key -> bool, checked at every token: a True row stops at once (a server cancelling work)
-        self.cancelled = None
         ids = self.tok.convert_tokens_to_ids
         self.end_ids = [ids("<|im_end|>"), ids("<|endoftext|>")]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]

@@ -151,7 +151,7 @@ def engine_options(body: dict, cfg: ServeConfig) -> EngineConfig:
             or not all(isinstance(s, str) and s for s in stop)
         ):
             raise ApiError(400, "bad_request", "'stop' must be a non-empty string or a list of 1-4 of them")
-        out["stop"] = tuple(stop)
+        out["stop"] = stop
     return replace(cfg.base_engine(), **out)
 
 

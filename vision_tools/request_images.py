@@ -33,7 +33,7 @@ def data_url(img: Image.Image) -> str:
 
 
 def load_request_image(ref, cfg: ServeConfig, where: str, visual: VisualConfig | None = None) -> Image.Image:
-    """A data URL, or a path inside one of ``cfg.image_dir``; anything else is refused. With
+    """A data URL, or a path inside one of ``cfg.image_dirs``; anything else is refused. With
     ``visual``, the image comes back as the model would see it (smart_resize under its limits)."""
     if isinstance(ref, dict):  # OpenAI: {"url": ...}
         ref = ref.get("url")
@@ -70,12 +70,12 @@ def load_request_image(ref, cfg: ServeConfig, where: str, visual: VisualConfig |
 
 def safe_path(path: str, cfg: ServeConfig, where: str) -> str:
     """The file ``path`` names inside one of the image folders; 403 outside them, 404 if missing."""
-    if not cfg.image_dir:
+    if not cfg.image_dirs:
         raise ApiError(
             403, "path_refused", f"{where}: this server reads no files (start it with --image-dir)"
         )
     inside = False
-    for root in cfg.image_dir:
+    for root in cfg.image_dirs:
         try:
             root = os.path.realpath(root)
             full = os.path.realpath(os.path.join(root, path))

@@ -41,7 +41,7 @@ DISCONNECTED = ApiError(499, "client_disconnected", "the client closed the conne
 
 
 async def json_body(request, cfg: ServeConfig) -> dict:
-    """The request's JSON object: 413 over ``max_body_mb`` (the body is still read, up to 8x the
+    """The request's JSON object: 413 over ``max_body_bytes`` (the body is still read, up to 8x the
     limit, so the client receives the answer rather than a reset), 400 if malformed or nested
     deeper than ``max_json_depth``."""
     limit = cfg.max_body_bytes

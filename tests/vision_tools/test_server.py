@@ -169,7 +169,7 @@ def test_image_paths_are_confined_to_the_image_folders(tmp_path):
     b.mkdir()
     solid(56, 56).save(b / "x.png")
     solid(56, 56).save(tmp_path / "secret.png")
-    cfg = ServeConfig(image_dir=[str(a), str(b)])
+    cfg = ServeConfig(image_dirs=[str(a), str(b)])
     assert load_request_image("x.png", cfg, "t").size == (56, 56)  # found in the second folder
     for path, status in [
         ("../secret.png", 403),
