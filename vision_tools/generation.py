@@ -53,11 +53,18 @@ class _StopCriteria:
     """Per-row stop: a stop string appeared in the new text, or the row's own token limit."""
 
     def __init__(
-        self, tokenizer, prompt_len: int, limits: list[int], stops=STOP_STRINGS, tail: int = 8, cancelled=None
+        self,
+        tokenizer,
+        prompt_len: int,
+        limits: list[int],
+        stops=STOP_STRINGS,
+        tail: int = 8,
+        cancelled=None,
+        keys=(),
     ):
         self.tok, self.prompt_len, self.stops, self.tail = tokenizer, prompt_len, stops, tail
         self.limits = torch.tensor(limits)
-        self.cancelled = cancelled  # [B] -> which rows to stop now (their conversation was cancelled)
+        self.cancelled, self.keys = cancelled, keys  # key -> True: stop that row now
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
         n_new = input_ids.shape[1] - self.prompt_len
@@ -65,7 +72,9 @@ class _StopCriteria:
         tails = self.tok.batch_decode(input_ids[:, -min(self.tail, n_new) :])
         hit = torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
         if self.cancelled is not None:
-            hit |= torch.tensor(self.cancelled(), dtype=torch.bool, device=input_ids.device)
+            hit |= torch.tensor(
+                [self.cancelled(k) for k in self.keys], dtype=torch.bool, device=input_ids.device
+            )
         return done | hit
 
 
@@ -154,11 +163,8 @@ class HFGenerator:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         stops = STOP_STRINGS + tuple(sampling.stop)
-        cancelled = None
-        if self.cancelled is not None:
-            keys = [c.key for c in contexts]
-            cancelled = lambda: [self.cancelled(k) for k in keys]  # noqa: E731
-        criteria = _StopCriteria(self.tok, L, max_new_tokens, stops, cancelled=cancelled)
+        keys = [c.key for c in contexts]
+        criteria = _StopCriteria(self.tok, L, max_new_tokens, stops, cancelled=self.cancelled, keys=keys)
         out = self.model.generate(
             **batch,
             max_new_tokens=max(max_new_tokens),
