@@ -34,7 +34,10 @@ from vision_tools.tools import ToolContext, ToolError, as_toolset
 __all__ = ["ApiError", "ServeConfig", "create_app", "load_request_image", "serve"]
 
 POLL_S = 0.2  # how often a waiting request checks its client and deadline
-DISCONNECTED = ApiError(499, "client_disconnected", "the client closed the connection")
+
+
+def disconnected() -> ApiError:
+    return ApiError(499, "client_disconnected", "the client closed the connection")
 
 
 # ----------------------------------------------------------------------------- request bodies
@@ -158,8 +161,8 @@ async def wait_for(job: Job, request) -> list[Trajectory]:
         if job.stopped():  # e.g. its deadline passed while it waited in the queue
             raise job.error
         if await request.is_disconnected():
-            job.cancel(DISCONNECTED)
-            raise DISCONNECTED
+            job.cancel(disconnected())
+            raise job.error
 
 
 async def stream(job: Job, writer: ChunkWriter):
@@ -181,7 +184,7 @@ async def stream(job: Job, writer: ChunkWriter):
         yield writer.error(e)
     finally:
         if not job.result.done():  # the client went away mid-stream
-            job.cancel(DISCONNECTED)
+            job.cancel(disconnected())
 
 
 # ----------------------------------------------------------------------------- the app
