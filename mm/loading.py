@@ -26,7 +26,7 @@ class ModelConfig:
 
     name_or_path: str = "tiny"  # "tiny", "small", "medium" (offline presets) or a local checkpoint directory
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
-    attn: str = "auto"  # auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2
+    attn: str = "auto"  # auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2, flex, segments
     device: str | None = None  # None: leave on CPU (trainers place it)
     gradient_checkpointing: bool = False
     freeze: list[str] = field(default_factory=list)  # any of vision_tower, merger, language_model
