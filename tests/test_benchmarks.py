@@ -20,6 +20,11 @@ QUICK = [
     ("streaming.py", ["--checkpoints", "3,6", "--tokens", "2"], "latency per second vs ours"),
     ("spatial_forcing.py", ["--quick"], "live / precomputed"),
     ("dpo_step.py", ["--no-trl", "--rounds", "1", "--pairs", "4", "--batch-size", "2"], "median s/step"),
+    (
+        "sft_throughput.py",
+        ["--preset", "tiny", "--n", "4", "--median-words", "20", "--rounds", "1"],
+        "x padded",
+    ),
 ]
 
 
