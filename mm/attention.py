@@ -7,8 +7,9 @@ isolated: a block-diagonal 4-D ``[B, 1, L, L]`` mask for SDPA and eager; for fla
 ``segments`` (SDPA run on each sample's slice) one flat row whose text positions restart at
 every sample, so no L x L mask exists (``mm.packed_attention`` implements the last two).
 
-Measured on a CPU (docs/performance.md): ``segments`` is the fastest exact packing there;
-``flex`` compiles its kernel once per process (tens of seconds on a CPU) and pays off on CUDA.
+On CPU tensors ``flex`` runs the ``segments`` kernel (torch 2.14's FlexAttention has no CPU
+backward, and its compiled CPU forward was slower); on CUDA it runs FlexAttention's compiled
+kernel (not measured here yet: docs/performance.md has the CPU numbers).
 """
 
 from __future__ import annotations

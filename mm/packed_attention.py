@@ -10,9 +10,9 @@ document of each token is where it starts (``document_ids``), as for flash-attn'
 * ``mmpost_flex``: ``torch.nn.attention.flex_attention`` with a document-causal ``BlockMask``
   built from block-level document bounds (O((L/128)^2), never an L x L tensor), compiled once
   with dynamic shapes. On CPU tensors it runs the segments kernel instead: torch 2.14's
-  FlexAttention has no backward on CPU, and its compiled CPU forward was slower than SDPA per
-  segment (0.19 s vs 0.08-0.15 s for 4,000 tokens in 6 documents, 8 heads; plus ~40 s to
-  compile). ``FLEX_ON_CPU = True`` runs the flex kernel on CPU anyway (forward only; tests).
+  FlexAttention has no backward on CPU, and its compiled CPU forward is slower than SDPA per
+  segment (benchmarks/packed_attention.py; plus ~40-70 s to compile). ``FLEX_ON_CPU = True``
+  runs the flex kernel on CPU anyway (forward only; tests).
 * ``mmpost_segments``: ``scaled_dot_product_attention(is_causal=True)`` on each sample's slice.
 
 Everything that is not a packed training forward (a 2-D padding mask, a KV cache, the vision
