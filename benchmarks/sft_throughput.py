@@ -49,8 +49,21 @@ LAYOUTS = {  # name -> (data.layout, model.attn)
 
 
 def mmpost_epoch(data: str, out: str, preset: str, name: str, batch: int, max_tokens: int, lr: float):
+    """One epoch in a fresh process (models of earlier runs otherwise stay in memory): (seconds, tokens)."""
+    import subprocess
+
+    args = [data, out, preset, name, str(batch), str(max_tokens), str(lr)]
+    r = subprocess.run([sys.executable, __file__, "--one-epoch", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{name} epoch failed:\n{r.stderr[-3000:]}")
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    return s["seconds"], s["tokens"]
+
+
+def one_epoch(data: str, out: str, preset: str, name: str, batch: str, max_tokens: str, lr: str) -> None:
     from alignment.train import train
 
+    batch, max_tokens = int(batch), int(max_tokens)
     layout, attn = LAYOUTS[name]
     over = [
         f"model.name_or_path={preset}",
@@ -71,7 +84,7 @@ def mmpost_epoch(data: str, out: str, preset: str, name: str, batch: int, max_to
         "optim.schedule=constant",
     ]
     s = train(None, over, output_dir=out)
-    return s["seconds"], s["tokens"]
+    print(json.dumps({"seconds": s["seconds"], "tokens": s["tokens"]}))
 
 
 def layout_costs(lengths: list[int], batch: int, max_tokens: int) -> dict:
@@ -151,6 +164,8 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--one-epoch"]:
+        return one_epoch(*sys.argv[2:])
     from mm.imports import is_available
     from mm.tiny import PRESETS
 
