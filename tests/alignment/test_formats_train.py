@@ -4,8 +4,8 @@ EasyR1 / TRL rows in JSON or parquet (images embedded as bytes), gives the same 
 import os
 
 import pytest
-from alignment.infra.metrics import read_metrics
 
+from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from tests.alignment.conftest import QUICKSTART, ROOT
 from tests.alignment.test_dpo import DPO_CONFIG, write_pairs

@@ -38,11 +38,13 @@ def test_loss_falls(synth, tmp_path):
         assert key in m[-1]
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "segments"])
 @require_deepspeed
-def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
+def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path, attn):
     """Same samples per step, split differently: per-token averaging makes the updates equal.
 
-    pack: all 24 samples of an epoch as one micro-batch, packed into rows of 3200 tokens;
+    pack: all 24 samples of an epoch as one micro-batch, packed into rows of 3200 tokens, isolated
+    by the block-diagonal mask (sdpa) or by SDPA per sample (segments, ``attn: flex`` on CPU);
     pad: the same 24 samples as 6 micro-batches of 4. Both steps cover the whole epoch, so losses,
     gradient norms and the next step's loss (after an AdamW update) must agree.
     """
@@ -55,6 +57,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
         "data.max_tokens=3200",
         "data.micro_batch_size=24",
         "train.gradient_accumulation_steps=1",
+        f"model.attn={attn}",
     )
     _, padded = run_sft(
         synth,
