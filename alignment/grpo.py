@@ -199,6 +199,7 @@ class GRPOTrainer(Trainer):
 
     def __init__(self, cfg: GRPOConfig):
         super().__init__(cfg)
+        self.judge = cfg.judge.build()  # scores turns for virc_turn (the rule-based fallback by default)
         self.rollout_stats: dict = {}
         self._draw_key = "0"
 
@@ -264,7 +265,6 @@ class GRPOTrainer(Trainer):
         generator = HFGenerator(model, processor, synced_gpus=st.sharded, features=st.features)
         st.engine = ToolEngine(model, processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
-        self.judge = cfg.judge.build()
         return st
 
     def _grad_accum(self, prompts: int) -> int:
