@@ -199,7 +199,15 @@ class GRPOTrainer(Trainer):
         text = self.model.config.get_text_config()
         self.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
         generator = HFGenerator(self.model, self.processor, synced_gpus=sharded, features=self.features)
-        self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
+        tools = cfg.rollout.toolset()  # None (rollout.tools false): the prompts as the data has them
+        if tools is not None:  # every prompt's system turn declares the tools the engine executes
+            from mm.records import parse_message
+            from vision_tools.protocol import declare_tools
+
+            for rec in self.records:
+                declared = declare_tools([m.to_dict() for m in rec.prompt], tools)
+                rec.prompt = [parse_message(m, "prompt") for m in declared]
+        self.engine = ToolEngine(self.model, self.processor, tools, engine_cfg, generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         self.judge = cfg.judge.build()
         self.rollout_stats: dict = {}
