@@ -32,7 +32,8 @@ from alignment.infra.deepspeed_setup import deepspeed_config, param_groups, zero
 from alignment.infra.export import export_hf
 from alignment.infra.metrics import MetricsLogger
 from alignment.infra.schedule import lr_multiplier, warmup_steps
-from mm.config import opt
+from alignment.infra.trackers import missing
+from mm.config import ConfigError, opt, to_dict
 from mm.encode import IGNORE
 
 
@@ -73,6 +74,21 @@ class TrainConfig:
         "auto", "auto: continue from the newest checkpoint in output_dir; never; or a checkpoint path"
     )
     export: bool = opt(True, "write the final model in Hugging Face format to OUTPUT/final")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = opt(
+        factory=lambda: ["tensorboard"],
+        help="experiment trackers besides OUTPUT/metrics.jsonl (rank 0; the run config logged too): "
+        "tensorboard (skipped when not installed), wandb, mlflow, trackio (pip install 'mmpost[NAME]'); "
+        "[] for none",
+    )
+
+    def __post_init__(self):
+        gone = missing(self.report_to)
+        if gone:
+            extras = ",".join(gone)
+            raise ConfigError(
+                f"train.report_to: {', '.join(gone)} not installed: pip install 'mmpost[{extras}]' "
+                "(or remove them from train.report_to)"
+            )
 
 
 def seed_everything(seed: int) -> None:
@@ -189,7 +205,7 @@ class Trainer:
             if dist.is_main():
                 print(f"resumed from {resume_from} at step {step}/{total}", flush=True)
         checkpoint.clean_partial(tc.output_dir)
-        log = MetricsLogger(tc.output_dir, total, step, desc=self.name)
+        log = MetricsLogger(tc.output_dir, total, step, self.name, tc.report_to, to_dict(self.cfg))
         t_start, t_last, window = time.time(), time.time(), {"tokens": 0, "visual": 0, "samples": 0}
         last_loss = float("nan")
         while step < total:

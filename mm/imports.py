@@ -1,6 +1,7 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow) is looked up here, so
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow, the
+experiment trackers) is looked up here, so
 the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
@@ -24,6 +25,9 @@ OPTIONAL = {
     "timm": ("spatial", "timm"),
     "av": ("lerobot", "av"),
     "pyarrow": ("data", "pyarrow"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"),
 }
 
 
@@ -41,6 +45,11 @@ def is_available(name: str) -> bool:
     except Exception:  # a broken install (e.g. flash-attn built for another torch) counts as absent
         return False
     return True
+
+
+def is_installed(name: str) -> bool:
+    """True when package ``name`` is installed, without importing it (cheap: config checks)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def require(name: str, feature: str = "") -> ModuleType:
