@@ -9,11 +9,10 @@ Trackio's project; TensorBoard writes ``OUTPUT/tensorboard``. The project defaul
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
-
-import yaml
 
 from mm.imports import is_installed, require
 
@@ -43,7 +42,7 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"))
-        self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```")
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
 
     def log(self, metrics: dict, step: int) -> None:
         for k, v in metrics.items():

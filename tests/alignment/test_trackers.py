@@ -87,6 +87,25 @@ def test_mlflow_file_store_reads_back_the_logged_metrics_and_config(tmp_path, mo
     assert params["optim.lr"] == "0.003" and params["rollout.num_generations"] == "8"
 
 
+@pytest.mark.skipif(not is_installed("tensorboard"), reason="needs tensorboard")
+def test_tensorboard_events_hold_the_logged_metrics_and_config(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = str(tmp_path / "run")
+    train(QUICKSTART, RUN, output_dir=out)  # the default report_to: [tensorboard]
+    rows = read_metrics(out)
+    events = EventAccumulator(os.path.join(out, "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    for k in ("loss", "reward_mean"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"train/{k}")]
+        assert logged == [(r["step"], pytest.approx(r[k], rel=1e-6)) for r in rows]  # float32 events
+    (text,) = events.Tensors("config/text_summary")
+    config = json.loads(text.tensor_proto.string_val[0].decode().strip("`\n"))
+    assert config["optim"]["lr"] == 3e-3
+    none = str(tmp_path / "none")
+    train(QUICKSTART, [*RUN, "train.report_to=[]"], output_dir=none)
+    assert not os.path.exists(os.path.join(none, "tensorboard")) and len(read_metrics(none)) == 2
+
+
 def test_report_to_is_checked_when_the_config_loads():
     with pytest.raises(ConfigError, match="train.report_to\\[0\\]: 'neptune' is not one of"):
         build_config(QUICKSTART, ["train.report_to=[neptune]"])
