@@ -173,3 +173,20 @@ def test_both_reward_forms_and_tool_switches_load(tmp_path):
     assert build_config(QUICKSTART).rollout.toolset() is None  # false: as before
     on = build_config(QUICKSTART, ["rollout.tools=true"]).rollout.toolset()
     assert [t.name for t in on] == ["crop_image", "scale_image", "display_image"]
+
+
+def test_declared_tools_replace_the_system_turns_tools_section():
+    """rollout.tools true on data that already declares the ViRC tools changes nothing; other system
+    text is kept before the declaration; a prompt without a system turn gets one."""
+    from vision_tools.api import build_prompt
+    from vision_tools.protocol import declare_tools, system_prompt
+    from vision_tools.tools import VIRC_TOOLS, crop_image
+
+    virc = build_prompt(solid(56, 56), "Q?")
+    assert declare_tools(virc, list(VIRC_TOOLS)) == virc
+    mine = [{"role": "system", "content": system_prompt(preamble="Be brief.")}, virc[1]]
+    assert declare_tools(mine, [crop_image])[0]["content"] == system_prompt(
+        [crop_image], preamble="Be brief."
+    )
+    bare = declare_tools(virc[1:], [crop_image])
+    assert bare[0] == {"role": "system", "content": system_prompt([crop_image])} and bare[1:] == virc[1:]
