@@ -1,8 +1,8 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow, the
-experiment trackers) is looked up here, so
-the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT,
+PyAV, pyarrow, the experiment trackers wandb/mlflow/trackio) is looked up here, so the rest of the
+code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
 
