@@ -263,7 +263,15 @@ class GRPOTrainer(Trainer):
         text = model.config.get_text_config()
         st.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
         generator = HFGenerator(model, processor, synced_gpus=st.sharded, features=st.features)
-        st.engine = ToolEngine(model, processor, config=engine_cfg, generator=generator)
+        tools = cfg.rollout.toolset()  # None (rollout.tools false): the prompts as the data has them
+        if tools is not None:  # every prompt's system turn declares the tools the engine executes
+            from mm.records import parse_message
+            from vision_tools.protocol import declare_tools
+
+            for rec in records:
+                declared = declare_tools([m.to_dict() for m in rec.prompt], tools)
+                rec.prompt = [parse_message(m, "prompt") for m in declared]
+        st.engine = ToolEngine(model, processor, tools, engine_cfg, generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         return st
 

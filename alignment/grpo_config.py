@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.loop import OptimConfig, TrainConfig
-from alignment.rewards import JudgeConfig
+from alignment.rewards import JudgeConfig, reward_weights
 from mm.config import opt
 from mm.loading import ModelConfig
+from mm.plugins import is_ref, locate
 from mm.visual import VisualConfig
 
 
@@ -41,8 +42,12 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int = opt(0, "top-k sampling (0: off)")
     max_completion_length: int = opt(512, "new tokens per turn")
-    max_turns: int = opt(
-        1, "assistant turns per rollout (> 1: tool calls run through vision_tools, the ViRC tools)"
+    max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
+    tools: bool | list[str] = opt(
+        False,
+        "true: declare (in the system prompt) and execute the ViRC tools in multi-turn rollouts; a "
+        "list: those tools, each a built-in's name (crop_image, ...) or path/to/file.py:function "
+        "(a typed function with a docstring, see vision_tools.tools); false: the data's own prompts",
     )
     coords: Literal["dynamic", "fixed"] = opt(
         "dynamic",
@@ -55,6 +60,19 @@ class RolloutConfig:
         "the no-grad log-prob passes, and in the training pass when the vision tower and merger are "
         "frozen (off by itself under ZeRO-3 on several ranks)",
     )
+
+    def __post_init__(self):
+        if isinstance(self.tools, list):  # users' files pinned to absolute paths, found from anywhere
+            self.tools = [
+                locate(t, f"rollout.tools[{i}]") if is_ref(t) else t for i, t in enumerate(self.tools)
+            ]
+        self.toolset()  # a bad tool reference fails when the config loads
+
+    def toolset(self) -> list | None:
+        """The tools rollouts declare and execute (``vision_tools.tools.Tool``), or None (false)."""
+        from vision_tools.tools import resolve_tools
+
+        return resolve_tools(self.tools, "rollout.tools")
 
 
 @dataclass
@@ -93,6 +111,12 @@ class GRPOLossConfig:
 
 
 @dataclass
+class RewardWeight:
+    name: str = opt("", "a built-in reward's name, or path/to/file.py:function (a user's reward)")
+    weight: float = opt(1.0, "its weight in the summed reward")
+
+
+@dataclass
 class GRPOConfig:
     algorithm: str = opt("grpo", "which trainer runs this config")
     init_from: str | None = opt(None, "start from a previous run's output_dir (its final/ model)")
@@ -102,9 +126,10 @@ class GRPOConfig:
     data: RLDataConfig = opt(factory=RLDataConfig, help="prompts and batching")
     rollout: RolloutConfig = opt(factory=RolloutConfig, help="sampling")
     loss: GRPOLossConfig = opt(factory=GRPOLossConfig, help="clipping, aggregation, advantages, KL")
-    rewards: dict[str, float] = opt(
+    rewards: dict[str, float] | list[RewardWeight] = opt(
         factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0},
-        help="reward name (built in, or file.py:function of your own) -> weight",
+        help="reward -> weight ({name: weight}, or a list of {name, weight}); a name is a built-in "
+        "reward or path/to/file.py:function, a user's (completions, **sample) -> list[float]",
     )
     judge: JudgeConfig = opt(
         factory=JudgeConfig,
@@ -114,7 +139,4 @@ class GRPOConfig:
     train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")
 
     def __post_init__(self):
-        from alignment.rewards import reward_function
-
-        for name in self.rewards:  # unknown names, missing files and wrong signatures fail at load
-            reward_function(name)
+        self.rewards = reward_weights(self.rewards)  # the list form becomes {name: weight}

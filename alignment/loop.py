@@ -49,7 +49,8 @@ from alignment.infra.deepspeed_setup import (
 from alignment.infra.export import export_hf
 from alignment.infra.metrics import MetricsLogger
 from alignment.infra.schedule import lr_multiplier, warmup_steps
-from mm.config import opt
+from alignment.infra.trackers import missing
+from mm.config import ConfigError, opt, to_dict
 
 
 @dataclass
@@ -94,6 +95,21 @@ class TrainConfig:
         "auto", "auto: continue from the newest checkpoint in output_dir; never; or a checkpoint path"
     )
     export: bool = opt(True, "write the final model in Hugging Face format to OUTPUT/final")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = opt(
+        factory=lambda: ["tensorboard"],
+        help="experiment trackers besides OUTPUT/metrics.jsonl (rank 0; the run config logged too): "
+        "tensorboard (skipped when not installed), wandb, mlflow, trackio (pip install 'mmpost[NAME]'); "
+        "[] for none",
+    )
+
+    def __post_init__(self):
+        gone = missing(self.report_to)
+        if gone:
+            extras = ",".join(gone)
+            raise ConfigError(
+                f"train.report_to: {', '.join(gone)} not installed: pip install 'mmpost[{extras}]' "
+                "(or remove them from train.report_to)"
+            )
 
 
 class Planner(Protocol):
@@ -224,7 +240,7 @@ class Trainer:
         optimizer, scheduler = self.optimizer(total)
         engine, scheduler, stage = self.deepspeed_engine(module, optimizer, scheduler)
         first, tokens_seen = self.resume(engine, total)
-        log = MetricsLogger(tc.output_dir, total, first, desc=self.name)
+        log = MetricsLogger(tc.output_dir, total, first, self.name, tc.report_to, to_dict(self.cfg))
         t_start, window, last_loss, step = time.time(), Window(), float("nan"), first
         for step, batches in self.steps(first, total, steps_per_epoch):
             stats = self.train_step(engine, batches, device)

@@ -2,8 +2,8 @@
 
 ``completions`` are the G completions sampled for one prompt; ``sample`` is that prompt's
 record fields (``answer``, ``meta``, and for tool turns ``image_sizes`` / ``images``). Configs
-name rewards by their registered name with a weight (``combine``), or a function of the user's
-own file as ``file.py:function`` with the same signature (``reward_function``). Built in:
+name rewards by their registered name with a weight (``combine``), or name a user's function as
+``path/to/file.py:function`` (``reward_weights`` loads, checks and registers it). Built in:
 
 ==================== =====================================================================
 format_think_answer  1 if the completion is exactly ``<think>...</think> <answer>...</answer>``
@@ -36,6 +36,7 @@ the paper's judge; the HTTP judge falls back to it too when its server fails eve
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -48,8 +49,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.evaluation.answers import answers_match
-from mm.config import opt
-from mm.plugins import is_plugin, load_function
+from mm.config import ConfigError, opt
+from mm.plugins import is_ref, load_function
 
 REWARDS: dict[str, Callable] = {}
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
@@ -354,23 +355,57 @@ def virc_turn(
     return out
 
 
-def reward_function(name: str) -> Callable:
-    """A built-in reward by name, or a user's own as ``file.py:function`` (checked: the file
-    exists and the function takes ``(completions, **sample)``)."""
-    if name in REWARDS:
-        return REWARDS[name]
-    if is_plugin(name):
-        return load_function(name, "(completions, **sample)")
-    raise ValueError(
-        f"unknown reward {name!r}; registered: {sorted(REWARDS)}, or a user's own as file.py:function"
-    )
+def plug_in_reward(ref: str, key: str) -> Callable:
+    """The reward in a user's file (``file.py:function``), checked for the rewards' signature
+    ``(completions, **sample)`` and registered under ``ref``."""
+    fn = load_function(ref, key)
+    params = list(inspect.signature(fn).parameters.values())
+    positional = params[:1] and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+    if not positional or not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise ConfigError(
+            f"{key}: {ref} takes ({', '.join(str(p) for p in params)}); a reward must take the "
+            f"completions first and the sample's fields as keywords: def {fn.__name__}(completions, "
+            "answer=None, **sample) -> list[float]"
+        )
+    REWARDS[ref] = fn
+    return fn
+
+
+def reward_weights(rewards, key: str = "rewards") -> dict[str, float]:
+    """``{name: weight}`` from a config's ``rewards`` (a mapping, or a list of items with
+    ``name`` and ``weight``); users' rewards are loaded and registered, unknown names are errors."""
+    if isinstance(rewards, dict):
+        items = [(f"{key}.{n}", n, w) for n, w in rewards.items()]
+    else:
+        items = [(f"{key}[{i}].name", r.name, r.weight) for i, r in enumerate(rewards)]
+    out: dict[str, float] = {}
+    for where, name, weight in items:
+        if name in out:
+            raise ConfigError(f"{where}: {name!r} is listed twice; list it once with the summed weight")
+        if is_ref(name):
+            plug_in_reward(name, where)
+        elif name not in REWARDS:
+            raise ConfigError(
+                f"{where}: unknown reward {name!r}; built in: {', '.join(sorted(n for n in REWARDS if not is_ref(n)))}"
+                ", or a function of yours as path/to/file.py:function"
+            )
+        out[name] = float(weight)
+    return out
 
 
 def combine(
     weights: dict[str, float], completions: list[str], **sample
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Weighted sum of the named rewards, and each reward's own scores (for the metrics)."""
-    parts = {name: reward_function(name)(completions, **sample) for name in weights}
+    unknown = sorted(set(weights) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; registered: {sorted(REWARDS)}")
+    parts = {name: list(REWARDS[name](completions, **sample)) for name in weights}
+    for name, scores in parts.items():
+        if len(scores) != len(completions):
+            raise ValueError(
+                f"reward {name} returned {len(scores)} scores for {len(completions)} completions"
+            )
     total = [sum(weights[n] * parts[n][i] for n in weights) for i in range(len(completions))]
     return total, parts
 

@@ -1,7 +1,8 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow, datasets) is looked up here, so
-the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT,
+PyAV, pyarrow, datasets, the experiment trackers wandb/mlflow/trackio) is looked up here, so the rest of the
+code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
 
@@ -25,6 +26,9 @@ OPTIONAL = {
     "av": ("lerobot", "av"),
     "pyarrow": ("data", "pyarrow"),
     "datasets": ("data", "datasets"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"),
 }
 
 
@@ -42,6 +46,11 @@ def is_available(name: str) -> bool:
     except Exception:  # a broken install (e.g. flash-attn built for another torch) counts as absent
         return False
     return True
+
+
+def is_installed(name: str) -> bool:
+    """True when package ``name`` is installed, without importing it (cheap: config checks)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def require(name: str, feature: str = "") -> ModuleType:

@@ -185,10 +185,3 @@ def test_a_rank_without_informative_groups_runs_a_weightless_stand_in(tiny, enco
 
     stats = trainer.train_step(Engine(), batches, "cpu")
     assert scaled == [0.0, 0.0] and stats["loss"] == 0.0 and stats["samples"] == 0
-
-
-def test_rollout_tools_is_gone():
-    """``rollout.tools`` did nothing (multi-turn rollouts always run the ViRC tools): it is removed,
-    so a config that sets it fails instead of being silently ignored."""
-    with pytest.raises(ConfigError, match="tools"):
-        build_config(QS_GRPO, ["rollout.tools=true"])
