@@ -1,6 +1,6 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT) is looked up here, so
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, MetaWorld) is looked up here, so
 the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from functools import cache
 from types import ModuleType
 
@@ -22,6 +23,8 @@ OPTIONAL = {
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
     "timm": ("spatial", "timm"),
+    "mujoco": ("sim", "mujoco"),
+    "metaworld": ("sim", "metaworld"),
 }
 
 
@@ -34,11 +37,26 @@ def is_available(name: str) -> bool:
     """True when the optional package ``name`` can be imported (checked once, cached)."""
     if importlib.util.find_spec(name) is None:
         return False
+    if name in ("mujoco", "metaworld"):
+        _before_mujoco()
     try:
         importlib.import_module(name)
     except Exception:  # a broken install (e.g. flash-attn built for another torch) counts as absent
         return False
     return True
+
+
+def _before_mujoco() -> None:
+    """MuJoCo fixes its OpenGL backend when imported: offscreen Mesa EGL unless MUJOCO_GL is set
+    (osmesa gives the same pixels). Mesa renders with its own LLVM; measured here, importing triton
+    (torch._dynamo does, e.g. via torchvision) after a Mesa context exists segfaults, and importing
+    it first does not, so triton is loaded before MuJoCo when it is installed."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            importlib.import_module("triton")
+        except Exception:  # a broken triton is torch's concern, not the simulator's
+            pass
 
 
 def require(name: str, feature: str = "") -> ModuleType:
