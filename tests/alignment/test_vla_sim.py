@@ -160,6 +160,8 @@ def test_expert_succeeds_through_the_closed_loop(tmp_path):
     assert os.path.getsize(r["videos"][0]) > 1000
     saved = json.load(open(tmp_path / "results.json"))
     assert saved["success_rate"] == 1.0 and [e["variation"] for e in saved["per_episode"]] == [0, 1]
+    cfg.workers, cfg.videos, cfg.out = 2, [], str(tmp_path / "two")  # two processes, the same episodes
+    assert evaluate_policy("expert", cfg, progress=False)["per_episode"] == r["per_episode"]
 
 
 @require_metaworld
