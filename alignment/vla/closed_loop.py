@@ -173,6 +173,8 @@ def evaluate_policy(model: str, cfg: ClosedLoopConfig, progress: bool = True) ->
     from alignment.vla.metaworld import parse_env
 
     task = parse_env(cfg.env)
+    if not 0 < cfg.max_steps <= 500:
+        raise ValueError(f"max_steps={cfg.max_steps}: MetaWorld episodes last 1..500 steps")
     out = cfg.out or os.path.join(model if os.path.isdir(model) else ".", f"eval-{task}-seed{cfg.seed}")
     os.makedirs(out, exist_ok=True)
     ids = range(cfg.episodes)

@@ -104,9 +104,8 @@ class VLATrainer(Trainer):
         d = self.model.config.text_config.hidden_size
         a, al = cfg.action, cfg.align
         dtype = next(self.model.parameters()).dtype
-        self.heads = VLAHeads(d, a.chunk, self.dataset.dims, self.dataset.proprio_dim, a.head_hidden).to(
-            dtype
-        )
+        ds = self.dataset  # D comes from the data when action.dims is 0
+        self.heads = VLAHeads(d, a.chunk, ds.dims, ds.proprio_dim, a.head_hidden).to(dtype)
         projector = (
             AlignProjector(d, self.teacher_dim, al.projector_layernorm).to(dtype) if al.alpha > 0 else None
         )
