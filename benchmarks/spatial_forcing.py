@@ -80,7 +80,14 @@ def closed_loop(args, tmp: str) -> None:
     views = ("corner", "gripperPOV")
     data = os.path.join(tmp, "sim-demos")
     d = write_metaworld_demos(
-        data, [args.sim_task], args.sim_demos, views, args.sim_size, seed=0, progress=False
+        data,
+        [args.sim_task],
+        args.sim_demos,
+        views,
+        args.sim_size,
+        0,
+        show_goal=args.sim_show_goal,
+        progress=False,
     )
     print(
         f"== closed loop: {args.sim_task}, {d['records']} expert steps from {args.sim_demos} episodes, "
@@ -110,6 +117,7 @@ def closed_loop(args, tmp: str) -> None:
                 max_steps=args.sim_steps,
                 views=list(views),
                 size=args.sim_size,
+                show_goal=args.sim_show_goal,
                 execute=4,
                 videos=[],
                 out=os.path.join(out, "eval"),
@@ -159,6 +167,9 @@ def main() -> None:
     ap.add_argument("--sim-episodes", type=int, default=20, help="evaluation episodes per run")
     ap.add_argument("--sim-steps", type=int, default=150, help="step limit per evaluation episode")
     ap.add_argument("--sim-size", type=int, default=64, help="side of the rendered views")
+    ap.add_argument(
+        "--sim-show-goal", action="store_true", help="goal markers visible in demos and evaluation"
+    )
     args = ap.parse_args()
     if args.quick:
         args.n, args.steps, args.seeds, args.time_steps, args.rounds, args.batch_size = 8, 4, 1, 3, 1, 4

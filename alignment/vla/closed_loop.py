@@ -34,6 +34,7 @@ class ClosedLoopConfig:
         factory=lambda: ["corner", "gripperPOV"], help="cameras, in the order the model was trained with"
     )
     size: int = opt(224, "side of each rendered view in pixels (as in the demonstrations)")
+    show_goal: bool = opt(False, "render the goal markers (as in the demonstrations: --show-goal)")
     execute: int = opt(0, "actions of each chunk executed before the next prediction (0: the whole chunk)")
     ensemble: bool = opt(
         False, "temporal ensembling: predict every step, average the chunks' overlapping actions"
@@ -127,7 +128,7 @@ _worker: dict = {}
 def _init_worker(model: str, cfg: ClosedLoopConfig) -> None:
     from alignment.vla.metaworld import MetaWorldEnv, parse_env
 
-    _worker["env"] = MetaWorldEnv(parse_env(cfg.env), cfg.seed, cfg.views, cfg.size)
+    _worker["env"] = MetaWorldEnv(parse_env(cfg.env), cfg.seed, cfg.views, cfg.size, cfg.show_goal)
     _worker["policy"] = load_policy(model, cfg.device)
     _worker["cfg"] = cfg
 

@@ -7,7 +7,7 @@ robot's proprio (hand xyz, gripper opening) and the next K expert actions (4-D: 
 gripper effort; past the episode's end the last action repeats). ``meta`` holds task, episode,
 variation, step and the episode's ``success`` flag. Only successful episodes are kept unless
 ``keep_failed``. ``OUT/train.jsonl`` holds the records, ``OUT/demos.json`` what was asked and
-per-task success counts. Deterministic given the arguments: the expert and the renderer are.
+per-task success counts. Goal markers are hidden unless ``show_goal`` (``alignment.vla.metaworld``). Deterministic given the arguments: the expert and the renderer are.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def write_metaworld_demos(
     chunk: int = 8,
     max_steps: int = 200,
     keep_failed: bool = False,
+    show_goal: bool = False,
     progress: bool = True,
 ) -> dict:
     """Write OUT/train.jsonl, OUT/images/ and OUT/demos.json; returns the summary."""
@@ -69,6 +70,7 @@ def write_metaworld_demos(
         "chunk": chunk,
         "max_steps": max_steps,
         "keep_failed": keep_failed,
+        "show_goal": show_goal,
         "success": {},
         "records": 0,
     }
@@ -80,7 +82,7 @@ def write_metaworld_demos(
         for task in tasks:
             os.makedirs(os.path.join(out, "images", task), exist_ok=True)
             text, ok = instruction(task), 0
-            env = MetaWorldEnv(task, seed, views, size)
+            env = MetaWorldEnv(task, seed, views, size, show_goal)
             for e in range(episodes):
                 frames, proprio, actions, success = rollout_expert(env, e, max_steps)
                 ok += success

@@ -10,8 +10,9 @@ gets depends on (seed, i) only, never on process or order.
 MuJoCo picks its OpenGL backend when it is first imported, from ``MUJOCO_GL``: ``mm.imports`` sets
 ``egl`` (Mesa EGL: ``apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri``) unless the
 variable is already set (``osmesa`` needs ``apt-get install -y libosmesa6``; both give the same
-pixels). Shadows and reflections are turned off (about 5x faster frames) and goal markers hidden,
-so a view shows the robot and the objects only.
+pixels). Shadows and reflections are turned off (about 5x faster frames) and goal markers hidden
+unless ``show_goal``, so a view shows the robot and the objects only (then the goal of reach,
+push and pick-place is in no view: the tasks are only partly observable from pixels).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def parse_env(spec: str) -> str:
 
 
 class MetaWorldEnv:
-    def __init__(self, task: str, seed: int = 0, views=("corner",), size: int = 224):
+    def __init__(self, task: str, seed: int = 0, views=("corner",), size: int = 224, show_goal: bool = False):
         metaworld = require_metaworld()
         import mujoco
 
@@ -73,7 +74,7 @@ class MetaWorldEnv:
         bench = metaworld.MT1(task, seed=seed)  # builds the 50 variations: seconds, so once per env
         self.variations = bench.train_tasks
         self.env = bench.train_classes[task]()
-        self.task, self.views, self.size = task, tuple(views), size
+        self.task, self.views, self.size, self.show_goal = task, tuple(views), size, show_goal
         self.max_steps = self.env.max_path_length
         self.expert = ENV_POLICY_MAP[task]()
         m = self.env.model
@@ -93,8 +94,8 @@ class MetaWorldEnv:
         self.env.set_task(self.variations[variation % len(self.variations)])
         obs, _ = self.env.reset()
         m = self.env.model
-        for name, _ in self.env._target_site_config:  # goal markers (known after a reset)
-            m.site_rgba[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name), 3] = 0
+        for name, _ in [] if self.show_goal else self.env._target_site_config:  # known after a reset
+            m.site_rgba[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name), 3] = 0  # goal marker
         return obs
 
     def step(self, action) -> tuple[np.ndarray, bool]:

@@ -342,6 +342,7 @@ def add_metaworld_demos(p) -> None:
     p.add_argument("--chunk", type=int, default=8, help="K: actions per record (default %(default)s)")
     p.add_argument("--max-steps", type=int, default=200, help="step limit per episode (default %(default)s)")
     p.add_argument("--keep-failed", action="store_true", help="also write episodes the expert failed")
+    p.add_argument("--show-goal", action="store_true", help="render the goal markers (hidden by default)")
     p.set_defaults(func=cmd_metaworld_demos)
 
 
@@ -358,6 +359,7 @@ def cmd_metaworld_demos(args) -> int:
         args.chunk,
         args.max_steps,
         args.keep_failed,
+        args.show_goal,
     )
     ok = ", ".join(f"{t} {k}/{n}" for t, (k, n) in s["success"].items())
     print(

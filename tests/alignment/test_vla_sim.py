@@ -150,6 +150,23 @@ def test_demos_are_reproducible_and_well_formed(tmp_path):
 
 
 @require_metaworld
+def test_views_are_seeded_upright_and_hide_the_goal_unless_asked():
+    from alignment.vla.metaworld import MetaWorldEnv
+
+    hidden, shown = (MetaWorldEnv("reach-v3", 0, ("corner",), 48, g) for g in (False, True))
+    a, b = hidden.reset(3), shown.reset(3)
+    assert np.array_equal(a, b)  # the same state: only the marker differs
+    va, vb = hidden.render()[0], shown.render()[0]
+    assert va.shape == (48, 48, 3) and (va != vb).any(axis=-1).sum() > 0
+    hidden.renderer.update_scene(hidden.env.data, camera="corner")
+    assert np.array_equal(
+        hidden.renderer.render()[::-1, ::-1], va
+    )  # corner cameras are rolled: turned 180 degrees, not flipped
+    hidden.close()
+    shown.close()
+
+
+@require_metaworld
 def test_expert_succeeds_through_the_closed_loop(tmp_path):
     """The loop is validated against the scripted expert: it reaches success, with a video."""
     cfg = ClosedLoopConfig(env="metaworld:reach-v3", episodes=2, max_steps=150, size=32, out=str(tmp_path))
