@@ -191,6 +191,7 @@ def evaluate_policy(model: str, cfg: ClosedLoopConfig, progress: bool = True) ->
             results = [_run(i) for i in tqdm(ids, **bar)]
         finally:
             _worker.pop("env").close()
+            _worker.clear()  # the model too
     videos = []
     for r in results:
         frames = r.pop("frames")
