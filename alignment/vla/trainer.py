@@ -121,9 +121,10 @@ class VLATrainer(Trainer):
         d = self.model.config.text_config.hidden_size
         a, al = cfg.action, cfg.align
         dtype = next(self.model.parameters()).dtype
-        self.heads = VLAHeads(
-            d, a.chunk, a.dims, self.dataset.proprio_dim, a.head_hidden, a.head, a.head_blocks
-        ).to(dtype)
+        ds = self.dataset  # D comes from the data when action.dims is 0
+        self.heads = VLAHeads(d, a.chunk, ds.dims, ds.proprio_dim, a.head_hidden, a.head, a.head_blocks).to(
+            dtype
+        )
         projector = (
             AlignProjector(d, self.state.teacher_dim, al.projector_layernorm).to(dtype)
             if al.alpha > 0

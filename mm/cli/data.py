@@ -7,6 +7,7 @@
     crux PROBLEMS OUT         CRU trajectories (ViRC stage 1 + 2) from problems
     stream-chunks V T OUT     streaming SFT chunks from a video and word timestamps
     vla-synth OUT             the synthetic two-view reaching task (VLA / Spatial Forcing; --format lerobot)
+    metaworld-demos OUT       MetaWorld expert demonstrations as VLA records (needs mmpost[sim])
     teacher-features D O      precomputed Spatial Forcing teacher features
     specs-pairs ...           SPECS preference pairs (zero vs corrupted base responses)
 
@@ -376,6 +377,46 @@ def cmd_teacher_features(args) -> int:
     return 0
 
 
+def add_metaworld_demos(p) -> None:
+    p.add_argument("out", help="output folder (train.jsonl, images/, demos.json)")
+    p.add_argument("--tasks", default="reach-v3", help="comma-separated MT1 tasks (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task (default %(default)s)")
+    p.add_argument(
+        "--views", default="corner,gripperPOV", help="comma-separated cameras, in order (default %(default)s)"
+    )
+    p.add_argument("--size", type=int, default=224, help="side of each view in pixels (default %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="MT1 seed: which task variations (default %(default)s)"
+    )
+    p.add_argument("--chunk", type=int, default=8, help="K: actions per record (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=200, help="step limit per episode (default %(default)s)")
+    p.add_argument("--keep-failed", action="store_true", help="also write episodes the expert failed")
+    p.add_argument("--show-goal", action="store_true", help="render the goal markers (hidden by default)")
+    p.set_defaults(func=cmd_metaworld_demos)
+
+
+def cmd_metaworld_demos(args) -> int:
+    from alignment.vla.demos import write_metaworld_demos
+
+    s = write_metaworld_demos(
+        args.out,
+        [t for t in args.tasks.split(",") if t],
+        args.episodes,
+        tuple(v for v in args.views.split(",") if v),
+        args.size,
+        args.seed,
+        args.chunk,
+        args.max_steps,
+        args.keep_failed,
+        args.show_goal,
+    )
+    ok = ", ".join(f"{t} {k}/{n}" for t, (k, n) in s["success"].items())
+    print(
+        f"wrote {s['records']} VLA records to {os.path.join(args.out, 'train.jsonl')} (expert success: {ok})"
+    )
+    return 0
+
+
 # name -> (adds the arguments and the handler, one-line help)
 COMMANDS = {
     "validate": (add_validate, "check every line; print each problem with its line number and a fix"),
@@ -394,6 +435,7 @@ COMMANDS = {
     "specs-toy": (add_specs_toy, "the toy SPECS task the tiny model runs end to end (data/specs)"),
     "cls-synth": (add_cls_synth, "a generated image-folder set of six shape classes"),
     "vla-synth": (add_vla_synth, "the synthetic two-view reaching task for VLA / Spatial Forcing"),
+    "metaworld-demos": (add_metaworld_demos, "MetaWorld scripted-expert episodes as VLA records (rendered)"),
     "teacher-features": (
         add_teacher_features,
         "precompute Spatial Forcing teacher features for a VLA data set",

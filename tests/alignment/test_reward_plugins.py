@@ -34,7 +34,11 @@ def test_a_users_reward_is_weighted_with_the_built_ins(tmp_path):
     [
         ("def length(completions, **sample):\n    return []\n", "nope.py:length", "not found"),
         ("def length(completions, **sample):\n    return []\n", "{path}:lenght", "has no function 'lenght'"),
-        ("def length(completions):\n    return []\n", "{path}:length", "a reward must take the completions first"),
+        (
+            "def length(completions):\n    return []\n",
+            "{path}:length",
+            "a reward must take the completions first",
+        ),
     ],
 )
 def test_bad_plugins_fail_when_the_config_loads(tmp_path, body, name, message):
