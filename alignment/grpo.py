@@ -172,7 +172,7 @@ class GRPOTrainer(Trainer):
             batch_size=sequences,
             visual=cfg.data.visual,
         )
-        from vision_tools.generation import HFGenerator
+        from vision_tools.generation import make_generator
 
         # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
         # collectively in each), so generation steps, turns and calls are agreed between ranks
@@ -190,7 +190,7 @@ class GRPOTrainer(Trainer):
         self.share_prompt = cfg.data.share_prompt and not uses_varlen(self.attn)
         text = self.model.config.get_text_config()
         self.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
-        generator = HFGenerator(self.model, self.processor, synced_gpus=sharded, features=self.features)
+        generator = make_generator(r.generator, self.model, self.processor, sharded, self.features)
         self.engine = ToolEngine(self.model, self.processor, config=engine_cfg, generator=generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         self.rollout_stats: dict = {}

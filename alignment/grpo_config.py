@@ -37,6 +37,11 @@ class RolloutConfig:
     max_completion_length: int = opt(512, "new tokens per turn")
     max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
     tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+    generator: Literal["cached", "hf"] = opt(
+        "cached",
+        "cached: one prefill per prompt group, KV cache kept across tool turns; hf: model.generate "
+        "over every full context (same greedy ids; ZeRO-3 on several ranks always uses hf's loop)",
+    )
     image_cache: bool = opt(
         True,
         "encode each distinct image once per rollout batch and reuse its features in generation and "

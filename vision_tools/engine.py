@@ -32,7 +32,7 @@ from mm.encode import IGNORE, ConversationEncoder, EncodedSample
 from mm.records import Message, is_visual, parse_message
 from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
-from vision_tools.generation import Context, Generator, HFGenerator, Sampling
+from vision_tools.generation import Context, Generator, Sampling, make_generator
 from vision_tools.protocol import Turn, Violation, error_text, parse_turn, result_text
 from vision_tools.tools import Tool, ToolContext, ToolError, as_toolset, display_size
 
@@ -53,6 +53,11 @@ class EngineConfig:
     snap_scale: bool = opt(True, "snap scale_factor to {0.25, 0.5, 1.5, 2, 2.5, 4}")
     batch_size: int = opt(16, "conversations generated together")
     seed: int | None = opt(None, "torch seed at the start of a run (sampling reproducibility)")
+    generator: Literal["cached", "hf"] = opt(
+        "cached",
+        "cached: one prefill per distinct prompt, KV cache kept across turns; hf: model.generate "
+        "over every full context (the two give the same greedy ids)",
+    )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 
     def __post_init__(self):
@@ -139,9 +144,10 @@ class _Conversation:
         self.prompt_length = 0
         self.finish: str | None = None
         self.answer: str | None = None
+        self.session: dict = {}  # the generator's cache state between turns
 
     def context(self) -> Context:
-        return Context(self.ids, self.types, self.pixels, self.grids, key=self.key)
+        return Context(self.ids, self.types, self.pixels, self.grids, key=self.key, session=self.session)
 
     def extend(self, ids: list[int], types: list[int] | None = None, generated: bool = False) -> None:
         self.ids += ids
@@ -153,7 +159,7 @@ _QUESTION = re.compile(r"Question:\s*(.*?)(?:\n\n|$)", re.S)
 
 
 class ToolEngine:
-    """Runs conversations with tools. ``generator`` defaults to ``HFGenerator(model, processor)``."""
+    """Runs conversations with tools. ``generator`` defaults to the one ``config.generator`` names."""
 
     def __init__(
         self,
@@ -166,7 +172,7 @@ class ToolEngine:
         self.processor, self.tok = processor, processor.tokenizer
         self.cfg = config or EngineConfig()
         self.tools: dict[str, Tool] = as_toolset(tools)
-        self.generator = generator or HFGenerator(model, processor)
+        self.generator = generator or make_generator(self.cfg.generator, model, processor)
         rope = RopeSpec.from_config(model.config) if model is not None else RopeSpec()
         self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
         ids = self.tok.convert_tokens_to_ids
@@ -197,6 +203,9 @@ class ToolEngine:
             if not self._agree(len(active)):  # synced ranks run a round while any rank has work
                 break
             self._round(active)
+            for c in active:  # a finished conversation's cache is not needed any more
+                if c.finish is not None:
+                    c.session.clear()
         return [self._trajectory(c) for c in convs]
 
     # -- conversation setup ---------------------------------------------------------------
