@@ -130,11 +130,11 @@ class CachedGenerator(HFGenerator):
                 if reuse == 0:
                     fresh.append((shared, c))
             row_unit.append(shared)
-        cache, logits = self._prefill(units)  # logits [U, V]
+        cache, logits, mask = self._prefill(units)  # logits [U, V], mask [U, P + S]
         rows = torch.tensor(row_unit, device=self.model.device)
-        cache.batch_select_indices(rows)
-        logits = logits[rows]
-        return self._decode(contexts, units, row_unit, cache, logits, max_new_tokens, sampling)
+        cache.batch_select_indices(rows)  # the G rows of a group start from one prefill
+        nxt = torch.tensor([units[u].next_position for u in row_unit], device=rows.device)  # [B]
+        return self._decode(contexts, cache, logits[rows], mask[rows], nxt, max_new_tokens, sampling)
 
     def _prefill(self, units: list[_Unit]):
         from transformers import DynamicCache
@@ -182,8 +182,7 @@ class CachedGenerator(HFGenerator):
         if pixels and self.features is not None:
             batch["mm_encoder_outputs"] = encoder_outputs(torch.cat(self.features(pixels, grids)))
         out = self.model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
-        self._mask = batch["attention_mask"]
-        return out.cache, out.logits[:, -1].float()
+        return out.cache, out.logits[:, -1].float(), batch["attention_mask"]
 
     def _choose(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         ids = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)  # unused by these
@@ -199,11 +198,9 @@ class CachedGenerator(HFGenerator):
             scores = top_p(sampling.top_p)(ids, scores)
         return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
 
-    def _decode(self, contexts, units, row_unit, cache, logits, limits, sampling) -> list[list[int]]:
+    def _decode(self, contexts, cache, logits, mask, nxt, limits, sampling) -> list[list[int]]:
         dev = self.model.device
         B = len(contexts)
-        mask = self._mask[torch.tensor(row_unit, device=dev)]  # [B, P + S]
-        nxt = torch.tensor([units[u].next_position for u in row_unit], device=dev)  # [B]
         new: list[list[int]] = [[] for _ in range(B)]
         active = list(range(B))  # rows still in the batch, in cache order
         step = 0
