@@ -186,3 +186,16 @@ def test_sampled_engine_rollouts_are_scored_as_generated(tiny):
 def test_unknown_generator_is_named():
     with pytest.raises(ValueError, match="generator='vllm'"):
         make_generator("vllm", None, None)
+
+
+def test_a_row_stopped_by_a_string_drops_the_padding_after_it(tiny):
+    """generate pads a row that a stop string finished with <|endoftext|> (an end id) while other
+    rows go on; the trimmed row ends at the stop string, as when it runs alone."""
+    model, processor = tiny
+    tok = processor.tokenizer
+    gen = HFGenerator(model, processor)
+    call = tok("x</tool_call>", add_special_tokens=False)["input_ids"]
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert gen._trim(call + [pad, pad], 10) == call
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert gen._trim(call[:1] + [end, pad], 10) == call[:1] + [end]
