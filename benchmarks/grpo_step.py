@@ -41,6 +41,7 @@ os.environ.setdefault("MMPOST_PROGRESS", "0")
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS, G, LR = 4, 8, 3e-3
 ARMS = ("mmpost", "padded", "mmpost-hf", "trl", "trl-tuned")
+LENGTHS: list[float] = []  # mean completion length of the last run (sampling decides it)
 
 
 def mmpost_run(
@@ -66,6 +67,7 @@ def mmpost_run(
     summary = train(str(ROOT / "configs" / "quickstart" / "grpo.yaml"), over, output_dir=out)
     rows = read_metrics(out)
     gen = sum(r["generation_s"] for r in rows)
+    LENGTHS.append(statistics.mean(r["response_length"] for r in rows))
     return summary["seconds"] / steps, gen / steps
 
 
@@ -119,6 +121,7 @@ def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool) -> floa
         callbacks=[clock],
     )
     trainer.train()
+    LENGTHS.append(trainer.state.log_history[-1].get("completions/mean_length", float("nan")))
     return clock.seconds / steps
 
 
@@ -151,7 +154,10 @@ def main() -> None:
                     times[who].append(step)
                     if who == "mmpost":
                         gens.append(gen)
-                print(f"  round {r}: {who:>9} {times[who][-1]:.3f} s/step", flush=True)
+                print(
+                    f"  round {r}: {who:>9} {times[who][-1]:.3f} s/step, mean completion {LENGTHS[-1]:.1f} tokens",
+                    flush=True,
+                )
     med = {k: statistics.median(v) for k, v in times.items()}
     a, g = med["mmpost"], statistics.median(gens)
     print(
