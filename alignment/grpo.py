@@ -212,7 +212,6 @@ class GRPOTrainer(Trainer):
         if cfg.loss.mu < 1:
             raise ConfigError(f"loss.mu must be >= 1, got {cfg.loss.mu}")
         from vision_tools.engine import EngineConfig, ToolEngine
-        from vision_tools.generation import HFGenerator
 
         records = self._read(cfg.data.train)
         made = {(rec.meta or {}).get("coords", cfg.rollout.coords) for rec in records}
@@ -246,6 +245,8 @@ class GRPOTrainer(Trainer):
             batch_size=planner.per_rank * r.num_generations,
             visual=cfg.data.visual,
         )
+        from vision_tools.generation import make_generator
+
         # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
         # collectively in each), so generation steps, turns and calls are agreed between ranks
         st.sharded = self.train_cfg.deepspeed == "zero3" and dist.world() > 1
@@ -262,7 +263,7 @@ class GRPOTrainer(Trainer):
         st.share_prompt = cfg.data.share_prompt and not uses_varlen(attn)
         text = model.config.get_text_config()
         st.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
-        generator = HFGenerator(model, processor, synced_gpus=st.sharded, features=st.features)
+        generator = make_generator(r.generator, model, processor, st.sharded, st.features)
         tools = cfg.rollout.toolset()  # None (rollout.tools false): the prompts as the data has them
         if tools is not None:  # every prompt's system turn declares the tools the engine executes
             from mm.records import parse_message

@@ -54,6 +54,11 @@ class RolloutConfig:
         "how tool coordinates are meant, in rollouts and in virc_turn: pixels of the image as shown, "
         "or ViRC's fixed 0..999 grid (the data's prompts must announce 1000 x 1000 images then)",
     )
+    generator: Literal["cached", "hf"] = opt(
+        "cached",
+        "cached: one prefill per prompt group, KV cache kept across tool turns; hf: model.generate "
+        "over every full context (same greedy ids; ZeRO-3 on several ranks always uses hf's loop)",
+    )
     image_cache: bool = opt(
         True,
         "encode each distinct image once per rollout batch and reuse its features in generation and "

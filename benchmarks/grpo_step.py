@@ -2,21 +2,32 @@
 
     python benchmarks/grpo_step.py                    # tiny model, 8 steps each, 3 rounds (CPU: a few minutes)
     python benchmarks/grpo_step.py --preset small     # where compute matters
+    python benchmarks/grpo_step.py --preset small --max-new-tokens 256 --steps 2 \
+        --arms mmpost mmpost-hf trl trl-tuned          # long completions
 
-Needs TRL (not in the dev extra): pip install trl
+Needs TRL for its arms (not in the dev extra): pip install trl
 
-Both run the quickstart letter-spotting task (data/letters: text prompts, reward 1 when the
-completion contains an x) with 4 prompts x G = 8 completions per step, at most 12 new tokens,
-temperature 1.0, no KL, one update per rollout batch, AdamW, fp32 for both
-(on a GPU too, where both run on the device).
-Time per step is the training loop's wall time divided by the steps (model loading and setup
-excluded for both); runs alternate between frameworks and medians are reported with the ratio,
-plus mmpost's split into generation and the rest (scoring, log-probs, update).
+Every arm runs the quickstart letter-spotting task (data/letters: text prompts, reward 1 when
+the completion contains an x) with 4 prompts x G = 8 completions per step, at most
+--max-new-tokens new tokens, temperature 1.0, no KL, one update per rollout batch, AdamW.
+Arms:
+
+* ``mmpost``: the defaults (fp32, shared-prompt rows, the cached generator);
+* ``padded``: padded rows instead of shared-prompt rows (``data.share_prompt=false``);
+* ``mmpost-hf``: rollouts through ``model.generate`` (``rollout.generator=hf``);
+* ``trl``: TRL's GRPOTrainer with its defaults (gradient checkpointing on, bf16 mixed precision);
+* ``trl-tuned``: TRL with gradient checkpointing off and fp32, as mmpost.
+
+TRL arms are left out when ``trl`` is not importable. Time per step is the training loop's wall
+time divided by the steps (model loading and setup excluded for all); arms alternate order
+each round, medians are reported with each arm's time over mmpost's, plus mmpost's split into
+generation and the rest (scoring, log-probs, update).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -28,10 +39,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MMPOST_PROGRESS", "0")
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS, G, TOKENS, LR = 4, 8, 12, 3e-3
+PROMPTS, G, LR = 4, 8, 3e-3
+ARMS = ("mmpost", "padded", "mmpost-hf", "trl", "trl-tuned")
+LENGTHS: list[float] = []  # mean completion length of the last run (sampling decides it)
 
 
-def mmpost_run(preset: str, steps: int, out: str, share_prompt: bool = True) -> tuple[float, float]:
+def mmpost_run(
+    preset: str, steps: int, out: str, tokens: int, share_prompt: bool = True, generator: str = "cached"
+) -> tuple[float, float]:
     from alignment.infra.metrics import read_metrics
     from alignment.train import train
 
@@ -43,7 +58,8 @@ def mmpost_run(preset: str, steps: int, out: str, share_prompt: bool = True) -> 
         "train.epochs=100",
         f"data.prompts_per_step={PROMPTS}",
         f"rollout.num_generations={G}",
-        f"rollout.max_completion_length={TOKENS}",
+        f"rollout.max_completion_length={tokens}",
+        f"rollout.generator={generator}",
         f"optim.lr={LR}",
         f"data.share_prompt={str(share_prompt).lower()}",
         "train.precision=fp32",
@@ -51,10 +67,11 @@ def mmpost_run(preset: str, steps: int, out: str, share_prompt: bool = True) -> 
     summary = train(str(ROOT / "configs" / "quickstart" / "grpo.yaml"), over, output_dir=out)
     rows = read_metrics(out)
     gen = sum(r["generation_s"] for r in rows)
+    LENGTHS.append(statistics.mean(r["response_length"] for r in rows))
     return summary["seconds"] / steps, gen / steps
 
 
-def trl_run(preset: str, steps: int, out: str) -> float:
+def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool) -> float:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -84,11 +101,11 @@ def trl_run(preset: str, steps: int, out: str) -> float:
         max_steps=steps,
         per_device_train_batch_size=PROMPTS * G,
         num_generations=G,
-        max_completion_length=TOKENS,
+        max_completion_length=tokens,
         temperature=1.0,
         beta=0.0,
         learning_rate=LR,
-        bf16=False,
+        **({"gradient_checkpointing": False, "bf16": False} if tuned else {}),
         logging_steps=1000,
         save_strategy="no",
         report_to=[],
@@ -104,6 +121,7 @@ def trl_run(preset: str, steps: int, out: str) -> float:
         callbacks=[clock],
     )
     trainer.train()
+    LENGTHS.append(trainer.state.log_history[-1].get("completions/mean_length", float("nan")))
     return clock.seconds / steps
 
 
@@ -112,33 +130,44 @@ def main() -> None:
     ap.add_argument("--preset", choices=["tiny", "small", "medium"], default="tiny")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=12, help="completion length limit")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     args = ap.parse_args()
-    times: dict[str, list[float]] = {"mmpost": [], "padded": [], "trl": []}
+    arms = list(args.arms)
+    if importlib.util.find_spec("trl") is None:
+        print("trl is not installed (pip install trl): its arms are left out")
+        arms = [a for a in arms if not a.startswith("trl")]
+    if "mmpost" not in arms:
+        arms.insert(0, "mmpost")  # the reference every ratio is taken against
+    times: dict[str, list[float]] = {a: [] for a in arms}
     gens = []
+    tokens = args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            order = list(times) if r % 2 == 0 else list(reversed(times))
-            for who in order:
+            for who in arms if r % 2 == 0 else arms[::-1]:
                 out = os.path.join(tmp, f"{who}{r}")
-                if who == "trl":
-                    times[who].append(trl_run(args.preset, args.steps, out))
+                if who.startswith("trl"):
+                    times[who].append(trl_run(args.preset, args.steps, out, tokens, tuned=who == "trl-tuned"))
                 else:
-                    step, gen = mmpost_run(args.preset, args.steps, out, share_prompt=who == "mmpost")
+                    generator = "hf" if who == "mmpost-hf" else "cached"
+                    step, gen = mmpost_run(args.preset, args.steps, out, tokens, who != "padded", generator)
                     times[who].append(step)
                     if who == "mmpost":
                         gens.append(gen)
-                print(f"  round {r}: {who:>6} {times[who][-1]:.3f} s/step", flush=True)
-    a, p, b = (statistics.median(times[k]) for k in ("mmpost", "padded", "trl"))
-    g = statistics.median(gens)
+                print(
+                    f"  round {r}: {who:>9} {times[who][-1]:.3f} s/step, mean completion {LENGTHS[-1]:.1f} tokens",
+                    flush=True,
+                )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    a, g = med["mmpost"], statistics.median(gens)
     print(
-        f"\n{args.preset}: {PROMPTS} prompts x G={G}, <= {TOKENS} new tokens, {args.steps} steps, {args.rounds} rounds"
+        f"\n{args.preset}: {PROMPTS} prompts x G={G}, <= {tokens} new tokens, {args.steps} steps, {args.rounds} rounds"
     )
     print(
-        f"  mmpost: {a:.3f} s/step (generation {g:.3f} s = {g / a:.0%}, scoring + log-probs + update {a - g:.3f} s)"
+        f"  mmpost generation {g:.3f} s = {g / a:.0%} of the step, scoring + log-probs + update {a - g:.3f} s"
     )
-    print(f"  mmpost, padded rows (data.share_prompt=false): {p:.3f} s/step")
-    print(f"  TRL:    {b:.3f} s/step")
-    print(f"  TRL / mmpost: {b / a:.2f}x   (padded rows / shared prompts: {p / a:.2f}x)")
+    for who, t in med.items():
+        print(f"  {who:>9}: {t:.3f} s/step   {t / a:.2f}x mmpost's time")
 
 
 if __name__ == "__main__":

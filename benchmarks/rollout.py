@@ -1,13 +1,24 @@
-"""Tool-engine rollouts: batched vs one conversation at a time.
+"""Tool-engine rollouts: the cached generator against ``model.generate`` over full contexts.
 
-    python benchmarks/rollout.py                       # tiny and small presets (a few minutes on 2 CPU cores)
-    python benchmarks/rollout.py --preset tiny --n 8   # quick smoke run
+    python benchmarks/rollout.py                               # small preset, 1, 3 and 6 turns
+    python benchmarks/rollout.py --preset tiny --turns 1 3     # quick smoke run
+    python benchmarks/rollout.py --arms cached one-at-a-time   # batching instead of caching
 
-N conversations (images of mixed sizes, the ViRC prompt) run through ``ToolEngine`` greedily
-with fixed limits (turns, tokens per turn, no resampling), once as one batch and once one
-conversation at a time, alternately for --rounds rounds. Greedy decoding makes both modes
-produce the same ids (the script checks), so they do the same work. Printed: median
-conversations per second and generated tokens per second of each mode, and the ratio.
+A GRPO-shaped rollout batch: --prompts prompts (images of mixed sizes, the ViRC prompt), each
+repeated G times, run through ``ToolEngine`` greedily with fixed limits (turns, tokens per
+turn, no resampling). Arms, alternated for --rounds rounds per turn count:
+
+* ``cached``: ``CachedGenerator`` (the default): one prefill per distinct prompt, the KV cache
+  kept across turns, only the tool result (or error turn) and the next header run each turn;
+* ``hf``: ``HFGenerator`` (the old path): ``model.generate`` over every full context, so the G
+  copies are prefilled G times and every turn re-prefills the whole conversation;
+* ``one-at-a-time``: the cached generator, one conversation per ``run``.
+
+Greedy decoding makes every arm produce the same ids (the script checks). Printed per turn
+count: median seconds, generated tokens/s, and each arm's speed-up over ``hf``. With a
+randomly initialised model the turns rarely hold valid tool calls, so the inserted turns are
+mostly error texts, not images: the gain from not re-encoding and re-prefilling tool-result
+images is not in these numbers.
 """
 
 from __future__ import annotations
@@ -28,67 +39,78 @@ from mm.synthetic import shapes_image  # noqa: E402
 from vision_tools.api import build_prompt  # noqa: E402
 from vision_tools.engine import EngineConfig, ToolEngine  # noqa: E402
 
+ARMS = ("cached", "hf", "one-at-a-time")
 
-def prompts(n: int, seed: int = 0) -> list[list[dict]]:
+
+def prompts(n: int, copies: int, seed: int = 0) -> list[list[dict]]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
         w, h = rng.choice([(224, 224), (336, 224), (280, 392), (448, 336)])
         img, _ = shapes_image(w, h, seed=i)
-        out.append(build_prompt(img, f"How many shapes are in picture {i}?"))
+        out += [build_prompt(img, f"How many shapes are in picture {i}?")] * copies
     return out
 
 
-def run(engine: ToolEngine, batch: list, one_at_a_time: bool) -> tuple[float, int, list]:
+def run(engines: dict, arm: str, batch: list) -> tuple[float, list]:
     t0 = time.perf_counter()
-    trajs = [engine.run([p])[0] for p in batch] if one_at_a_time else engine.run(batch)
-    return time.perf_counter() - t0, sum(t.generated_tokens for t in trajs), trajs
+    if arm == "one-at-a-time":
+        trajs = [engines["cached"].run([p])[0] for p in batch]
+    else:
+        trajs = engines[arm].run(batch)
+    return time.perf_counter() - t0, trajs
 
 
-def bench(preset: str, n: int, turns: int, tokens: int, rounds: int, device: str | None) -> None:
-    model, processor = load_model(preset, device=device)
-    model.eval()
-    cfg = EngineConfig(max_turns=turns, max_turn_tokens=tokens, max_resamples=0, batch_size=n)
-    engine = ToolEngine(model, processor, config=cfg)
-    batch = prompts(n)
-    run(engine, batch[:2], False)  # warm-up
-    times = {"batched": [], "one at a time": []}
-    for r in range(rounds):
-        for mode in ("batched", "one at a time") if r % 2 == 0 else ("one at a time", "batched"):
-            sec, gen, trajs = run(engine, batch, mode != "batched")
-            times[mode].append((sec, gen, trajs))
-    ref = [t.input_ids for t in times["batched"][0][2]]
-    same = all(torch.equal(a, t.input_ids) for a, t in zip(ref, times["one at a time"][0][2]))
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(
-        f"\n{preset} ({params:.1f}M params), {n} conversations, <= {turns} turns x {tokens} tokens, {rounds} rounds"
+def bench(model, args, turns: int) -> None:
+    cfg = {"max_turns": turns, "max_turn_tokens": args.tokens, "max_resamples": 0, "batch_size": 1024}
+    engines = {
+        kind: ToolEngine(model, args.processor, config=EngineConfig(generator=kind, **cfg))
+        for kind in ("cached", "hf")
+    }
+    batch = prompts(args.prompts, args.G)
+    for arm in args.arms:  # warm-up
+        run(engines, arm, batch[: args.G])
+    rows: dict[str, list] = {arm: [] for arm in args.arms}
+    for r in range(args.rounds):
+        for arm in args.arms if r % 2 == 0 else args.arms[::-1]:
+            rows[arm].append(run(engines, arm, batch))
+    ref = rows[args.arms[0]][0][1]
+    same = all(
+        all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(ref, rows[arm][0][1])) for arm in args.arms
     )
-    print(f"  identical ids batched vs one at a time: {same}")
-    res = {}
-    for mode, rows in times.items():
-        sec = statistics.median(s for s, _, _ in rows)
-        gen = rows[0][1]
-        res[mode] = (n / sec, gen / sec)
-        print(
-            f"  {mode:>14}: {sec:7.2f} s   {n / sec:6.2f} conversations/s   {gen / sec:8.1f} generated tokens/s"
-        )
-    ratio = res["batched"][1] / res["one at a time"][1]
-    print(f"  batched / one at a time: {ratio:.2f}x generated tokens/s")
+    gen = sum(t.generated_tokens for t in ref)
+    done = statistics.mean(len(t.turns) for t in ref)
+    total = statistics.mean(len(t.input_ids) for t in ref)
+    print(
+        f"\n{turns} turn(s): {len(batch)} conversations ({args.prompts} prompts x G={args.G}), "
+        f"<= {args.tokens} tokens per turn; mean {done:.1f} turns, {total:.0f} tokens per conversation, "
+        f"{gen} generated in all; identical ids across arms: {same}"
+    )
+    median = {arm: statistics.median(s for s, _ in rows[arm]) for arm in args.arms}
+    for arm in args.arms:
+        vs = f"   {median['hf'] / median[arm]:5.2f}x vs hf" if "hf" in median else ""
+        print(f"  {arm:>14}: {median[arm]:7.2f} s   {gen / median[arm]:8.1f} generated tokens/s{vs}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["tiny", "small", "both"], default="both")
-    ap.add_argument("--n", type=int, default=16, help="conversations")
-    ap.add_argument("--turns", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=48, help="max new tokens per turn")
+    ap.add_argument("--preset", choices=["tiny", "small", "medium"], default="small")
+    ap.add_argument("--prompts", type=int, default=4, help="distinct prompts")
+    ap.add_argument("--G", type=int, default=4, help="copies of each prompt (GRPO's group size)")
+    ap.add_argument("--turns", type=int, nargs="+", default=[1, 3, 6])
+    ap.add_argument("--tokens", type=int, default=32, help="max new tokens per turn")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=["cached", "hf"])
     ap.add_argument("--device", default=None, help="e.g. cuda (default: cuda if available)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     device = args.device or ("cuda" if torch.cuda.is_available() else None)
-    for preset in ("tiny", "small") if args.preset == "both" else (args.preset,):
-        bench(preset, args.n, args.turns, args.tokens, args.rounds, device)
+    model, args.processor = load_model(args.preset, device=device)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{args.preset} ({params:.1f}M params, {model.device}), {args.rounds} interleaved rounds, medians")
+    for turns in args.turns:
+        bench(model, args, turns)
 
 
 if __name__ == "__main__":

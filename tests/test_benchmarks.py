@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
     (
         "rollout.py",
-        ["--preset", "tiny", "--n", "2", "--turns", "1", "--tokens", "4", "--rounds", "1"],
-        "batched / one at a time",
+        ["--preset", "tiny", "--prompts", "1", "--G", "2", "--turns", "2", "--tokens", "4", "--rounds", "1"],
+        "x vs hf",
     ),
     ("streaming.py", ["--checkpoints", "3,6", "--tokens", "2"], "latency per second vs ours"),
     ("spatial_forcing.py", ["--quick"], "live / precomputed"),

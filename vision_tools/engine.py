@@ -32,7 +32,7 @@ from mm.encode import IGNORE, ConversationEncoder, EncodedSample
 from mm.records import Message, is_visual, parse_message
 from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
-from vision_tools.generation import Context, Generator, HFGenerator, Sampling
+from vision_tools.generation import Context, Generator, Sampling, make_generator
 from vision_tools.protocol import Turn, Violation, error_text, parse_turn, result_text
 from vision_tools.tools import Tool, ToolContext, ToolError, as_toolset, display_size
 
@@ -59,6 +59,11 @@ class EngineConfig:
     seed: int | None = opt(None, "torch seed at the start of a run (sampling reproducibility)")
     stop: list[str] = opt(
         factory=list, help="extra stop strings: a turn that writes one ends the conversation"
+    )
+    generator: Literal["cached", "hf"] = opt(
+        "hf",
+        "cached: one prefill per distinct prompt, KV cache kept across turns; hf: model.generate "
+        "over every full context (the two give the same greedy ids; the API server needs hf: per-request stop strings and cancellation)",
     )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 
@@ -146,9 +151,10 @@ class _Conversation:
         self.prompt_length = 0
         self.finish: str | None = None
         self.answer: str | None = None
+        self.session: dict = {}  # the generator's cache state between turns
 
     def context(self) -> Context:
-        return Context(self.ids, self.types, self.pixels, self.grids, key=self.key)
+        return Context(self.ids, self.types, self.pixels, self.grids, key=self.key, session=self.session)
 
     def extend(self, ids: list[int], types: list[int] | None = None, generated: bool = False) -> None:
         self.ids += ids
@@ -160,7 +166,7 @@ _QUESTION = re.compile(r"Question:\s*(.*?)(?:\n\n|$)", re.S)
 
 
 class ToolEngine:
-    """Runs conversations with tools. ``generator`` defaults to ``HFGenerator(model, processor)``."""
+    """Runs conversations with tools. ``generator`` defaults to the one ``config.generator`` names."""
 
     def __init__(
         self,
@@ -173,7 +179,7 @@ class ToolEngine:
         self.processor, self.tok = processor, processor.tokenizer
         self.cfg = config or EngineConfig()
         self.tools: dict[str, Tool] = as_toolset(tools)
-        self.generator = generator or HFGenerator(model, processor)
+        self.generator = generator or make_generator(self.cfg.generator, model, processor)
         rope = RopeSpec.from_config(model.config) if model is not None else RopeSpec()
         self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
         ids = self.tok.convert_tokens_to_ids
@@ -226,6 +232,9 @@ class ToolEngine:
         if not self._agree(len(active)):  # synced ranks run a round while any rank has work
             return False
         self._round(active)
+        for c in active:  # a finished conversation's cache is not needed any more
+            if c.finish is not None:
+                c.session.clear()
         return True
 
     # -- conversation setup ---------------------------------------------------------------

@@ -45,6 +45,9 @@ class Context:
     key: int = 0  # which conversation (scripted generators replay per conversation)
     # one (pixel_values_videos [patches, dim], grid [3], seconds per temporal patch) per video
     videos: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+    # the conversation's cache state, kept by the engine between turns (CachedGenerator reads
+    # and writes it; None: nothing is kept)
+    session: dict | None = None
 
 
 class Generator(Protocol):
@@ -197,17 +200,16 @@ class HFGenerator:
         return [self._trim(row[L:].tolist(), limit, stops) for row, limit in rows]
 
     def _trim(self, new: list[int], limit: int, stops=STOP_STRINGS) -> list[int]:
-        """Drop the padding after a finished row: keep up to the first end token or stop string."""
+        """Drop the padding after a finished row: keep up to the first end token or stop string
+        (whichever comes first: a row stopped by a string is padded with ``<|endoftext|>``)."""
         new = new[:limit]
-        for j, t in enumerate(new):
-            if t in self.end_ids:
-                return new[: j + 1]
-        if not any(s in self.tok.decode(new) for s in stops):
-            return new
-        for j in range(1, len(new) + 1):  # the step at which a stop string completed
+        end = next((j + 1 for j, t in enumerate(new) if t in self.end_ids), len(new))
+        if not any(s in self.tok.decode(new[:end]) for s in stops):
+            return new[:end]
+        for j in range(1, end + 1):  # the step at which a stop string completed
             if any(s in self.tok.decode(new[max(0, j - 8) : j]) for s in stops):
                 return new[:j]
-        return new
+        return new[:end]
 
 
 class ScriptedGenerator:
@@ -232,3 +234,17 @@ class ScriptedGenerator:
                 ids = ids + [self.tok.convert_tokens_to_ids(IM_END)]
             out.append(ids[:limit])
         return out
+
+
+GENERATORS = ("cached", "hf")
+
+
+def make_generator(kind: str, model, processor, synced_gpus: bool = False, features=None) -> HFGenerator:
+    """The generator named by a config (``EngineConfig.generator``, ``RolloutConfig.generator``)."""
+    if kind == "hf":
+        return HFGenerator(model, processor, synced_gpus, features)
+    if kind == "cached":
+        from vision_tools.cached_generation import CachedGenerator
+
+        return CachedGenerator(model, processor, synced_gpus, features)
+    raise ValueError(f"generator={kind!r}: use one of {', '.join(GENERATORS)}")

@@ -1,0 +1,201 @@
+"""CachedGenerator (one prefill per distinct prompt, KV cache kept across turns) against
+HFGenerator (``model.generate`` over every full context): the same greedy ids in fp32, for
+groups of equal prompts, rows ending at different lengths, left padding and tool turns that
+bring new images; and less work (fewer prefilled rows and tokens)."""
+
+import pytest
+import torch
+
+from mm.chat_template import ASSISTANT_HEADER, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
+from mm.encode import ConversationEncoder
+from mm.rope import RopeSpec
+from mm.visual import VisualConfig
+from tests.conftest import solid
+from vision_tools.api import build_prompt
+from vision_tools.cached_generation import CachedGenerator
+from vision_tools.engine import EngineConfig, ToolEngine
+from vision_tools.generation import Context, HFGenerator, Sampling, make_generator
+
+SIZES = [(56, 84), (112, 56), (84, 84)]
+
+
+def prompts(encoder):
+    out = []
+    for i, (w, h) in enumerate(SIZES):
+        content = [
+            {"type": "image", "image": solid(w, h, (i * 40, 20, 90))},
+            {"type": "text", "text": "Hi " * (4 * i + 1)},
+        ]
+        out.append(encoder.encode([{"role": "user", "content": content}], add_generation_prompt=True))
+    return out
+
+
+def context(s, key, session=None) -> Context:
+    sizes = s.image_grid_thw.prod(-1).tolist()
+    pixels = list(torch.split(s.pixel_values, sizes))
+    return Context(
+        s.input_ids.tolist(),
+        s.mm_token_type_ids.tolist(),
+        pixels,
+        list(s.image_grid_thw),
+        key,
+        session=session,
+    )
+
+
+def with_tool_result(processor, c: Context, new: list[int], image) -> Context:
+    """``c`` + the turn the model wrote + a user turn holding ``image`` + the next header (the
+    engine's layout)."""
+    tok = processor.tokenizer
+    closed = bool(new) and new[-1] == tok.convert_tokens_to_ids(IM_END)
+    text = ("" if closed else IM_END) + "\n" + turn("user", IMAGE_PLACEHOLDER + "Image 1.") + ASSISTANT_HEADER
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    r = processor.image_processor(images=[image], do_resize=False, return_tensors="pt")
+    grid = r["image_grid_thw"][0]
+    n, at = int(grid.prod()) // 4, ids.index(tok.convert_tokens_to_ids(IMAGE_PAD))
+    types = [0] * at + [1] * n + [0] * (len(ids) - at - 1)
+    ids = ids[:at] + ids[at : at + 1] * n + ids[at + 1 :]
+    return Context(
+        c.input_ids + new + ids,
+        c.types + [0] * len(new) + types,
+        c.pixel_values + [r["pixel_values"]],
+        c.grids + [grid],
+        c.key,
+        session=c.session,
+    )
+
+
+def prefill_shapes(model, run, *args):
+    """``run(*args)``, and the [rows, tokens] of every language-model forward it makes."""
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+    try:
+        out = run(*args)
+    finally:
+        hook.remove()
+    return out, seen
+
+
+def test_greedy_ids_equal_generate_over_groups_and_tool_turns_with_less_prefill(tiny):
+    model, processor = tiny
+    encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+    ps = prompts(encoder)
+    rows = [0, 0, 0, 1, 1, 2]  # groups of 3, 2 and 1 copies
+    hf, cached = HFGenerator(model, processor), CachedGenerator(model, processor)
+    old = [context(ps[r], k) for k, r in enumerate(rows)]
+    new = [context(ps[r], k, {}) for k, r in enumerate(rows)]
+    limits = [12, 5, 12, 9, 12, 3]
+    for t in range(4):  # the prompt, then 3 tool turns with a new image each
+        a = hf.generate(old, limits, Sampling())
+        b, shapes = prefill_shapes(model, cached.generate, new, limits, Sampling())
+        assert a == b, f"turn {t}"
+        assert len({len(x) for x in a}) > 1  # rows finish at different lengths
+        full = max(len(c.input_ids) for c in new)
+        if t == 0:
+            assert shapes[0] == (3, full)  # one prefill row per distinct prompt
+        else:  # only what is new since the last turn goes through the model
+            assert shapes[0][0] == len(rows) and shapes[0][1] < full - 40
+        assert all(shape[1] == 1 for shape in shapes[1:])
+        for c, n in zip(new, b):  # the session holds the context and the fed new tokens
+            assert c.session["ids"] == c.input_ids + n[: len(c.session["ids"]) - len(c.input_ids)]
+            assert c.session["kv"][0][0].shape[2] == len(c.session["ids"])
+        images = [solid(56 + 28 * (k % 3), 56 + 28 * t, (k * 30, 100, 10)) for k in range(len(rows))]
+        old = [with_tool_result(processor, c, n, im) for c, n, im in zip(old, a, images)]
+        new = [with_tool_result(processor, c, n, im) for c, n, im in zip(new, b, images)]
+        limits = [4 + 3 * k for k in range(len(rows))]
+
+
+def test_a_resampled_turn_reuses_the_cache_of_its_context_only(tiny):
+    model, processor = tiny
+    encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+    p = prompts(encoder)[1]
+    session = {}
+    c = context(p, 0, session)
+    cached = CachedGenerator(model, processor)
+    first = cached.generate([c], [8], Sampling())
+    assert len(session["ids"]) > len(c.input_ids)  # holds the generated tokens too
+    # the same context again (a resample): the stored turn is cut away, not continued
+    again, shapes = prefill_shapes(model, cached.generate, [c], [8], Sampling())
+    assert again == first == HFGenerator(model, processor).generate([context(p, 0)], [8], Sampling())
+    assert shapes[0] == (1, 1)  # only the last prompt token is run again
+
+
+def test_top_k_one_sampling_is_greedy_and_a_seed_repeats(tiny):
+    model, processor = tiny
+    encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+    ps = prompts(encoder)
+    ctxs = [context(ps[r], k) for k, r in enumerate([0, 0, 1, 2])]
+    cached = CachedGenerator(model, processor)
+    greedy = HFGenerator(model, processor).generate(ctxs, [10] * 4, Sampling())
+    assert cached.generate(ctxs, [10] * 4, Sampling(True, 0.7, 1.0, 1)) == greedy
+    torch.manual_seed(3)
+    a = cached.generate(ctxs, [10] * 4, Sampling(True, 1.5, 1.0, 0))
+    torch.manual_seed(3)
+    assert cached.generate(ctxs, [10] * 4, Sampling(True, 1.5, 1.0, 0)) == a
+    assert a[0] != a[1] or a[0] != greedy[0]  # the copies of one prompt are sampled, not copied
+
+
+def engine_prompts(n: int, copies: int) -> list:
+    images = [solid(w, h, (20 * i, 90, 40)) for i, (w, h) in enumerate(SIZES)]
+    return [build_prompt(images[i % 3], f"How many shapes in {i}?") for i in range(n) for _ in range(copies)]
+
+
+@pytest.mark.parametrize("turns,copies,batch", [(1, 4, 16), (3, 3, 4)])
+def test_engine_trajectories_equal_the_generate_path(tiny, turns, copies, batch):
+    model, processor = tiny
+    cfg = {"max_turns": turns, "max_turn_tokens": 12, "max_resamples": 0, "batch_size": batch}
+    ps = engine_prompts(3, copies)
+    runs = {}
+    for kind in ("hf", "cached"):
+        engine = ToolEngine(model, processor, config=EngineConfig(generator=kind, **cfg))
+        assert type(engine.generator) is type(make_generator(kind, model, processor))
+        runs[kind] = engine.run(ps)
+    for a, b in zip(runs["hf"], runs["cached"]):
+        assert torch.equal(a.input_ids, b.input_ids)
+        assert torch.equal(a.generated, b.generated)
+        assert [t.span for t in a.turns] == [t.span for t in b.turns]
+    if turns > 1:
+        assert max(len(t.turns) for t in runs["cached"]) == turns
+
+
+def test_sampled_engine_rollouts_are_scored_as_generated(tiny):
+    """Token-in/token-out with sampling: the trainer's forward over each trajectory gives every
+    sampled token a finite log-prob (no suppressed control token was drawn), and the ids,
+    mask and spans agree."""
+    model, processor = tiny
+    cfg = EngineConfig(
+        max_turns=3, max_turn_tokens=10, max_resamples=0, do_sample=True, seed=0, top_k=0, top_p=1.0
+    )
+    trajs = ToolEngine(model, processor, config=cfg).run(engine_prompts(2, 3))
+    suppress = HFGenerator(model, processor).suppress
+    for t in trajs:
+        mask = torch.zeros_like(t.generated)
+        for r in t.turns:
+            mask[r.span[0] : r.span[1]] = True
+        assert torch.equal(mask, t.generated)
+        with torch.no_grad():
+            logits = model(**t.encoded(RopeSpec.from_config(model.config)).model_inputs()).logits[0]
+        logits[:, suppress] = -float("inf")
+        where = torch.nonzero(t.generated).flatten()
+        logp = logits[where - 1].log_softmax(-1).gather(-1, t.input_ids[where, None])
+        assert torch.isfinite(logp).all()
+
+
+def test_unknown_generator_is_named():
+    with pytest.raises(ValueError, match="generator='vllm'"):
+        make_generator("vllm", None, None)
+
+
+def test_a_row_stopped_by_a_string_drops_the_padding_after_it(tiny):
+    """generate pads a row that a stop string finished with <|endoftext|> (an end id) while other
+    rows go on; the trimmed row ends at the stop string, as when it runs alone."""
+    model, processor = tiny
+    tok = processor.tokenizer
+    gen = HFGenerator(model, processor)
+    call = tok("x</tool_call>", add_special_tokens=False)["input_ids"]
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert gen._trim(call + [pad, pad], 10) == call
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert gen._trim(call[:1] + [end, pad], 10) == call[:1] + [end]

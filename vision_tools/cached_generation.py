@@ -1,0 +1,246 @@
+"""A generator that prefills each distinct context once and keeps a conversation's KV cache
+between turns.
+
+:class:`HFGenerator` hands ``model.generate`` every row in full: G copies of a GRPO prompt
+(and their images) are prefilled G times, and every tool turn re-prefills the whole
+conversation. :class:`CachedGenerator` runs its own decode loop over the model's forward with
+a ``DynamicCache``:
+
+* rows whose contexts are equal (ids and pixels) and have no cache yet are prefilled once and
+  the cache is expanded to their rows before the first token is chosen;
+* a context that carries a ``session`` (a dict the engine keeps per conversation) reuses the
+  keys and values stored there for the longest common prefix of its ids, and only the rest
+  (the closing of the last turn, the tool result with its image, the next header) is run.
+
+Batch layout of one prefill forward (U distinct units, P = longest reused past, S = longest
+new part; both left-padded, the padding masked out; positions are mm's M-RoPE positions of the
+whole context, so they do not depend on the layout)::
+
+    cache keys/values  [U, heads, P, head_dim]   [pad | past_u]
+    input_ids          [U, S]                    [pad | new_u]
+    attention_mask     [U, P + S]
+
+then rows index the units, and each decode step appends one token per unfinished row
+(finished rows leave the batch). A session stores ``ids`` (the tokens whose keys and values it
+holds) and ``kv`` (per layer ``(keys, values)``, each ``[1, heads, len(ids), head_dim]``).
+
+Greedy ids equal :class:`HFGenerator`'s (tested in fp32, also over several turns); sampling
+uses the same logits processors (suppressed control tokens, temperature, top-k, top-p).
+ZeRO-3 over several ranks (``synced_gpus``) takes :class:`HFGenerator`'s path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mm.image_features import encoder_outputs
+from mm.rope import TEXT, mrope_positions
+from vision_tools.generation import STOP_STRINGS, Context, HFGenerator, Sampling
+
+
+class _Unit:
+    """One distinct prefill: the reused past, the new part of the context, and its visuals."""
+
+    def __init__(self, c: Context, reuse: int, kv, spec):
+        types = torch.tensor(c.types)
+        grids = torch.stack(c.grids) if c.grids else None
+        v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
+        seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
+        pos, self.next_position = mrope_positions(types, grids, v_grids, seconds, spec)
+        self.ids, self.types, self.pos = c.input_ids[reuse:], types[reuse:], pos[:, reuse:]  # [3, S_u]
+        self.past = [(k[..., :reuse, :], v[..., :reuse, :]) for k, v in kv] if reuse else None
+        self.reuse = reuse
+        # visuals whose placeholders lie in the new part (a reused prefix ends on a text token)
+        first_image = _blocks(c.types[:reuse], 1)
+        first_video = _blocks(c.types[:reuse], 2)
+        self.pixels, self.grids = c.pixel_values[first_image:], c.grids[first_image:]
+        self.videos = c.videos[first_video:]
+
+
+def _blocks(types: list[int], kind: int) -> int:
+    """How many vision blocks of ``kind`` start in ``types``."""
+    return sum(1 for j, t in enumerate(types) if t == kind and (j == 0 or types[j - 1] != kind))
+
+
+def _same(a: Context, b: Context) -> bool:
+    return (
+        a.input_ids == b.input_ids
+        and len(a.pixel_values) == len(b.pixel_values)
+        and all(torch.equal(x, y) for x, y in zip(a.pixel_values, b.pixel_values))
+        and len(a.videos) == len(b.videos)
+        and all(torch.equal(x[0], y[0]) for x, y in zip(a.videos, b.videos))
+    )
+
+
+def _reusable(c: Context) -> int:
+    """Tokens of ``c`` whose keys and values its session holds: the common prefix, less at least
+    one token (the forward needs an input), backed off to a text token."""
+    s = c.session
+    if not s or "ids" not in s:
+        return 0
+    n = 0
+    for a, b in zip(s["ids"], c.input_ids):
+        if a != b:
+            break
+        n += 1
+    n = min(n, len(c.input_ids) - 1)
+    while n > 0 and c.types[n - 1] != TEXT:  # never split a vision block
+        n -= 1
+    return n
+
+
+class CachedGenerator(HFGenerator):
+    """Own decode loop: one prefill per distinct context, KV cache kept across turns."""
+
+    def __init__(self, model, processor, synced_gpus: bool = False, features=None):
+        super().__init__(model, processor, synced_gpus, features)
+        from transformers.generation.logits_process import (
+            SuppressTokensLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        kinds = set(getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"])
+        if kinds != {"full_attention"}:
+            raise ValueError(
+                f"CachedGenerator keeps full-attention caches; this model has layers {sorted(kinds)}: "
+                "use rollout generator 'hf'"
+            )
+        self._suppress = SuppressTokensLogitsProcessor(self.suppress, device=model.device)
+        self._warpers = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    @torch.no_grad()
+    def generate(
+        self, contexts: list[Context], max_new_tokens: list[int], sampling: Sampling
+    ) -> list[list[int]]:
+        if self.synced_gpus:  # every rank must run the same forwards: generate's synced loop
+            return super().generate(contexts, max_new_tokens, sampling)
+        if not contexts:
+            return []
+        units: list[_Unit] = []
+        row_unit: list[int] = []
+        fresh: list[tuple[int, Context]] = []  # (unit, context) of units prefilled from scratch
+        for c in contexts:  # equal fresh contexts (GRPO's G copies) share one prefill
+            reuse = _reusable(c)
+            shared = next((u for u, f in fresh if _same(f, c)), None) if reuse == 0 else None
+            if shared is None:
+                shared = len(units)
+                units.append(_Unit(c, reuse, c.session["kv"] if reuse else None, self.rope))
+                if reuse == 0:
+                    fresh.append((shared, c))
+            row_unit.append(shared)
+        cache, logits, mask = self._prefill(units)  # logits [U, V], mask [U, P + S]
+        rows = torch.tensor(row_unit, device=self.model.device)
+        cache.batch_select_indices(rows)  # the G rows of a group start from one prefill
+        nxt = torch.tensor([units[u].next_position for u in row_unit], device=rows.device)  # [B]
+        return self._decode(contexts, cache, logits[rows], mask[rows], nxt, max_new_tokens, sampling)
+
+    def _prefill(self, units: list[_Unit]):
+        from transformers import DynamicCache
+
+        dev = self.model.device
+        U, S = len(units), max(len(u.ids) for u in units)
+        P = max(u.reuse for u in units)
+        ids = torch.full((U, S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(U, P + S, dtype=torch.long)
+        types = torch.zeros(U, S, dtype=torch.long)
+        pos = torch.zeros(3, U, S, dtype=torch.long)  # [3, U, S]; padding keeps 0 (masked)
+        for i, u in enumerate(units):
+            n = len(u.ids)
+            ids[i, S - n :], types[i, S - n :], pos[:, i, S - n :] = torch.tensor(u.ids), u.types, u.pos
+            mask[i, P - u.reuse : P] = 1
+            mask[i, P + S - n :] = 1
+        cache = DynamicCache()
+        if P:  # the reused pasts, left-padded to P: [U, heads, P, head_dim] per layer
+            ref = next(u.past for u in units if u.past)
+            layers = []
+            for layer, (k0, v0) in enumerate(ref):
+                k = k0.new_zeros(U, k0.shape[1], P, k0.shape[-1])
+                v = v0.new_zeros(U, v0.shape[1], P, v0.shape[-1])
+                for i, u in enumerate(units):
+                    if u.reuse:
+                        k[i, :, P - u.reuse :], v[i, :, P - u.reuse :] = (
+                            u.past[layer][0][0],
+                            u.past[layer][1][0],
+                        )
+                layers.append((k, v))
+            cache = DynamicCache(layers)
+        batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types, "position_ids": pos}
+        videos = [v for u in units for v in u.videos]
+        if videos:
+            batch["pixel_values_videos"] = torch.cat([v[0] for v in videos])
+            batch["video_grid_thw"] = torch.stack([v[1] for v in videos])
+            batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
+        pixels = [p for u in units for p in u.pixels]
+        grids = [g for u in units for g in u.grids]
+        if pixels:
+            batch["image_grid_thw"] = torch.stack(grids)
+            if self.features is None:
+                batch["pixel_values"] = torch.cat(pixels)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        if pixels and self.features is not None:
+            batch["mm_encoder_outputs"] = encoder_outputs(torch.cat(self.features(pixels, grids)))
+        out = self.model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.cache, out.logits[:, -1].float(), batch["attention_mask"]
+
+    def _choose(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        ids = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)  # unused by these
+        scores = self._suppress(ids, logits)
+        if not sampling.do_sample:
+            return scores.argmax(-1)
+        temperature, top_k, top_p = self._warpers
+        if sampling.temperature != 1.0:
+            scores = temperature(sampling.temperature)(ids, scores)
+        if sampling.top_k:
+            scores = top_k(sampling.top_k)(ids, scores)
+        if sampling.top_p < 1.0:
+            scores = top_p(sampling.top_p)(ids, scores)
+        return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
+
+    def _decode(self, contexts, cache, logits, mask, nxt, limits, sampling) -> list[list[int]]:
+        dev = self.model.device
+        B = len(contexts)
+        new: list[list[int]] = [[] for _ in range(B)]
+        active = list(range(B))  # rows still in the batch, in cache order
+        step = 0
+        while True:
+            tokens = self._choose(logits, sampling).tolist()
+            keep = []
+            for k, (i, t) in enumerate(zip(active, tokens)):
+                new[i].append(t)
+                if not self._done(new[i], limits[i]):
+                    keep.append(k)
+                else:
+                    self._store(contexts[i], new[i], cache, mask, k, fed=step)
+            if not keep:
+                return [self._trim(n, limit) for n, limit in zip(new, limits)]
+            if len(keep) < len(active):  # finished rows leave the batch
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                mask, nxt = mask[sel], nxt[sel]
+                active = [active[k] for k in keep]
+            ids = torch.tensor([[new[i][-1]] for i in active], device=dev)  # [B', 1]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
+            pos = (nxt + step)[None, :, None].expand(3, -1, 1)  # [3, B', 1]
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+            )
+            cache, logits, step = out.cache, out.logits[:, -1].float(), step + 1
+
+    def _done(self, new: list[int], limit: int) -> bool:
+        if len(new) >= limit or new[-1] in self.end_ids:
+            return True
+        return any(s in self.tok.decode(new[-8:]) for s in STOP_STRINGS)
+
+    def _store(self, c: Context, new: list[int], cache, mask, row: int, fed: int) -> None:
+        """Keep row ``row``'s keys and values (its context and the ``fed`` new tokens that went
+        through the model) in the conversation's session."""
+        if c.session is None:
+            return
+        where = torch.nonzero(mask[row]).flatten()  # the row's real positions: past, prefill, fed
+        kv = [
+            (layer.keys[row : row + 1, :, where], layer.values[row : row + 1, :, where])
+            for layer in cache.layers
+        ]
+        c.session.update(ids=list(c.input_ids) + new[:fed], kv=kv)
