@@ -71,7 +71,7 @@ def one_epoch(data: str, out: str, preset: str, name: str, batch: str, max_token
         f"data.train={data}",
         f"data.layout={layout}",
         f"data.max_tokens={max_tokens}",
-        f"data.micro_batch_size={batch if layout == 'pad' else 1}",
+        f"data.micro_batch_size={batch}",  # samples per micro-batch in every layout (the same steps)
         f"data.visual.max_pixels={MAX_PIXELS}",
         "train.epochs=1",
         "train.save_every=0",
@@ -93,12 +93,12 @@ def layout_costs(lengths: list[int], batch: int, max_tokens: int) -> dict:
 
     def plan(layout, mb):
         cfg = DataConfig(layout=layout, max_tokens=max_tokens, micro_batch_size=mb)
-        return StepPlanner(lengths, cfg, 1, 1, 0).micro_batches(0)  # seed 0: train.seed's default
+        return StepPlanner.of(lengths, cfg, 1, 1, 0).micro_batches(0)  # seed 0: train.seed's default
 
     out = {}
     for name, (layout, attn) in LAYOUTS.items():
         real = slots = needed = computed = 0
-        for mb in plan(layout, batch if layout == "pad" else 1):
+        for mb in plan(layout, batch):
             rows = [[lengths[i]] for i in mb] if layout == "pad" else [[lengths[i] for i in r] for r in mb]
             width, tokens = max(sum(r) for r in rows), sum(map(sum, rows))
             pairs = sum(n * (n + 1) // 2 for r in rows for n in r)  # causal pairs within each sample
