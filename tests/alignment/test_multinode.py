@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from alignment.metrics import read_metrics
+from alignment.infra.metrics import read_metrics
 
 from alignment import checkpoint
 from tests.alignment.conftest import run_sft
