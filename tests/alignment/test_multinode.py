@@ -10,9 +10,9 @@ import os
 import subprocess
 
 import pytest
-from alignment.metrics import read_metrics
 
-from alignment import checkpoint
+from alignment.infra import checkpoint
+from alignment.infra.metrics import read_metrics
 from tests.alignment.conftest import run_sft
 from tests.alignment.test_resume_distributed import cli
 from tests.conftest import free_port

@@ -100,10 +100,10 @@ def _rolled(overrides: list[str], turn: str) -> list[float]:
         "rollout.num_generations=2",
     ]
     trainer = GRPOTrainer(build_config(STAGE3, over + overrides))
-    trainer.setup("cpu")
-    trainer.engine.generator = ScriptedGenerator(trainer.processor, [[turn], [turn]])
-    ((_, _, rewards, _),) = trainer._roll([0])
-    return rewards.tolist()
+    trainer.state = trainer.setup("cpu")
+    trainer.state.engine.generator = ScriptedGenerator(trainer.processor, [[turn], [turn]])
+    (group,) = trainer._roll([0])
+    return group.rewards.tolist()
 
 
 def test_http_judge_is_reachable_from_the_training_config(tmp_path):
