@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from alignment.evaluation.during_training import Evaluator
 from alignment.infra import checkpoint
 from alignment.infra import distributed as dist
 from alignment.infra.deepspeed_setup import deepspeed_config, param_groups, zero_stage
@@ -73,6 +74,14 @@ class TrainConfig:
         "auto", "auto: continue from the newest checkpoint in output_dir; never; or a checkpoint path"
     )
     export: bool = opt(True, "write the final model in Hugging Face format to OUTPUT/final")
+    eval_every: int = opt(0, "score data.eval every N optimizer steps and at the end (0: never)")
+    eval_max_samples: int = opt(0, "evaluate on the first N records of data.eval (0: all)")
+    save_best: str | None = opt(
+        None, "keep OUTPUT/best: the model of the best value of this eval metric (e.g. eval_loss)"
+    )
+    save_best_mode: Literal["auto", "min", "max"] = opt(
+        "auto", "whether save_best keeps the lowest or highest value (auto: max for accuracy/reward/margin)"
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -181,6 +190,7 @@ class Trainer:
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
+        evaluator = Evaluator(self, device)  # before the resume: DPO's held-out reference is the start
         step, tokens_seen = 0, 0
         resume_from = self._resume_path()
         if resume_from:
@@ -223,6 +233,8 @@ class Trainer:
                         }
                     )
                     t_last, window = now, {"tokens": 0, "visual": 0, "samples": 0}
+                if evaluator.due(step, total):
+                    log.log(evaluator.run(step, engine, zero_stage(ds_cfg)))
                 if tc.save_every and step % tc.save_every == 0 and step < total:
                     self.save(engine, step, tokens_seen)
         log.close()

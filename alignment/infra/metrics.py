@@ -1,4 +1,8 @@
-"""Training logs: ``OUTPUT/metrics.jsonl``, TensorBoard when installed, a progress bar (rank 0)."""
+"""Training logs: ``OUTPUT/metrics.jsonl``, TensorBoard when installed, a progress bar (rank 0).
+
+Held-out metrics (``eval_*``, see ``alignment.evaluation.during_training``) are lines of their
+own with the step, and ``eval/*`` scalars in TensorBoard.
+"""
 
 from __future__ import annotations
 
@@ -63,8 +67,9 @@ class MetricsLogger:
         if self.tb is not None:
             for k, v in clean.items():
                 if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(f"train/{k}", v, clean["step"])
-        if self.bar is not None:
+                    tag = f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"
+                    self.tb.add_scalar(tag, v, clean["step"])
+        if self.bar is not None and "loss" in clean:  # eval lines leave the training bar as it is
             self.bar.n = clean["step"]
             self.bar.set_postfix(
                 loss=f"{clean.get('loss', float('nan')):.4f}", lr=f"{clean.get('lr', 0):.2e}"

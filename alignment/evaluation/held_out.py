@@ -1,0 +1,151 @@
+"""Held-out sets of each algorithm for evaluation during training (``during_training.Evaluator``).
+
+A held-out set reads ``data.eval`` with the trainer's own encoder, gives this rank's share of the
+records as batches (``batches``) and scores one batch as sums ``{name: (numerator, denominator)}``
+(``sums``), from which the Evaluator makes ratios over all ranks:
+
+- SFT ``loss``: summed NLL of the supervised tokens / their count (the training loss, per token);
+- DPO ``loss``, ``margin``, ``accuracy``, ``chosen_reward``, ``rejected_reward``: per pair means of
+  ``alignment.losses.dpo_loss``, the reference log-probs computed once with the starting model;
+- VLA ``action_l1``: mean |predicted - true| normalised action over samples, steps and dimensions.
+
+Every rank runs the same number of batches (ZeRO-3 gathers parameters collectively in each
+forward): a rank with fewer records repeats one with weight 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignment.infra import distributed as dist
+from mm.config import ConfigError
+
+
+def shard_plan(n: int, micro_batch_size: int) -> list[tuple[list[int], float]]:
+    """This rank's batches of records ``0..n-1`` (records ``rank, rank + world, ...``) as
+    (indices, weight), padded with weight-0 repeats to the same count on every rank."""
+    if n == 0:
+        raise ConfigError("data.eval holds no usable records")
+    world, mb = dist.world(), max(1, micro_batch_size)
+    mine = list(range(n))[dist.rank() :: world]
+    plan = [(mine[k : k + mb], 1.0) for k in range(0, len(mine), mb)]
+    count = math.ceil(math.ceil(n / world) / mb)
+    filler = plan[0][0] if plan else [0]
+    return plan + [(filler, 0.0)] * (count - len(plan))
+
+
+class SFTHeldOut:
+    """Held-out conversations: the next-token loss on their supervised tokens."""
+
+    def __init__(self, trainer, path: str, limit: int):
+        from mm.dataset import RecordDataset
+
+        train = trainer.dataset
+        self.ds = RecordDataset(path, train.encoder, on_error=train.on_error, transform=train.transform)
+        self.n = min(len(self.ds), limit) if limit else len(self.ds)
+        self.mb = trainer.cfg.data.micro_batch_size
+        self.pad_id = trainer.processor.tokenizer.pad_token_id
+
+    def batches(self):
+        from mm.collate import pad_batch
+
+        for indices, weight in shard_plan(self.n, self.mb):
+            samples = [s for s in (self.ds[i] for i in indices) if s is not None]
+            if samples:
+                yield pad_batch(samples, self.pad_id), weight
+
+    def sums(self, module, batch: dict) -> dict:
+        nll, count, _ = module(**batch)
+        return {"loss": (nll, count)}
+
+
+class DPOHeldOut:
+    """Held-out preference pairs: DPO loss, reward margin and preference accuracy."""
+
+    def __init__(self, trainer, path: str, limit: int, device: str):
+        from alignment.dpo import policy_logps
+        from alignment.dpo_data import PairDataset, PairMicroBatches
+
+        self.ds = PairDataset(path, trainer.dataset.encoder, on_error=trainer.cfg.data.on_error)
+        self.n = min(len(self.ds), limit) if limit else len(self.ds)
+        self.mb = trainer.cfg.data.micro_batch_size
+        self.make = lambda plan, ref=None: PairMicroBatches(  # noqa: E731
+            self.ds, plan, "pad", trainer.processor.tokenizer.pad_token_id, trainer.attn, ref
+        )
+        # the reference: the model as it is now (the Evaluator is built before any step or resume)
+        model, normalized = trainer.model, trainer.cfg.loss.normalized()
+        ref = torch.zeros(len(self.ds), 2)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            plan = shard_plan(self.n, self.mb)
+            for batch, (_, weight) in zip(self.make([p for p, _ in plan]), plan):
+                if batch is None:
+                    continue
+                b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                total, count = policy_logps(model, b)  # weight-0 repeats run too (ZeRO-3 keeps step)
+                if weight:
+                    lp = total / count if normalized else total
+                    ref[batch["pair_index"]] = lp.view(-1, 2).float().cpu()
+        model.train(was)
+        self.ref = sum(dist.all_gather_object(ref))  # each pair was scored on one rank, 0 elsewhere
+
+    def batches(self):
+        plan = shard_plan(self.n, self.mb)
+        for batch, (_, weight) in zip(self.make([p for p, _ in plan], self.ref), plan):
+            if batch is not None:
+                yield batch, weight
+
+    def sums(self, module, batch: dict) -> dict:
+        loss, pairs, stats = module(**batch)
+        out = {"loss": (loss, pairs)}
+        for k in ("margin", "accuracy", "chosen_reward", "rejected_reward"):
+            out[k] = (stats[k], pairs)
+        return out
+
+
+class VLAHeldOut:
+    """Held-out VLA records (normalised with the training set's statistics): action L1."""
+
+    def __init__(self, trainer, path: str, limit: int):
+        from alignment.vla.data import collate, open_vla_dataset
+
+        cfg, a = trainer.cfg, trainer.cfg.action
+        self.ds = open_vla_dataset(
+            path,
+            cfg.data.format,
+            trainer.dataset.vla.encoder,
+            a.chunk,
+            a.dims,
+            cfg.data.max_views,
+            a.use_proprio,
+            cfg.data.on_error,
+            stats=trainer.dataset.stats,
+        )
+        self.n = min(len(self.ds), limit) if limit else len(self.ds)
+        self.mb = cfg.data.micro_batch_size
+        pad_id, views = trainer.processor.tokenizer.pad_token_id, cfg.data.max_views
+        self.collate = lambda samples: collate(samples, pad_id, views)  # noqa: E731
+
+    def batches(self):
+        for indices, weight in shard_plan(self.n, self.mb):
+            samples = [s for s in (self.ds[i] for i in indices) if s is not None]
+            if samples:
+                yield self.collate(samples), weight
+
+    def sums(self, module, batch: dict) -> dict:
+        _, n, stats = module(**batch)  # no teacher features: the action L1 alone
+        return {"action_l1": (stats["action_l1"], n)}
+
+
+def held_out_set(trainer, path: str, limit: int, device: str):
+    """The held-out set of ``trainer``'s algorithm on ``path`` (``limit`` records at most, 0: all)."""
+    if trainer.name == "sft":
+        return SFTHeldOut(trainer, path, limit)
+    if trainer.name == "dpo":
+        return DPOHeldOut(trainer, path, limit, device)
+    if trainer.name == "vla":
+        return VLAHeldOut(trainer, path, limit)
+    raise ConfigError(f"train.eval_every: evaluation during training is not available for {trainer.name}")

@@ -1,0 +1,107 @@
+"""Evaluation during training (alignment.evaluation.during_training): held-out metrics every N
+steps, checked against independent computations with the saved weights, and the best model."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from alignment.evaluation.during_training import BestCheckpoint, best_mode
+from mm.collate import pad_batch, per_sample_nll
+from mm.dataset import RecordDataset
+from mm.encode import ConversationEncoder
+from mm.loading import load_model
+from mm.rope import RopeSpec
+from tests.alignment.conftest import run_sft
+
+
+@pytest.fixture(scope="module")
+def split(synth):
+    """The first 18 trajectories to train on, the last 6 held out (same folder: same images)."""
+    folder = os.path.dirname(synth["train"])
+    with open(synth["train"]) as f:
+        lines = f.readlines()
+    paths = {
+        "train": os.path.join(folder, "split_train.jsonl"),
+        "eval": os.path.join(folder, "split_eval.jsonl"),
+    }
+    for key, part in (("train", lines[:18]), ("eval", lines[18:])):
+        with open(paths[key], "w") as f:
+            f.writelines(part)
+    return {**synth, **paths}
+
+
+def heldout_loss(model_dir: str, path: str) -> float:
+    """The mean NLL per supervised token of ``path`` under the model in ``model_dir``, record by record."""
+    model, processor = load_model(model_dir)
+    model.eval()
+    ds = RecordDataset(path, ConversationEncoder(processor, rope=RopeSpec.from_config(model.config)))
+    total = count = 0.0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            s = ds[i]
+            b = pad_batch([s], processor.tokenizer.pad_token_id)
+            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
+            n = int((b["labels"][:, 1:] != -100).sum())
+            total += float(per_sample_nll(logits, b["labels"])[0]) * n
+            count += n
+    return total / count
+
+
+def test_sft_eval_loss_equals_the_saved_models_loss(split, tmp_path):
+    out = str(tmp_path / "run")
+    _, m = run_sft(
+        split,
+        out,
+        f"data.train={split['train']}",
+        f"data.eval={split['eval']}",
+        "train.max_steps=3",
+        "train.eval_every=3",
+        "optim.lr=2e-3",
+    )
+    evals = [x for x in m if "eval_loss" in x]
+    assert [x["step"] for x in evals] == [3]
+    expected = heldout_loss(os.path.join(out, "final"), split["eval"])  # the weights of step 3
+    assert evals[0]["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert 0 < expected < 7.5
+
+
+def test_best_mode_and_keeper(tmp_path):
+    assert best_mode("eval_loss") == "min" and best_mode("eval_accuracy") == "max"
+    assert best_mode("eval_margin") == "max" and best_mode("eval_accuracy", "min") == "min"
+    saved = []
+    keep = BestCheckpoint(str(tmp_path), "eval_loss")
+    for step, value in ((1, 3.0), (2, 2.0), (3, 2.5), (4, float("nan"))):
+        keep.update(
+            {"step": step, "eval_loss": value},
+            lambda folder, s=step: (os.makedirs(folder, exist_ok=True), saved.append(s)),
+        )
+    assert saved == [1, 2]
+    with open(tmp_path / "best" / "best.json") as f:
+        assert json.load(f) == {"metric": "eval_loss", "value": 2.0, "mode": "min", "step": 2}
+    again = BestCheckpoint(str(tmp_path), "eval_loss")  # a resumed run competes with the recorded best
+    assert (again.value, again.step) == (2.0, 2) and not again.better(2.1) and again.better(1.9)
+
+
+def test_save_best_keeps_the_best_step_not_the_last(split, tmp_path):
+    """mode max on a falling loss: the best is the first evaluation, and OUTPUT/best holds its weights."""
+    out = str(tmp_path / "run")
+    _, m = run_sft(
+        split,
+        out,
+        f"data.train={split['train']}",
+        f"data.eval={split['eval']}",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.save_best=eval_loss",
+        "train.save_best_mode=max",
+        "optim.lr=3e-3",
+        "train.export=false",
+    )
+    evals = {x["step"]: x["eval_loss"] for x in m if "eval_loss" in x}
+    assert list(evals) == [2, 4] and evals[4] < evals[2]
+    with open(os.path.join(out, "best", "best.json")) as f:
+        record = json.load(f)
+    assert record["step"] == 2 and record["value"] == pytest.approx(evals[2])
+    assert heldout_loss(os.path.join(out, "best"), split["eval"]) == pytest.approx(evals[2], rel=1e-5)
