@@ -122,12 +122,17 @@ class Evaluator:
         """Metrics of ``module`` (the trainer's wrapped module) on the held-out set, all ranks."""
         from tqdm import tqdm
 
-        batches = self.held_out.batches()
+        show = dist.is_main() and (sys.stderr.isatty() or os.environ.get("MMPOST_PROGRESS") == "1")
         sums: dict[str, list[float]] = {}
         was = module.training
         module.eval()
         for batch, weight in tqdm(
-            batches, desc="eval", leave=False, file=sys.stderr, disable=not dist.is_main()
+            self.held_out.batches(),
+            desc="eval",
+            total=len(self.held_out),
+            leave=False,
+            file=sys.stderr,
+            disable=not show,
         ):
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             for name, (num, den) in self.held_out.sums(module, batch).items():

@@ -36,7 +36,16 @@ def shard_plan(n: int, micro_batch_size: int) -> list[tuple[list[int], float]]:
     return plan + [(filler, 0.0)] * (count - len(plan))
 
 
-class SFTHeldOut:
+class HeldOut:
+    """``n`` records scored ``mb`` at a time; ``len()`` is the number of batches of every rank."""
+
+    n = mb = 0
+
+    def __len__(self) -> int:
+        return len(shard_plan(self.n, self.mb))
+
+
+class SFTHeldOut(HeldOut):
     """Held-out conversations: the next-token loss on their supervised tokens."""
 
     def __init__(self, trainer, path: str, limit: int):
@@ -61,7 +70,7 @@ class SFTHeldOut:
         return {"loss": (nll, count)}
 
 
-class DPOHeldOut:
+class DPOHeldOut(HeldOut):
     """Held-out preference pairs: DPO loss, reward margin and preference accuracy."""
 
     def __init__(self, trainer, path: str, limit: int, device: str):
@@ -106,7 +115,7 @@ class DPOHeldOut:
         return out
 
 
-class VLAHeldOut:
+class VLAHeldOut(HeldOut):
     """Held-out VLA records (normalised with the training set's statistics): action L1."""
 
     def __init__(self, trainer, path: str, limit: int):

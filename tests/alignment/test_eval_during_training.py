@@ -3,17 +3,20 @@ steps, checked against independent computations with the saved weights, and the 
 
 import json
 import os
+import subprocess
 
 import pytest
 import torch
 
 from alignment.evaluation.during_training import BestCheckpoint, best_mode
+from alignment.infra.metrics import read_metrics
 from mm.collate import pad_batch, per_sample_nll
 from mm.dataset import RecordDataset
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
 from mm.rope import RopeSpec
-from tests.alignment.conftest import run_sft
+from tests.alignment.conftest import QUICKSTART, ROOT, base_overrides, run_sft
+from tests.conftest import subprocess_env, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,32 @@ def test_save_best_keeps_the_best_step_not_the_last(split, tmp_path):
         record = json.load(f)
     assert record["step"] == 2 and record["value"] == pytest.approx(evals[2])
     assert heldout_loss(os.path.join(out, "best"), split["eval"]) == pytest.approx(evals[2], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_ranks_evaluate_like_one(split, tmp_path):
+    """2 ranks (gloo) x 1 micro-batch == 1 rank x 2 accumulated: the same weights, so the same
+    held-out metrics; 5 held-out records split 3 + 2 (rank 1 repeats one with weight 0)."""
+    common = [
+        f"data.train={split['train']}",
+        f"data.eval={split['eval']}",
+        "train.max_steps=2",
+        "train.eval_every=1",
+        "train.eval_max_samples=5",
+        "optim.lr=2e-3",
+        "train.export=false",
+        "data.max_tokens=2000",
+    ]
+    _, single = run_sft(split, str(tmp_path / "one"), *common, "train.gradient_accumulation_steps=2")
+    out = str(tmp_path / "two")
+    overrides = base_overrides(split) + common + ["train.gradient_accumulation_steps=1"]
+    cmd = [*torchrun(), "-m", "mm.cli", "train", QUICKSTART, *overrides, "--output-dir", out]
+    env = subprocess_env(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = [x for x in single if "eval_loss" in x]
+    two = [x for x in read_metrics(out) if "eval_loss" in x]
+    assert [x["step"] for x in one] == [x["step"] for x in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+    assert one[1]["eval_loss"] < one[0]["eval_loss"]
