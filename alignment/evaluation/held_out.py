@@ -7,7 +7,10 @@ records as batches (``batches``) and scores one batch as sums ``{name: (numerato
 - SFT ``loss``: summed NLL of the supervised tokens / their count (the training loss, per token);
 - DPO ``loss``, ``margin``, ``accuracy``, ``chosen_reward``, ``rejected_reward``: per pair means of
   ``alignment.losses.dpo_loss``, the reference log-probs computed once with the starting model;
-- VLA ``action_l1``: mean |predicted - true| normalised action over samples, steps and dimensions.
+- VLA ``action_l1``: mean |predicted - true| normalised action over samples, steps and dimensions;
+- GRPO ``reward`` (the weighted sum), ``reward/NAME`` per reward function and ``accuracy`` (when
+  an accuracy reward is configured): one greedy rollout per held-out prompt, through the same
+  engine settings as training (turns, tools, coords) but without sampling.
 
 Every rank runs the same number of batches (ZeRO-3 gathers parameters collectively in each
 forward): a rank with fewer records repeats one with weight 0.
@@ -149,6 +152,54 @@ class VLAHeldOut(HeldOut):
         return {"action_l1": (stats["action_l1"], n)}
 
 
+class GRPOHeldOut(HeldOut):
+    """Held-out RL prompts: one greedy rollout each, scored by the configured rewards."""
+
+    def __init__(self, trainer, path: str, limit: int):
+        import dataclasses
+        import os
+
+        from vision_tools.engine import ToolEngine
+        from vision_tools.generation import HFGenerator
+
+        self.trainer = trainer
+        self.records = trainer._read(path)
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.n = min(len(self.records), limit) if limit else len(self.records)
+        self.mb = trainer.cfg.data.micro_batch_size
+        greedy = dataclasses.replace(trainer.engine.cfg, do_sample=False, batch_size=self.mb)
+        generator = HFGenerator(trainer.model, trainer.processor, synced_gpus=trainer.sharded)
+        self.engine = ToolEngine(trainer.model, trainer.processor, config=greedy, generator=generator)
+
+    def batches(self):
+        for indices, weight in shard_plan(self.n, self.mb):
+            yield {"indices": indices}, weight
+
+    def sums(self, module, batch: dict) -> dict:
+        from alignment.rewards import combine
+
+        cfg, recs = self.trainer.cfg, [self.records[i] for i in batch["indices"]]
+        trajs = self.engine.run([[m.to_dict() for m in r.prompt] for r in recs], self.base_dir)
+        sums: dict[str, float] = {}
+        for rec, t in zip(recs, trajs):
+            n_images = sum(len(m.visual_items()) for m in rec.prompt)
+            sample = {  # what the training rollouts hand the rewards (GRPOTrainer._roll)
+                "answer": rec.answer,
+                "meta": rec.meta or {},
+                "images": t.images[:n_images],
+                "question": t.question or "",
+                "judge": self.trainer.judge,
+                "coords": cfg.rollout.coords,
+            }
+            total, parts = combine(cfg.rewards, [t.turns[-1].text if t.turns else ""], **sample)
+            for name, value in [("reward", total[0]), *((f"reward/{k}", v[0]) for k, v in parts.items())]:
+                sums[name] = sums.get(name, 0.0) + value
+        out = {k: (v, len(recs)) for k, v in sums.items()}
+        if "reward/accuracy" in out:
+            out["accuracy"] = out["reward/accuracy"]
+        return out
+
+
 def held_out_set(trainer, path: str, limit: int, device: str):
     """The held-out set of ``trainer``'s algorithm on ``path`` (``limit`` records at most, 0: all)."""
     if trainer.name == "sft":
@@ -157,4 +208,6 @@ def held_out_set(trainer, path: str, limit: int, device: str):
         return DPOHeldOut(trainer, path, limit, device)
     if trainer.name == "vla":
         return VLAHeldOut(trainer, path, limit)
+    if trainer.name == "grpo":
+        return GRPOHeldOut(trainer, path, limit)
     raise ConfigError(f"train.eval_every: evaluation during training is not available for {trainer.name}")

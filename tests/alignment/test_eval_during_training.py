@@ -229,3 +229,38 @@ def test_vla_eval_action_l1_equals_the_policy_on_each_record(tmp_path):
             y = trainer.vla.predict(**{k: batch[k] for k in PREDICT_INPUTS})[0].numpy()
         errors.append(np.abs(y - ds.stats.normalize_actions(np.asarray(rec["actions"]))).mean())
     assert got[0]["eval_action_l1"] == pytest.approx(float(np.mean(errors)), rel=1e-4)
+
+
+def test_grpo_eval_greedy_rewards_equal_generation_with_the_saved_model(tmp_path):
+    """Held-out prompts: the logged mean rewards equal one greedy generation per prompt by the
+    exported model (step 2), scored by each reward function on its own."""
+    from alignment.evaluation.evaluate import generate
+    from alignment.rewards import REWARDS
+    from alignment.train import train
+    from mm.dataset import iter_jsonl
+
+    prompts = str(tmp_path / "held.jsonl")  # answers that random text holds or lacks: mixed rewards
+    with open(os.path.join(ROOT, "data", "letters", "train.jsonl")) as f, open(prompts, "w") as g:
+        for line, answer in zip(f, ["a", "e", "zq", "o", "x", " ", "t", "qz"]):
+            g.write(json.dumps({**json.loads(line), "answer": answer}) + "\n")
+    out = str(tmp_path / "run")
+    over = [f"data.eval={prompts}", "train.max_steps=2", "train.eval_every=2", "train.eval_max_samples=6"]
+    over += ["rewards.accuracy=0.5", "data.micro_batch_size=4"]
+    train(os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"), over, output_dir=out)
+    got = [x for x in read_metrics(out) if "eval_reward" in x]
+    assert [x["step"] for x in got] == [2]
+
+    model, processor = load_model(os.path.join(out, "final"))
+    model.eval()
+    recs = [rec for _, rec in iter_jsonl(prompts)][:6]
+    enc = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
+    texts = generate(model, processor, enc, [r.prompt for r in recs], os.path.dirname(prompts), 12)
+    per = {
+        name: [REWARDS[name]([t], answer=r.answer, meta={})[0] for t, r in zip(texts, recs)]
+        for name in ("contains_answer", "accuracy")
+    }
+    mean = {k: sum(v) / len(v) for k, v in per.items()}
+    assert 0 < mean["contains_answer"] < 1, texts
+    assert got[0]["eval_reward/contains_answer"] == pytest.approx(mean["contains_answer"])
+    assert got[0]["eval_accuracy"] == pytest.approx(mean["accuracy"])
+    assert got[0]["eval_reward"] == pytest.approx(mean["contains_answer"] + 0.5 * mean["accuracy"])
