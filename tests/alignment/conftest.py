@@ -27,6 +27,7 @@ def base_overrides(synth: dict) -> list[str]:
         "optim.warmup_ratio=0",
         "train.log_every=1",
         "train.eval_every=0",  # tests that evaluate during training turn it on themselves
+        "train.save_best=null",
     ]
 
 

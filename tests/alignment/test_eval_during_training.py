@@ -68,6 +68,10 @@ def test_sft_eval_loss_equals_the_saved_models_loss(split, tmp_path):
     expected = heldout_loss(os.path.join(out, "final"), split["eval"])  # the weights of step 3
     assert evals[0]["eval_loss"] == pytest.approx(expected, rel=1e-5)
     assert 0 < expected < 7.5
+    # evaluating leaves training alone: the same losses as a run without it
+    common = (f"data.train={split['train']}", "train.max_steps=3", "optim.lr=2e-3", "train.export=false")
+    _, plain = run_sft(split, str(tmp_path / "plain"), *common)
+    assert [x["loss"] for x in plain] == [x["loss"] for x in m if "loss" in x]
 
 
 def test_best_mode_and_keeper(tmp_path):
