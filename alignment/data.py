@@ -25,7 +25,9 @@ from mm.visual import VisualConfig
 @dataclass
 class DataConfig:
     train: str = opt("", "training JSONL file (mmpost data format)")
-    eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    eval: str | None = opt(
+        None, "held-out JSONL: scored every train.eval_every steps (and suggested for `mmpost eval`)"
+    )
     layout: Literal["pack", "pad"] = opt(
         "pack", "pack samples into rows (exact, no padding waste) or pad batches"
     )

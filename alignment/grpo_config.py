@@ -15,7 +15,9 @@ from mm.visual import VisualConfig
 @dataclass
 class RLDataConfig:
     train: str = opt("", "RL records: prompt messages + answer (+ meta) per line")
-    eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    eval: str | None = opt(
+        None, "held-out RL prompts: greedy rollouts every train.eval_every steps (and for `mmpost eval`)"
+    )
     prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
     share_prompt: bool = opt(
