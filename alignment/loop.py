@@ -76,6 +76,11 @@ class TrainConfig:
     export: bool = opt(True, "write the final model in Hugging Face format to OUTPUT/final")
     eval_every: int = opt(0, "score data.eval every N optimizer steps and at the end (0: never)")
     eval_max_samples: int = opt(0, "evaluate on the first N records of data.eval (0: all)")
+    eval_generate: bool = opt(
+        False,
+        "sft: also answer the eval records' prompts greedily and log eval_accuracy (records with answer)",
+    )
+    eval_max_new_tokens: int = opt(256, "eval_generate: new tokens per answer (per turn with tools)")
     save_best: str | None = opt(
         None, "keep OUTPUT/best: the model of the best value of this eval metric (e.g. eval_loss)"
     )

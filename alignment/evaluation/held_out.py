@@ -5,6 +5,8 @@ records as batches (``batches``) and scores one batch as sums ``{name: (numerato
 (``sums``), from which the Evaluator makes ratios over all ranks:
 
 - SFT ``loss``: summed NLL of the supervised tokens / their count (the training loss, per token);
+  with ``train.eval_generate``, ``accuracy``: greedy answers to the records' prompts matched to
+  their ``answer`` as ``mmpost eval`` does (records without an answer do not count);
 - DPO ``loss``, ``margin``, ``accuracy``, ``chosen_reward``, ``rejected_reward``: per pair means of
   ``alignment.losses.dpo_loss``, the reference log-probs computed once with the starting model;
 - VLA ``action_l1``: mean |predicted - true| normalised action over samples, steps and dimensions;
@@ -59,6 +61,10 @@ class SFTHeldOut(HeldOut):
         self.n = min(len(self.ds), limit) if limit else len(self.ds)
         self.mb = trainer.cfg.data.micro_batch_size
         self.pad_id = trainer.processor.tokenizer.pad_token_id
+        self.processor, tc = trainer.processor, trainer.train_cfg
+        self.max_new_tokens = tc.eval_max_new_tokens if tc.eval_generate else 0
+        if self.max_new_tokens and tc.deepspeed == "zero3" and dist.world() > 1:
+            raise ConfigError("train.eval_generate is not supported under ZeRO-3 on several ranks; use zero2")
 
     def batches(self):
         from mm.collate import pad_batch
@@ -66,11 +72,38 @@ class SFTHeldOut(HeldOut):
         for indices, weight in shard_plan(self.n, self.mb):
             samples = [s for s in (self.ds[i] for i in indices) if s is not None]
             if samples:
-                yield pad_batch(samples, self.pad_id), weight
+                yield {**pad_batch(samples, self.pad_id), "indices": indices}, weight
 
     def sums(self, module, batch: dict) -> dict:
+        indices = batch.pop("indices")
         nll, count, _ = module(**batch)
-        return {"loss": (nll, count)}
+        out = {"loss": (nll, count)}
+        if self.max_new_tokens:
+            correct, n = self.answers(module.model, [self.ds.records[i] for i in indices])
+            out["accuracy"] = (correct, n)
+        return out
+
+    def answers(self, model, records: list) -> tuple[int, int]:
+        """Greedy answers to the prompts of ``records`` that carry an ``answer`` (the turns before
+        the first assistant turn; through the tool engine when the system prompt declares tools),
+        matched as ``mmpost eval`` matches them: (correct, records with an answer)."""
+        from alignment.evaluation.answers import answers_match, extract_answer
+        from alignment.evaluation.evaluate import generate, tool_rollouts, uses_tools
+        from mm.loading import unwrap
+
+        recs = [r for r in records if r.answer is not None]
+        prompts = [
+            r.messages[: next(i for i, m in enumerate(r.messages) if m.role == "assistant")] for r in recs
+        ]
+        model, base, correct = unwrap(model), self.ds.base_dir, 0
+        for rec, p in zip(recs, prompts):
+            if uses_tools(p):
+                ((_, pred, _),) = tool_rollouts(model, self.processor, [p], base, self.max_new_tokens, 8)
+            else:
+                text = generate(model, self.processor, self.ds.encoder, [p], base, self.max_new_tokens)[0]
+                pred = extract_answer(text)
+            correct += answers_match(pred, rec.answer)
+        return correct, len(recs)
 
 
 class DPOHeldOut(HeldOut):

@@ -268,3 +268,37 @@ def test_grpo_eval_greedy_rewards_equal_generation_with_the_saved_model(tmp_path
     assert got[0]["eval_reward/contains_answer"] == pytest.approx(mean["contains_answer"])
     assert got[0]["eval_accuracy"] == pytest.approx(mean["accuracy"])
     assert got[0]["eval_reward"] == pytest.approx(mean["contains_answer"] + 0.5 * mean["accuracy"])
+
+
+def test_sft_eval_generate_accuracy_equals_mmpost_eval(tmp_path):
+    """train.eval_generate: the logged accuracy equals ``mmpost eval`` (alignment.evaluation.evaluate)
+    on the exported model; the model learns to answer x, so the y-records are wrong (0 < acc < 1)."""
+    from alignment.evaluation.evaluate import evaluate
+    from alignment.train import train
+
+    def rec(i, answer):
+        msgs = [
+            {"role": "user", "content": f"Say the letter {i}."},
+            {"role": "assistant", "content": "<answer>x</answer>"},
+        ]
+        return json.dumps({"id": f"r{i}", "messages": msgs, "answer": answer}) + "\n"
+
+    data, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    data.write_text("".join(rec(i, "x") for i in range(16)))
+    held.write_text("".join(rec(100 + i, "x" if i < 4 else "y") for i in range(6)))
+    out = str(tmp_path / "run")
+    over = [f"data.train={data}", f"data.eval={held}", "data.layout=pad", "data.micro_batch_size=4"]
+    over += ["train.max_steps=40", "train.eval_every=40", "train.eval_generate=true"]
+    over += [
+        "train.eval_max_new_tokens=8",
+        "optim.lr=5e-3",
+        "optim.schedule=constant",
+        "train.save_every=0",
+        "optim.warmup_ratio=0",
+    ]
+    train(QUICKSTART, over, output_dir=out)
+    got = [x for x in read_metrics(out) if "eval_accuracy" in x]
+    assert [x["step"] for x in got] == [40]
+    want = evaluate(os.path.join(out, "final"), str(held), str(tmp_path / "eval.jsonl"), max_new_tokens=8)
+    assert got[0]["eval_accuracy"] == pytest.approx(want)
+    assert 0 < want < 1
