@@ -29,14 +29,16 @@ import copy
 import dataclasses
 import hashlib
 import os
+from functools import partial
 
 import torch
 
-from alignment.data import StepPlanner, check_lengths
+from alignment import units
+from alignment.data import MicroBatches, StepPlanner, check_lengths, loader
 from alignment.dpo_config import DPOConfig
-from alignment.dpo_data import PairDataset, PairMicroBatches
+from alignment.dpo_data import PairDataset, collate_pair_plan
 from alignment.infra import distributed as dist
-from alignment.loop import Trainer
+from alignment.loop import Trainer, TrainState
 from alignment.losses import dpo_loss
 from mm.attention import choose_backend
 from mm.encode import ConversationEncoder
@@ -67,33 +69,32 @@ def policy_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return labelled_logprobs(hidden, base.lm_head, batch["labels"]).per_sample(batch["seq_ids"])
 
 
+def reference_logps(model, batch: dict, normalized: bool) -> torch.Tensor:
+    """Per-sample log-probs [2P] of a pair batch under the reference: ``model`` (a frozen copy),
+    or under LoRA the policy ``model`` with its adapters disabled (the starting model)."""
+    with torch.no_grad(), _no_adapters(model):
+        total, count = policy_logps(model, batch)
+    return total / count if normalized else total
+
+
 class DPOModule(torch.nn.Module):
-    """forward(**pair batch) -> (summed loss over pairs, number of pairs, summed metrics)."""
+    """forward(**pair batch with ref_logps) -> (summed loss over pairs, number of pairs, summed metrics)."""
 
     model_attr = "model"  # where the trained VLM lives (see alignment.infra.export)
 
-    def __init__(self, model, cfg: DPOConfig, ref=None):
+    def __init__(self, model, cfg: DPOConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
-        # not a submodule: DeepSpeed must neither train nor shard the reference
-        self.__dict__["ref"] = ref
-
-    def reference(self, batch: dict) -> torch.Tensor:
-        """Per-sample log-probs under the reference (when not precomputed)."""
-        with torch.no_grad():
-            if self.ref is not None:
-                total, count = policy_logps(self.ref, batch)
-            else:  # LoRA: the policy without its adapters is the starting model
-                with self.model.disable_adapter():
-                    total, count = policy_logps(self.model, batch)
-        return total / count if self.cfg.loss.normalized() else total
 
     def forward(self, ref_logps=None, pair_index=None, **batch):
+        if ref_logps is None:
+            raise ValueError(
+                "DPOModule needs ref_logps (reference log-probs per sample): precomputed, or added by "
+                "DPOTrainer.score before the step"
+            )
         lc = self.cfg.loss
         total, count = policy_logps(self.model, batch)
         logps = total / count if lc.normalized() else total
-        if ref_logps is None:
-            ref_logps = self.reference(batch)
         loss, m = dpo_loss(
             logps[0::2],
             logps[1::2],
@@ -108,66 +109,82 @@ class DPOModule(torch.nn.Module):
         return loss.sum(), torch.tensor(loss.shape[0]), stats
 
 
+@dataclasses.dataclass
+class DPOState(TrainState):
+    ref_logps: torch.Tensor | None = None  # [n_pairs, 2] precomputed (chosen, rejected), or None
+    ref_model: torch.nn.Module | None = None  # a frozen copy scoring each micro-batch (not under LoRA)
+
+
 class DPOTrainer(Trainer):
     name = "dpo"
 
-    def setup(self, device: str):
+    loss_unit = staticmethod(units.pairs)  # the loss is a mean over pairs
+    state: DPOState
+
+    def setup(self, device: str) -> DPOState:
         cfg: DPOConfig = self.cfg
-        self.attn = choose_backend(cfg.model.attn, device)
-        self.model, self.processor = load_for_training(
-            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
-        )
-        self.model.to(device)
+        attn = choose_backend(cfg.model.attn, device)
+        model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
+        model.to(device)
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
-        encoder = ConversationEncoder(
-            self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
+        encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
+        dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error, format=cfg.data.format)
+        # max_tokens bounds one sequence (prompt + one response), as SPECS' max length; a pair
+        # (both sequences, one packed row) takes up to twice that
+        sides = dataset.side_lengths()
+        check_lengths(
+            dataset, [max(s) for s in sides], cfg.data, "its longer sequence (prompt + one response)"
         )
-        self.dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error)
-        lengths = self.dataset.lengths()
-        check_lengths(self.dataset, lengths, cfg.data, "pair (prompt twice + both responses)")
-        self.planner = StepPlanner(
-            lengths, cfg.data, dist.world(), self.train_cfg.gradient_accumulation_steps, self.train_cfg.seed
+        lengths = [sum(s) if max(s) <= cfg.data.max_tokens else 0 for s in sides]  # 0: not used
+        ga = self.train_cfg.gradient_accumulation_steps
+        planner = StepPlanner(
+            lengths,
+            layout=cfg.data.layout,
+            micro_batch_size=cfg.data.micro_batch_size,
+            max_tokens=2 * cfg.data.max_tokens,
+            world=dist.world(),
+            grad_accum=ga,
+            seed=self.train_cfg.seed,
         )
-        self.ref_model, self.ref_logps = None, None
+        state = DPOState(model, processor, planner, ga, dataset, attn)
         if self.bf16:
             # DeepSpeed casts the policy to bf16 (its fp32 master weights are made from those bf16
             # values), so the reference is the bf16 starting model too: step 0 has h = 0 exactly
-            self.model.to(torch.bfloat16)
+            model.to(torch.bfloat16)
         if cfg.loss.precompute_ref:
-            self.ref_logps = self._cached_reference(device)
-        elif not hasattr(self.model, "disable_adapter"):
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.model.train()
-        if self.dataset.skipped and dist.is_main():
-            print(
-                f"skipping {self.dataset.skipped} bad pair(s); first: {self.dataset.problems[0]}", flush=True
-            )
+            state.ref_logps = self._cached_reference(state, device)
+        elif not hasattr(model, "disable_adapter"):
+            state.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        model.train()
+        if dataset.skipped and dist.is_main():
+            print(f"skipping {dataset.skipped} bad pair(s); first: {dataset.problems[0]}", flush=True)
+        return state
 
-    def _reference_key(self) -> dict:
+    def _reference_key(self, state: DPOState) -> dict:
         """What the cached reference log-probs depend on: the data, the starting model (path and
         a fingerprint of its weights), how samples are rendered, the dtype and the normalisation."""
         cfg = self.cfg
         return {
             "data": os.path.abspath(cfg.data.train),
             "mtime": os.path.getmtime(cfg.data.train),
-            "pairs": len(self.dataset),
-            "usable": len(self.planner.usable),
+            "pairs": len(state.dataset),
+            "usable": len(state.planner.usable),
             "model": resolve_init(cfg.model, cfg.init_from),
-            "weights": weights_fingerprint(self.model),
+            "weights": weights_fingerprint(state.model),
             "visual": dataclasses.asdict(cfg.data.visual),
-            "chat_template": getattr(self.processor, "chat_template", None)
-            or self.processor.tokenizer.chat_template,
-            "dtype": str(next(self.model.parameters()).dtype),
+            "chat_template": getattr(state.processor, "chat_template", None)
+            or state.processor.tokenizer.chat_template,
+            "dtype": str(next(state.model.parameters()).dtype),
             "length_normalize": cfg.loss.normalized(),
         }
 
-    def _cached_reference(self, device: str) -> torch.Tensor:
+    def _cached_reference(self, state: DPOState, device: str) -> torch.Tensor:
         """[n_pairs, 2] reference log-probs (chosen, rejected), computed once with the starting model
         (in the training dtype) for the pairs the planner uses (the rest stay 0), each rank scoring
         its share; cached in ``OUTPUT/ref_logps.pt`` under ``_reference_key``."""
         path = os.path.join(self.train_cfg.output_dir, "ref_logps.pt")
-        key = self._reference_key()
+        key = self._reference_key(state)
         if os.path.isfile(path):
             saved = torch.load(path)
             if saved.get("key") == key:
@@ -175,27 +192,24 @@ class DPOTrainer(Trainer):
             if dist.is_main():
                 print(f"{path} was computed for other data or another model: recomputing", flush=True)
         mb = max(1, self.cfg.data.micro_batch_size)
-        mine = self.planner.usable[dist.rank() :: dist.world()]
+        mine = state.planner.usable[dist.rank() :: dist.world()]
         plan = [mine[k : k + mb] for k in range(0, len(mine), mb)]
-        batches = PairMicroBatches(
-            self.dataset, plan, "pad", self.processor.tokenizer.pad_token_id, self.attn
+        pad_id = state.processor.tokenizer.pad_token_id
+        batches = MicroBatches(
+            plan, partial(collate_pair_plan, state.dataset, "pad", pad_id, state.attn, None)
         )
         from tqdm import tqdm
 
         index, values = [], []
-        self.model.eval()
-        with torch.no_grad(), _no_adapters(self.model):
-            for batch in tqdm(
-                batches, desc="reference log-probs", disable=not dist.is_main() or len(plan) < 20
-            ):
-                if batch is None:
-                    continue
-                b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                total, count = policy_logps(self.model, b)
-                lp = total / count if self.cfg.loss.normalized() else total
-                index.append(batch["pair_index"])
-                values.append(lp.view(-1, 2).float().cpu())
-        ref = torch.zeros(len(self.dataset), 2)
+        state.model.eval()
+        for batch in tqdm(batches, desc="reference log-probs", disable=not dist.is_main() or len(plan) < 20):
+            if batch is None:
+                continue
+            b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            lp = reference_logps(state.model, b, self.cfg.loss.normalized())
+            index.append(batch["pair_index"])
+            values.append(lp.view(-1, 2).float().cpu())
+        ref = torch.zeros(len(state.dataset), 2)
         for idx, val in dist.all_gather_object(
             (
                 torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
@@ -210,29 +224,28 @@ class DPOTrainer(Trainer):
         return ref
 
     def build_module(self):
-        return DPOModule(self.model, self.cfg, self.ref_model)
-
-    @staticmethod
-    def count_tokens(batch: dict) -> int:
-        return int(batch["pair_index"].numel())  # the loss is a mean over pairs
+        return DPOModule(self.model, self.cfg)
 
     def micro_batches(self, epoch: int, start_step: int):
-        plan = self.planner.rank_micro_batches(epoch, dist.rank(), start_step)
-        mb = PairMicroBatches(
+        plan = self.state.planner.rank_micro_batches(epoch, dist.rank(), start_step)
+        pad_id = self.processor.tokenizer.pad_token_id
+        collate = partial(
+            collate_pair_plan,
             self.dataset,
-            plan,
             self.cfg.data.layout,
-            self.processor.tokenizer.pad_token_id,
-            self.attn,
-            self.ref_logps,
+            pad_id,
+            self.state.attn,
+            self.state.ref_logps,
         )
-        return torch.utils.data.DataLoader(
-            mb,
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.cfg.data.num_workers,
-            prefetch_factor=2 if self.cfg.data.num_workers else None,
-        )
+        return loader(plan, collate, self.cfg.data.num_workers)
+
+    def score(self, batch: dict, device: str) -> dict:
+        """Reference log-probs of a micro-batch when they were not precomputed."""
+        if "ref_logps" in batch:
+            return batch
+        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        b["ref_logps"] = reference_logps(self.state.ref_model or self.model, b, self.cfg.loss.normalized())
+        return b
 
 
 def weights_fingerprint(model, samples: int = 8) -> str:

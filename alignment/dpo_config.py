@@ -47,7 +47,8 @@ class DPOConfig:
     )
     data: DataConfig = opt(
         factory=DataConfig,
-        help="preference pairs; micro_batch_size counts rows of packed pairs (pack) or pairs (pad)",
+        help="preference pairs; max_tokens bounds one sequence (prompt + one response; a packed row "
+        "holds up to 2 x max_tokens, whole pairs); micro_batch_size counts pairs in either layout",
     )
     loss: DPOLossConfig = opt(factory=DPOLossConfig, help="preference loss, beta, SFT weight, reference")
     optim: OptimConfig = opt(factory=OptimConfig, help="AdamW, schedule and per-part learning rates")

@@ -32,8 +32,8 @@ def _context(prompt: list[Message]) -> list[Message]:
 class PairDataset(RecordDataset):
     """Preference records of one JSONL file; item i is the pair (chosen, rejected) of record i."""
 
-    def __init__(self, path: str, encoder, on_error: str = "raise"):
-        super().__init__(path, encoder, on_error)
+    def __init__(self, path: str, encoder, on_error: str = "raise", format: str = "auto"):
+        super().__init__(path, encoder, on_error, format=format)
         keep = []
         for i, rec in enumerate(self.records):
             problem = self._check(i, rec)
@@ -88,18 +88,22 @@ class PairDataset(RecordDataset):
                 return None
         return c, r
 
-    def lengths(self, progress: bool = True) -> list[int]:
-        """Tokens of each pair (chosen + rejected; they share a packed row), from file headers."""
+    def side_lengths(self) -> list[tuple[int, int]]:
+        """Tokens of each pair's sequences (prompt + chosen, prompt + rejected), from file headers;
+        (0, 0) for a pair that cannot be encoded."""
         out = []
         for i in range(len(self.records)):
             try:
-                out.append(
-                    sum(self.encoder.count_tokens(conv, self.base_dir)[0] for conv in self.conversations(i))
-                )
+                c, r = (self.encoder.count_tokens(conv, self.base_dir)[0] for conv in self.conversations(i))
             except (RecordError, VisualError) as e:
                 self._fail(Problem(self.path, self.lines[i], e.code, e.message, e.hint))
-                out.append(0)
+                c = r = 0
+            out.append((c, r))
         return out
+
+    def lengths(self, progress: bool = True) -> list[int]:
+        """Tokens of each pair (chosen + rejected; they share a packed row), from file headers."""
+        return [c + r for c, r in self.side_lengths()]
 
 
 def _strip(s: EncodedSample) -> EncodedSample:
@@ -140,33 +144,27 @@ def collate_pairs(
     return batch
 
 
-class PairMicroBatches(torch.utils.data.Dataset):
-    """Encodes and collates one micro-batch of pairs per item; attaches cached reference log-probs."""
-
-    def __init__(self, ds: PairDataset, plan: list[list], layout: str, pad_id: int, attn: str, ref=None):
-        self.ds, self.plan, self.layout, self.pad_id, self.attn = ds, plan, layout, pad_id, attn
-        self.ref = ref  # [n_pairs, 2] (chosen, rejected) or None
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, k: int) -> dict | None:
-        spec = self.plan[k]
-        groups = [spec] if self.layout == "pad" else spec
-        rows, index = [], []
-        for g in groups:
-            row = []
-            for i in g:
-                p = self.ds[i]
-                if p is not None:
-                    row.append(p)
-                    index.append(i)
-            if row:
-                rows.append(row)
-        if not rows:
-            return None
-        batch = collate_pairs(rows, self.layout, self.pad_id, self.attn)
-        batch["pair_index"] = torch.tensor(index, dtype=torch.long)
-        if self.ref is not None:
-            batch["ref_logps"] = self.ref[batch["pair_index"]].flatten()  # [2P] c0, r0, c1, r1, ...
-        return batch
+def collate_pair_plan(
+    ds: PairDataset, layout: str, pad_id: int, attn: str, ref: torch.Tensor | None, spec: list
+) -> dict | None:
+    """The micro-batch of a plan entry (pair indices, pad; rows of them, pack), with ``pair_index``
+    and, when ``ref`` [n_pairs, 2] holds precomputed reference log-probs, ``ref_logps``; None when
+    every pair of it was skipped."""
+    groups = [spec] if layout == "pad" else spec
+    rows, index = [], []
+    for g in groups:
+        row = []
+        for i in g:
+            p = ds[i]
+            if p is not None:
+                row.append(p)
+                index.append(i)
+        if row:
+            rows.append(row)
+    if not rows:
+        return None
+    batch = collate_pairs(rows, layout, pad_id, attn)
+    batch["pair_index"] = torch.tensor(index, dtype=torch.long)
+    if ref is not None:
+        batch["ref_logps"] = ref[batch["pair_index"]].flatten()  # [2P] c0, r0, c1, r1, ...
+    return batch

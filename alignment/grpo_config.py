@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.loop import OptimConfig, TrainConfig
-from alignment.rewards import JudgeConfig
+from alignment.rewards import JudgeConfig, reward_weights
 from mm.config import opt
 from mm.loading import ModelConfig
+from mm.plugins import is_ref, locate
 from mm.visual import VisualConfig
 
 
@@ -18,7 +19,12 @@ class RLDataConfig:
     eval: str | None = opt(
         None, "held-out RL prompts: greedy rollouts every train.eval_every steps (and for `mmpost eval`)"
     )
-    prompts_per_step: int = opt(4, "prompts per optimizer step on each rank")
+    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
+        "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
+    )
+    prompts_per_step: int = opt(
+        4, "prompts per rollout batch over all ranks (the papers' batch; each rank rolls out 1/world of them)"
+    )
     micro_batch_size: int = opt(8, "sequences per forward/backward micro-batch")
     share_prompt: bool = opt(
         True,
@@ -39,7 +45,12 @@ class RolloutConfig:
     top_k: int = opt(0, "top-k sampling (0: off)")
     max_completion_length: int = opt(512, "new tokens per turn")
     max_turns: int = opt(1, "assistant turns per rollout (> 1: tool calls run through vision_tools)")
-    tools: bool = opt(False, "declare and execute the ViRC tools in multi-turn rollouts")
+    tools: bool | list[str] = opt(
+        False,
+        "true: declare (in the system prompt) and execute the ViRC tools in multi-turn rollouts; a "
+        "list: those tools, each a built-in's name (crop_image, ...) or path/to/file.py:function "
+        "(a typed function with a docstring, see vision_tools.tools); false: the data's own prompts",
+    )
     coords: Literal["dynamic", "fixed"] = opt(
         "dynamic",
         "how tool coordinates are meant, in rollouts and in virc_turn: pixels of the image as shown, "
@@ -51,6 +62,19 @@ class RolloutConfig:
         "the no-grad log-prob passes, and in the training pass when the vision tower and merger are "
         "frozen (off by itself under ZeRO-3 on several ranks)",
     )
+
+    def __post_init__(self):
+        if isinstance(self.tools, list):  # users' files pinned to absolute paths, found from anywhere
+            self.tools = [
+                locate(t, f"rollout.tools[{i}]") if is_ref(t) else t for i, t in enumerate(self.tools)
+            ]
+        self.toolset()  # a bad tool reference fails when the config loads
+
+    def toolset(self) -> list | None:
+        """The tools rollouts declare and execute (``vision_tools.tools.Tool``), or None (false)."""
+        from vision_tools.tools import resolve_tools
+
+        return resolve_tools(self.tools, "rollout.tools")
 
 
 @dataclass
@@ -64,11 +88,34 @@ class GRPOLossConfig:
         "group", "divide by the group's std (GRPO), the batch's std, or not at all (Dr.GRPO)"
     )
     beta: float = opt(0.0, "KL coefficient to the frozen reference (k3); 0 = no reference model")
-    mu: int = opt(1, "optimizer steps per rollout batch (old log-probs stored when > 1)")
+    mu: int = opt(
+        1,
+        "optimizer steps per rollout batch (old log-probs stored when > 1); an epoch scores each prompt once",
+    )
     dynamic_sampling: bool = opt(
-        False, "replace groups whose rewards are all equal with fresh prompts (DAPO)"
+        False,
+        "DAPO dynamic sampling: train only on groups whose rewards differ, drawing fresh prompts "
+        "until the rank has its prompts_per_step share of them (or max_refills rounds are spent: "
+        "the step then holds fewer groups, never zero-advantage ones)",
     )
     max_refills: int = opt(2, "dynamic sampling: extra rollout rounds per step at most")
+    overlong_filter: bool = opt(
+        False,
+        "DAPO overlong filtering: completions cut at the length limit get no loss (their rewards "
+        "still shape their group's advantages)",
+    )
+    overlong_cache: int = opt(
+        0,
+        "DAPO soft overlong punishment: L_cache, the last tokens before the length limit L_max = "
+        "rollout.max_completion_length x max_turns over which a penalty grows linearly to -1 "
+        "(added to the reward; 0: off; DAPO: 4096 of 20480)",
+    )
+
+
+@dataclass
+class RewardWeight:
+    name: str = opt("", "a built-in reward's name, or path/to/file.py:function (a user's reward)")
+    weight: float = opt(1.0, "its weight in the summed reward")
 
 
 @dataclass
@@ -81,8 +128,10 @@ class GRPOConfig:
     data: RLDataConfig = opt(factory=RLDataConfig, help="prompts and batching")
     rollout: RolloutConfig = opt(factory=RolloutConfig, help="sampling")
     loss: GRPOLossConfig = opt(factory=GRPOLossConfig, help="clipping, aggregation, advantages, KL")
-    rewards: dict[str, float] = opt(
-        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0}, help="reward name -> weight"
+    rewards: dict[str, float] | list[RewardWeight] = opt(
+        factory=lambda: {"format_think_answer": 0.5, "accuracy": 1.0},
+        help="reward -> weight ({name: weight}, or a list of {name, weight}); a name is a built-in "
+        "reward or path/to/file.py:function, a user's (completions, **sample) -> list[float]",
     )
     judge: JudgeConfig = opt(
         factory=JudgeConfig,
@@ -90,3 +139,6 @@ class GRPOConfig:
     )
     optim: OptimConfig = opt(factory=OptimConfig, help="AdamW and schedule")
     train: TrainConfig = opt(factory=TrainConfig, help="steps, DeepSpeed, checkpoints, logging")
+
+    def __post_init__(self):
+        self.rewards = reward_weights(self.rewards)  # the list form becomes {name: weight}

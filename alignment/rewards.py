@@ -2,7 +2,8 @@
 
 ``completions`` are the G completions sampled for one prompt; ``sample`` is that prompt's
 record fields (``answer``, ``meta``, and for tool turns ``image_sizes`` / ``images``). Configs
-name rewards by their registered name with a weight (``combine``). Built in:
+name rewards by their registered name with a weight (``combine``), or name a user's function as
+``path/to/file.py:function`` (``reward_weights`` loads, checks and registers it). Built in:
 
 ==================== =====================================================================
 format_think_answer  1 if the completion is exactly ``<think>...</think> <answer>...</answer>``
@@ -35,6 +36,7 @@ the paper's judge; the HTTP judge falls back to it too when its server fails eve
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -47,7 +49,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.evaluation.answers import answers_match
-from mm.config import opt
+from mm.config import ConfigError, opt
+from mm.plugins import is_ref, load_function
 
 REWARDS: dict[str, Callable] = {}
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
@@ -352,6 +355,44 @@ def virc_turn(
     return out
 
 
+def plug_in_reward(ref: str, key: str) -> Callable:
+    """The reward in a user's file (``file.py:function``), checked for the rewards' signature
+    ``(completions, **sample)`` and registered under ``ref``."""
+    fn = load_function(ref, key)
+    params = list(inspect.signature(fn).parameters.values())
+    positional = params[:1] and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+    if not positional or not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise ConfigError(
+            f"{key}: {ref} takes ({', '.join(str(p) for p in params)}); a reward must take the "
+            f"completions first and the sample's fields as keywords: def {fn.__name__}(completions, "
+            "answer=None, **sample) -> list[float]"
+        )
+    REWARDS[ref] = fn
+    return fn
+
+
+def reward_weights(rewards, key: str = "rewards") -> dict[str, float]:
+    """``{name: weight}`` from a config's ``rewards`` (a mapping, or a list of items with
+    ``name`` and ``weight``); users' rewards are loaded and registered, unknown names are errors."""
+    if isinstance(rewards, dict):
+        items = [(f"{key}.{n}", n, w) for n, w in rewards.items()]
+    else:
+        items = [(f"{key}[{i}].name", r.name, r.weight) for i, r in enumerate(rewards)]
+    out: dict[str, float] = {}
+    for where, name, weight in items:
+        if name in out:
+            raise ConfigError(f"{where}: {name!r} is listed twice; list it once with the summed weight")
+        if is_ref(name):
+            plug_in_reward(name, where)
+        elif name not in REWARDS:
+            raise ConfigError(
+                f"{where}: unknown reward {name!r}; built in: {', '.join(sorted(n for n in REWARDS if not is_ref(n)))}"
+                ", or a function of yours as path/to/file.py:function"
+            )
+        out[name] = float(weight)
+    return out
+
+
 def combine(
     weights: dict[str, float], completions: list[str], **sample
 ) -> tuple[list[float], dict[str, list[float]]]:
@@ -359,6 +400,31 @@ def combine(
     unknown = sorted(set(weights) - set(REWARDS))
     if unknown:
         raise ValueError(f"unknown reward(s) {unknown}; registered: {sorted(REWARDS)}")
-    parts = {name: REWARDS[name](completions, **sample) for name in weights}
+    parts = {name: list(REWARDS[name](completions, **sample)) for name in weights}
+    for name, scores in parts.items():
+        if len(scores) != len(completions):
+            raise ValueError(
+                f"reward {name} returned {len(scores)} scores for {len(completions)} completions"
+            )
     total = [sum(weights[n] * parts[n][i] for n in weights) for i in range(len(completions))]
     return total, parts
+
+
+def soft_overlong_penalty(length: int, max_length: int, cache: int) -> float:
+    """DAPO's soft overlong punishment R_length (Yu et al. 2025, eq. 13), added to the reward:
+
+        0                                     if |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
+        -1                                    if |y| > L_max
+
+    ``length`` |y| the completion's generated tokens, ``max_length`` L_max, ``cache`` L_cache
+    (DAPO: L_max 20,480 with a 4,096-token cache: no penalty up to 16,384 tokens, then linear
+    down to -1 at the limit).
+    """
+    if not 0 < cache <= max_length:
+        raise ValueError(f"overlong cache {cache} must be in 1..{max_length} (the length limit)")
+    if length <= max_length - cache:
+        return 0.0
+    if length <= max_length:
+        return ((max_length - cache) - length) / cache
+    return -1.0

@@ -5,11 +5,13 @@ mmpost train configs/quickstart/sft.yaml [--output-dir DIR] [key=value ...]
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from alignment.data import StepPlanner, check_lengths, loader
+from alignment.data import StepPlanner, check_lengths, collate_samples, loader
 from alignment.infra import distributed as dist
-from alignment.loop import Trainer
+from alignment.loop import Trainer, TrainState
 from alignment.sft_config import SFTConfig
 from mm.attention import choose_backend
 from mm.dataset import RecordDataset
@@ -39,35 +41,32 @@ class CausalLMLoss(torch.nn.Module):
 class SFTTrainer(Trainer):
     name = "sft"
 
-    def setup(self, device: str):
+    def setup(self, device: str) -> TrainState:
         cfg: SFTConfig = self.cfg
         m = cfg.model
-        self.attn = choose_backend(m.attn, device)
-        self.model, self.processor = load_for_training(
-            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
-        )
-        self.model.train()
+        attn = choose_backend(m.attn, device)
+        model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
+        model.train()
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
-        encoder = ConversationEncoder(
-            self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
-        )
+        encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
         transform = drop_tool_result_images if cfg.data.drop_tool_images else None
-        self.dataset = RecordDataset(cfg.data.train, encoder, on_error=cfg.data.on_error, transform=transform)
-        lengths = self.dataset.lengths(progress=dist.is_main())
-        check_lengths(self.dataset, lengths, cfg.data)
-        self.planner = StepPlanner(
-            lengths, cfg.data, dist.world(), self.train_cfg.gradient_accumulation_steps, self.train_cfg.seed
+        dataset = RecordDataset(
+            cfg.data.train, encoder, on_error=cfg.data.on_error, transform=transform, format=cfg.data.format
         )
-        if self.dataset.skipped and dist.is_main():
-            print(
-                f"skipping {self.dataset.skipped} bad record(s); first: {self.dataset.problems[0]}",
-                flush=True,
-            )
+        lengths = dataset.lengths(progress=dist.is_main())
+        check_lengths(dataset, lengths, cfg.data)
+        ga = self.train_cfg.gradient_accumulation_steps
+        planner = StepPlanner.of(lengths, cfg.data, dist.world(), ga, self.train_cfg.seed)
+        if dataset.skipped and dist.is_main():
+            print(f"skipping {dataset.skipped} bad record(s); first: {dataset.problems[0]}", flush=True)
+        return TrainState(model, processor, planner, ga, dataset, attn)
 
     def build_module(self):
         return CausalLMLoss(self.model)
 
     def micro_batches(self, epoch: int, start_step: int):
-        plan = self.planner.rank_micro_batches(epoch, dist.rank(), start_step)
-        return loader(self.dataset, plan, self.cfg.data, self.processor.tokenizer.pad_token_id, self.attn)
+        plan = self.state.planner.rank_micro_batches(epoch, dist.rank(), start_step)
+        pad_id = self.processor.tokenizer.pad_token_id
+        collate = partial(collate_samples, self.dataset, self.cfg.data.layout, pad_id, self.state.attn)
+        return loader(plan, collate, self.cfg.data.num_workers)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mm.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
+from mm.plugins import config_dir
 
 # algorithm -> (config class, trainer class)
 ALGORITHMS = {
@@ -49,7 +50,8 @@ def build_config(
     algo = data.get("algorithm", "sft")
     if algo not in ALGORITHMS:
         raise ConfigError(f"algorithm {algo!r} is not known; choose from {', '.join(sorted(ALGORITHMS))}")
-    return from_dict(_load(ALGORITHMS[algo][0]), data)
+    with config_dir(path):  # users' plug-in files (rewards, tools) are found next to the config
+        return from_dict(_load(ALGORITHMS[algo][0]), data)
 
 
 def train(

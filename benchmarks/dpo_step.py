@@ -118,9 +118,9 @@ def mmpost_run(data: str, out: str, preset: str, batch: int, steps: int, lr: flo
     spent = [0.0]
     precompute = DPOTrainer._cached_reference
 
-    def timed(self, device):  # the reference precompute alone (not model loading or engine start)
+    def timed(self, state, device):  # the reference precompute alone (not model loading or engine start)
         t0 = time.perf_counter()
-        out = precompute(self, device)
+        out = precompute(self, state, device)
         spent[0] = time.perf_counter() - t0
         return out
 

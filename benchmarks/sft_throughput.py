@@ -1,20 +1,28 @@
-"""SFT throughput: mmpost (packed, and padded) against TRL's SFTTrainer, same model, data and batches.
+"""SFT throughput on trajectory-like data: packed (flex / dense mask) vs padded, and TRL's SFTTrainer.
 
-    python benchmarks/sft_throughput.py                    # "small" preset (30M), a few minutes on 2 CPU cores
-    python benchmarks/sft_throughput.py --preset tiny      # toy size (Python overhead decides)
+    python benchmarks/sft_throughput.py                         # small-151k preset, 24 trajectories
+    python benchmarks/sft_throughput.py --preset tiny-151k --n 12 --rounds 1   # smoke run
 
-Both train one epoch over the same generated multimodal set (0-2 images of random sizes per
-sample, text of random length) with the same samples per step (--batch-size; mmpost packed:
-rows of the longest sample's length, as many per step as carry the same real tokens), AdamW and
-the same learning rate, on CPU in fp32 without gradient checkpointing (TRL's SFTConfig defaults
-to bf16 autocast and gradient checkpointing; both are switched off here so the arithmetic is the same). Throughput is real (non-padding) tokens of the epoch divided
-by the training-loop time (model loading and setup excluded for both). Runs alternate between
-frameworks for --rounds rounds; medians are reported with ratios against TRL.
+Data: generated multi-turn tool-use trajectories (``mm.synthetic.trajectory_records``): one
+question image, 0-4 crop rounds each adding an image, log-normal reasoning lengths, so samples
+run from a few hundred to several thousand tokens with a long tail (ViRC-like). Model: a preset
+with Qwen's real 151,936-token vocabulary ("-151k"), so the LM head and the loss cost what they
+cost in the real model (mmpost computes logits only at supervised positions).
 
-Differences to keep in mind: TRL refuses packing for vision data, processes images in its
-collator at every step, and (without generation tags in the chat template) trains on every
-token; mmpost encodes images once per sample in its loader, masks the loss to assistant turns
-and computes logits only at supervised positions.
+Layouts, all through ``alignment.train`` (one epoch, AdamW, fp32, no gradient checkpointing):
+* padded: --batch-size samples per step, padded to the longest;
+* packed_dense: rows of at most --max-tokens (default: batch-size x the mean length, so a step
+  carries about the padded step's real tokens), one row per step, isolated by the
+  block-diagonal [1, 1, L, L] mask under SDPA (attention over all L x L pairs);
+* packed_flex: the same rows with ``attn: flex`` (FlexAttention on CUDA; on a CPU SDPA per
+  sample segment, see mm/packed_attention.py): one flat row, no mask, attention per sample;
+* trl: TRL's SFTTrainer with the same model and data (gradient checkpointing off, fp32), only
+  if TRL is installed; otherwise printed as not measured.
+
+Throughput is real (non-padding) tokens of the epoch over the training-loop time (setup and
+model loading excluded). Runs alternate in order for --rounds rounds; medians and ratios
+against padded are printed, with each layout's padding fraction and attention pairs computed
+per pair needed.
 """
 
 from __future__ import annotations
@@ -31,59 +39,104 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MMPOST_PROGRESS", "0")
 
+MAX_PIXELS = 200704  # 256 visual tokens per image at most
 
-def mmpost_epoch(
-    data: str, out: str, preset: str, layout: str, batch: int, max_tokens: int, lr: float, rows: int
-) -> tuple[float, int]:
+LAYOUTS = {  # name -> (data.layout, model.attn)
+    "padded": ("pad", "sdpa"),
+    "packed_dense": ("pack", "sdpa"),
+    "packed_flex": ("pack", "flex"),
+}
+
+
+def mmpost_epoch(data: str, out: str, preset: str, name: str, batch: int, max_tokens: int, lr: float):
+    """One epoch in a fresh process (models of earlier runs otherwise stay in memory): (seconds, tokens)."""
+    import subprocess
+
+    args = [data, out, preset, name, str(batch), str(max_tokens), str(lr)]
+    r = subprocess.run([sys.executable, __file__, "--one-epoch", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{name} epoch failed:\n{r.stderr[-3000:]}")
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    return s["seconds"], s["tokens"]
+
+
+def one_epoch(data: str, out: str, preset: str, name: str, batch: str, max_tokens: str, lr: str) -> None:
     from alignment.train import train
 
+    batch, max_tokens = int(batch), int(max_tokens)
+    layout, attn = LAYOUTS[name]
     over = [
         f"model.name_or_path={preset}",
+        f"model.attn={attn}",
         f"data.train={data}",
         f"data.layout={layout}",
         f"data.max_tokens={max_tokens}",
         f"data.micro_batch_size={batch if layout == 'pad' else 1}",
+        f"data.visual.max_pixels={MAX_PIXELS}",
         "train.epochs=1",
         "train.save_every=0",
         "train.export=false",
         "train.deepspeed=zero0",
+        "train.log_every=1000000",
+        "train.resume=never",
         f"optim.lr={lr}",
         "optim.warmup_ratio=0",
         "optim.schedule=constant",
-        "train.log_every=1000000",
-        "data.visual.max_pixels=200704",
-        "train.resume=never",
     ]
     s = train(None, over, output_dir=out)
-    return s["seconds"], s["tokens"]
+    print(json.dumps({"seconds": s["seconds"], "tokens": s["tokens"]}))
+
+
+def layout_costs(lengths: list[int], batch: int, max_tokens: int) -> dict:
+    """Per layout: (padding fraction, causal attention pairs computed / pairs needed) of the epoch plan."""
+    from alignment.data import DataConfig, StepPlanner
+
+    def plan(layout, mb):
+        cfg = DataConfig(layout=layout, max_tokens=max_tokens, micro_batch_size=mb)
+        return StepPlanner(lengths, cfg, 1, 1, 0).micro_batches(0)  # seed 0: train.seed's default
+
+    out = {}
+    for name, (layout, attn) in LAYOUTS.items():
+        real = slots = needed = computed = 0
+        for mb in plan(layout, batch if layout == "pad" else 1):
+            rows = [[lengths[i]] for i in mb] if layout == "pad" else [[lengths[i] for i in r] for r in mb]
+            width, tokens = max(sum(r) for r in rows), sum(map(sum, rows))
+            pairs = sum(n * (n + 1) // 2 for r in rows for n in r)  # causal pairs within each sample
+            real, needed = real + tokens, needed + pairs
+            if attn == "sdpa":  # rows padded to the widest; attention over each whole row
+                slots, computed = slots + len(rows) * width, computed + len(rows) * width * (width + 1) // 2
+            else:  # one flat row, attention per sample
+                slots, computed = slots + tokens, computed + pairs
+        out[name] = (1 - real / slots, computed / needed)
+    return out
 
 
 def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[float, int]:
+    """TRL SFTTrainer over the same records (images in order as the messages name them)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from mm.loading import load_model
     from mm.visual import VisualConfig, load_visuals, plan_visuals
 
-    model, processor = load_model(preset)
-    base = os.path.dirname(data)
+    model, processor = load_model(preset, attn="sdpa")
+    base, cfg = os.path.dirname(data), VisualConfig(max_pixels=MAX_PIXELS)
     rows = []
-    cfg = VisualConfig(max_pixels=200704)
     for line in open(data):
-        rec = json.loads(line)
-        user, assistant = rec["messages"]
-        items = [c for c in user["content"] if c["type"] == "image"]
-        images, _ = load_visuals(plan_visuals(items, cfg, base), cfg)  # same sizes as mmpost
-        content = [{"type": "image"} if c["type"] == "image" else c for c in user["content"]]
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": content},
-                    {"role": "assistant", "content": [{"type": "text", "text": assistant["content"]}]},
-                ],
-                "images": images,
-            }
-        )
+        msgs, items = [], []
+        for m in json.loads(line)["messages"]:
+            content = (
+                m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+            )
+            items += [c for c in content if c["type"] == "image"]
+            msgs.append(
+                {
+                    "role": m["role"],
+                    "content": [{"type": "image"} if c["type"] == "image" else c for c in content],
+                }
+            )
+        images, _ = load_visuals(plan_visuals(items, cfg, base), cfg)  # the sizes mmpost trains on
+        rows.append({"messages": msgs, "images": images})
     args = SFTConfig(
         output_dir=out,
         per_device_train_batch_size=batch,
@@ -95,12 +148,13 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
         max_length=None,
         dataloader_num_workers=0,
         seed=0,
         disable_tqdm=True,
     )
-    # TRL's processor resizes with its own limits; give it the ones mmpost used so token counts agree
     processor.image_processor.max_pixels = cfg.max_pixels
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor
@@ -110,54 +164,75 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--one-epoch"]:
+        return one_epoch(*sys.argv[2:])
+    from mm.imports import is_available
+    from mm.tiny import PRESETS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", choices=["tiny", "small"])
-    ap.add_argument("--n", type=int, default=48, help="samples in the generated set")
-    ap.add_argument("--batch-size", type=int, default=4, help="samples per step (TRL and mmpost padded)")
+    ap.add_argument(
+        "--preset", default="small-151k", choices=[p for p in PRESETS if not p.startswith("medium")]
+    )
+    ap.add_argument("--n", type=int, default=24, help="trajectories in the generated set")
+    ap.add_argument("--median-words", type=int, default=200, help="median words of the final reasoning turn")
+    ap.add_argument("--batch-size", type=int, default=4, help="samples per padded step (and TRL's)")
+    ap.add_argument(
+        "--max-tokens", type=int, default=0, help="packed row length (default: batch-size x mean)"
+    )
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-5)
     args = ap.parse_args()
 
     from mm.dataset import RecordDataset
     from mm.encode import ConversationEncoder
-    from mm.synthetic import mixed_records
+    from mm.synthetic import trajectory_records
     from mm.tiny import tiny_processor
     from mm.visual import VisualConfig
 
     tmp = tempfile.mkdtemp()
-    data = mixed_records(args.n, os.path.join(tmp, "data"), seed=0, max_side=448, max_words=160)
-    ds = RecordDataset(data, ConversationEncoder(tiny_processor(), VisualConfig(max_pixels=200704)))
+    data = trajectory_records(args.n, os.path.join(tmp, "data"), seed=0, median_words=args.median_words)
+    ds = RecordDataset(data, ConversationEncoder(tiny_processor(), VisualConfig(max_pixels=MAX_PIXELS)))
     lengths = ds.lengths(progress=False)
-    total = sum(lengths)
-    # packed: rows as long as the longest sample (SFT-sized rows keep SDPA's dense attention cheap),
-    # and as many rows per step as give the padded step's real tokens
-    max_tokens = max(lengths)
-    rows = max(1, round(args.batch_size * total / len(lengths) / max_tokens))
+    srt = sorted(lengths)
+    max_tokens = args.max_tokens or max(srt[-1], round(args.batch_size * sum(srt) / len(srt)))
     print(
-        f"preset={args.preset} samples={args.n} tokens={total} (mean {total / len(lengths):.0f}, max {max(lengths)}) "
-        f"batch={args.batch_size} samples/step; packed: {rows} rows of <= {max_tokens} tokens per step"
+        f"preset={args.preset} trajectories={args.n} tokens={sum(srt)} (min {srt[0]}, median "
+        f"{statistics.median(srt):.0f}, p90 {srt[int(0.9 * (len(srt) - 1))]}, max {srt[-1]}); "
+        f"padded: {args.batch_size} samples/step; packed: 1 row of <= {max_tokens} tokens/step"
     )
-    runs = {"trl": [], "mmpost_padded": [], "mmpost_packed": []}
+    costs = layout_costs(lengths, args.batch_size, max_tokens)
+    for name, (pad, attn_ratio) in costs.items():
+        print(f"  {name:13s} padding {pad:6.1%}   attention pairs computed / needed {attn_ratio:5.2f}")
+
+    runs = {name: [] for name in LAYOUTS}
+    trl = is_available("trl")
+    if trl:
+        runs["trl"] = []
     for r in range(args.rounds):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
             out = os.path.join(tmp, f"{name}_{r}")
             t0 = time.perf_counter()
             if name == "trl":
-                sec, _ = trl_epoch(data, out, args.preset, args.batch_size, args.lr)
+                sec, tokens = trl_epoch(data, out, args.preset, args.batch_size, args.lr)
+                tokens = sum(lengths)  # TRL trains on every sample of the epoch
             else:
-                layout = "pad" if name.endswith("padded") else "pack"
-                sec, _ = mmpost_epoch(
-                    data, out, args.preset, layout, args.batch_size, max_tokens, args.lr, rows
-                )
-            runs[name].append(total / sec)
+                sec, tokens = mmpost_epoch(data, out, args.preset, name, args.batch_size, max_tokens, args.lr)
+            runs[name].append(tokens / sec)
             print(
-                f"  round {r}: {name:14s} {total / sec:9.0f} tok/s  (loop {sec:.1f}s, with setup {time.perf_counter() - t0:.1f}s)",
+                f"  round {r}: {name:13s} {tokens / sec:8.0f} tok/s  (loop {sec:.1f} s, with setup "
+                f"{time.perf_counter() - t0:.1f} s)",
                 flush=True,
             )
     med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"\nmedians of {args.rounds} interleaved rounds (real tokens / s):")
     for k, v in med.items():
-        print(f"{k:14s} {v:9.0f} tok/s  ratio vs TRL {v / med['trl']:.2f}x")
+        print(f"  {k:13s} {v:8.0f} tok/s   {v / med['padded']:.2f}x padded")
+    if trl:
+        for k in LAYOUTS:
+            print(f"  {k} vs TRL: {med[k] / med['trl']:.2f}x")
+    else:
+        print("  trl           not measured (TRL is not installed: pip install trl)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the teacher cost per step live vs precomputed?
     python benchmarks/spatial_forcing.py                       # tiny model, random teacher, 3 seeds
     python benchmarks/spatial_forcing.py --quick               # smoke run (seconds, numbers meaningless)
     python benchmarks/spatial_forcing.py --teacher timm:vit_small_patch14_dinov2 --teacher-weights W.safetensors
+    python benchmarks/spatial_forcing.py --closed-loop         # + success rates in MetaWorld (mmpost[sim])
 
 1. Steps to threshold: for each seed, train the same VLA with alpha = 0 (action loss only) and
    alpha = 0.5 (+ L_align) on the same data order, and count the optimizer steps until the
@@ -13,6 +14,11 @@ the teacher cost per step live vs precomputed?
 2. Step time: alpha = 0.5 with the live teacher vs features precomputed by
    ``mmpost data teacher-features``; runs interleaved for --rounds rounds, median step time over
    the steps after the first epoch (encoded samples are cached by then), ratio live / precomputed.
+3. Closed loop (``--closed-loop``): MetaWorld expert demonstrations of --sim-task (seed 0
+   variations), the VLA of configs/spatial_forcing/metaworld_reach.yaml trained per seed with
+   alpha = 0 and alpha = 0.5 (same data order), each run for --sim-episodes episodes on held-out
+   variations (seed 1). Reported: per-seed success counts, the pooled success rate with its 95%
+   Wilson interval, and mean steps to success, without and with alignment.
 
 Caveats: the tiny model (0.25M parameters) and the random conv teacher are stand-ins; the random
 teacher carries local image structure, not 3-D knowledge, and tiny-model learning curves are
@@ -63,6 +69,73 @@ def run(
     return read_metrics(out)
 
 
+SIM_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "spatial_forcing" / "metaworld_reach.yaml")
+
+
+def closed_loop(args, tmp: str) -> None:
+    from alignment.train import train
+    from alignment.vla.closed_loop import ClosedLoopConfig, evaluate_policy, summarize
+    from alignment.vla.demos import write_metaworld_demos
+
+    views = ("corner", "gripperPOV")
+    data = os.path.join(tmp, "sim-demos")
+    d = write_metaworld_demos(
+        data,
+        [args.sim_task],
+        args.sim_demos,
+        views,
+        args.sim_size,
+        0,
+        show_goal=args.sim_show_goal,
+        progress=False,
+    )
+    print(
+        f"== closed loop: {args.sim_task}, {d['records']} expert steps from {args.sim_demos} episodes, "
+        f"{args.sim_epochs} epochs, {args.sim_episodes} held-out episodes per run =="
+    )
+    pooled: dict[str, list] = {"without": [], "with": []}
+    for seed in range(args.seeds):
+        row = []
+        for name, alpha in (("without", 0.0), ("with", 0.5)):
+            out = os.path.join(tmp, f"sim-{name}-{seed}")
+            over = [
+                f"data.train={data}/train.jsonl",
+                f"align.alpha={alpha}",
+                f"align.teacher={args.teacher}",
+                f"train.epochs={args.sim_epochs}",
+                f"train.seed={seed}",
+                "train.resume=never",
+                "train.deepspeed=zero0",
+            ]
+            if args.teacher_weights:
+                over.append(f"align.teacher_weights={args.teacher_weights}")
+            train(SIM_CONFIG, over, output_dir=out)
+            cfg = ClosedLoopConfig(
+                env=f"metaworld:{args.sim_task}",
+                episodes=args.sim_episodes,
+                seed=1,
+                max_steps=args.sim_steps,
+                views=list(views),
+                size=args.sim_size,
+                show_goal=args.sim_show_goal,
+                execute=4,
+                videos=[],
+                out=os.path.join(out, "eval"),
+            )
+            r = evaluate_policy(os.path.join(out, "final"), cfg, progress=False)
+            pooled[name] += r["per_episode"]
+            row.append(f"{name} alignment {r['successes']}/{r['episodes']}")
+        print(f"seed {seed}: " + "; ".join(row), flush=True)
+    for name, eps in pooled.items():
+        s = summarize(eps)
+        steps = s["mean_steps_to_success"]
+        print(
+            f"{name} alignment: success {s['successes']}/{s['episodes']} = {s['success_rate']:.2f} "
+            f"(95% CI {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}), mean steps to success "
+            f"{'-' if steps is None else f'{steps:.1f}'}"
+        )
+
+
 def steps_to(metrics: list[dict], threshold: float, window: int) -> int | None:
     l1 = [m["m_action_l1"] for m in metrics]
     for i in range(window - 1, len(l1)):
@@ -85,9 +158,22 @@ def main() -> None:
     ap.add_argument("--teacher", default="random", help="random, timm:NAME or vggt")
     ap.add_argument("--teacher-weights", default=None)
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes, one seed, one round")
+    ap.add_argument(
+        "--closed-loop", action="store_true", help="also the MetaWorld success rates (mmpost[sim])"
+    )
+    ap.add_argument("--sim-task", default="reach-v3", help="MT1 task of the closed-loop arm")
+    ap.add_argument("--sim-demos", type=int, default=16, help="expert episodes to train on")
+    ap.add_argument("--sim-epochs", type=int, default=3, help="training epochs over the demonstrations")
+    ap.add_argument("--sim-episodes", type=int, default=20, help="evaluation episodes per run")
+    ap.add_argument("--sim-steps", type=int, default=150, help="step limit per evaluation episode")
+    ap.add_argument("--sim-size", type=int, default=64, help="side of the rendered views")
+    ap.add_argument(
+        "--sim-show-goal", action="store_true", help="goal markers visible in demos and evaluation"
+    )
     args = ap.parse_args()
     if args.quick:
         args.n, args.steps, args.seeds, args.time_steps, args.rounds, args.batch_size = 8, 4, 1, 3, 1, 4
+        args.sim_demos, args.sim_epochs, args.sim_episodes, args.sim_steps, args.sim_size = 1, 1, 1, 8, 32
     from alignment.spatial.features import write_features
     from alignment.spatial.teacher import build_teacher
     from alignment.vla.synth import write_vla_synth
@@ -131,6 +217,8 @@ def main() -> None:
         f"median step time: live {1000 * t['live']:.1f} ms, precomputed {1000 * t['precomputed']:.1f} ms; "
         f"live / precomputed: {t['live'] / t['precomputed']:.2f}x"
     )
+    if args.closed_loop:
+        closed_loop(args, tmp)
 
 
 if __name__ == "__main__":

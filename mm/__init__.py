@@ -1,6 +1,7 @@
 """mm: the shared multimodal layer of mmpost.
 
-Model and processor loading (``load_model``), the record schema (``parse_record``), visual
+Model and processor loading (``load_model``), the record schema (``parse_record``), other data
+formats read as records (``open_records``), visual
 inputs under a per-sample token budget (``VisualConfig``), conversation -> model inputs
 (``ConversationEncoder``), M-RoPE positions (``mrope_positions``), the pad/pack collators and
 log-probs at labelled positions (``labelled_logprobs``).
@@ -13,6 +14,7 @@ _EXPORTS = {
     "mm.collate": ["pack_batch", "pad_batch", "per_sample_nll", "plan_packs"],
     "mm.dataset": ["DataError", "Problem", "RecordDataset", "iter_jsonl"],
     "mm.encode": ["IGNORE", "ConversationEncoder", "EncodedSample"],
+    "mm.formats": ["open_records"],
     "mm.loading": ["ModelConfig", "load_for_training", "load_model"],
     "mm.logprobs": ["labelled_logprobs"],
     "mm.records": ["Message", "PreferenceRecord", "RecordError", "RLRecord", "SFTRecord", "parse_record"],

@@ -2,7 +2,14 @@
 
 This module is the only one that decides (and the only one that imports ``flash_attn``).
 Tests flip the choice with ``force_backend``. The backend also decides how packed rows are
-isolated: a block-diagonal 4-D mask for SDPA, ``cu_seqlens`` (varlen) for flash-attn.
+isolated: a block-diagonal 4-D ``[B, 1, L, L]`` mask for SDPA and eager; for flash-attn
+(``cu_seqlens``, varlen kernels), ``flex`` (FlexAttention with a document block mask) and
+``segments`` (SDPA run on each sample's slice) one flat row whose text positions restart at
+every sample, so no L x L mask exists (``mm.packed_attention`` implements the last two).
+
+On CPU tensors ``flex`` runs the ``segments`` kernel (torch 2.14's FlexAttention has no CPU
+backward, and its compiled CPU forward was slower); on CUDA it runs FlexAttention's compiled
+kernel (not measured here yet: docs/performance.md has the CPU numbers).
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from mm.imports import is_available
 SDPA = "sdpa"
 FLASH = "flash_attention_2"
 EAGER = "eager"
+FLEX = "mmpost_flex"  # registered with transformers by mm.packed_attention
+SEGMENTS = "mmpost_segments"
+VARLEN = (FLASH, FLEX, SEGMENTS)  # backends that isolate packed samples by their positions
 _forced: str | None = os.environ.get("MMPOST_ATTN") or None
 
 
@@ -40,7 +50,14 @@ def choose_backend(requested: str = "auto", device: torch.device | str | None = 
         return FLASH
     if choice in (SDPA, EAGER):
         return choice
-    raise ValueError(f"unknown attention backend {choice!r}; use auto, sdpa, eager or flash_attention_2")
+    if choice in ("flex", FLEX, "segments", SEGMENTS):
+        from mm.packed_attention import register
+
+        register()
+        return FLEX if choice in ("flex", FLEX) else SEGMENTS
+    raise ValueError(
+        f"unknown attention backend {choice!r}; use auto, sdpa, eager, flash_attention_2, flex or segments"
+    )
 
 
 @contextlib.contextmanager
@@ -55,5 +72,5 @@ def force_backend(name: str | None):
 
 
 def uses_varlen(attn_implementation: str) -> bool:
-    """Packed rows are isolated by cu_seqlens (True) or by a block-diagonal mask (False)."""
-    return attn_implementation == FLASH
+    """Packed rows are one flat row isolated by position restarts (True) or by a block-diagonal mask (False)."""
+    return attn_implementation in VARLEN

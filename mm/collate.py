@@ -7,8 +7,11 @@ keeps its own M-RoPE positions (starting at 0) and attends only to itself:
 
 * SDPA / eager: a block-diagonal causal 4-D boolean mask ``[B, 1, L, L]`` (True = attend).
   Position resets alone do not isolate samples under SDPA.
-* flash-attn: one row and 4-row position ids ``[text; t; h; w]`` whose text row restarts at 0
-  for every sample; transformers derives ``cu_seqlens`` from it and runs varlen kernels.
+* flash-attn, flex, segments (``mm.attention.uses_varlen``): one flat row (no padding at all)
+  and 4-row position ids ``[text; t; h; w]`` whose text row restarts at 0 for every sample;
+  transformers derives ``cu_seqlens`` from it for flash-attn's varlen kernels, and
+  ``mm.packed_attention`` the document of each token for FlexAttention's block mask or for
+  SDPA per sample. No ``[B, 1, L, L]`` tensor exists for these.
 
 So a packed row gives the same logits and loss as its samples run one by one.
 """

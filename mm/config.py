@@ -124,6 +124,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
         kwargs[key] = _check(hints[key], value, full)
     try:
         return cls(**kwargs)
+    except ConfigError:  # raised by a __post_init__ check: it names its key already
+        raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
 
@@ -173,8 +175,11 @@ def load_yaml(path: str) -> dict:
 
 def load_config(cls, path: str | None = None, overrides: list[str] | None = None):
     """Load ``cls`` from a YAML file (optional) plus dotted overrides."""
+    from mm.plugins import config_dir
+
     data = load_yaml(path) if path else {}
-    return from_dict(cls, apply_overrides(data, overrides or []))
+    with config_dir(path):  # users' plug-in files are found next to the config file
+        return from_dict(cls, apply_overrides(data, overrides or []))
 
 
 def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -1,4 +1,5 @@
-"""``mmpost data validate`` and ``mmpost data stats``: check and describe a JSONL file.
+"""``mmpost data validate``, ``stats`` and ``convert``: check, describe and convert a data file
+of any format ``mm.formats`` reads (``fmt`` names it; "auto" tells it from the columns).
 
 validate: every line is parsed, every image decoded and every video probed, and the
 visual-token budget applied; each problem is printed as ``FILE:LINE: [code] message`` with a
@@ -9,11 +10,11 @@ stats: counts, token lengths and visual tokens as a table (progress bar on large
 from __future__ import annotations
 
 import collections
-import os
 import sys
 from dataclasses import dataclass, field
 
-from mm.dataset import Problem, iter_jsonl
+from mm.dataset import Problem
+from mm.formats import data_root, open_records
 from mm.records import Record, is_video
 from mm.visual import VisualConfig, VisualError, open_image, plan_item, probe_video, resolve
 
@@ -63,10 +64,10 @@ def check_visuals(rec: Record, cfg: VisualConfig, base_dir: str) -> tuple[list[t
     return found, shrunk
 
 
-def validate(path: str, cfg: VisualConfig) -> Report:
+def validate(path: str, cfg: VisualConfig, fmt: str = "auto") -> Report:
     report = Report()
-    base_dir = os.path.dirname(os.path.abspath(path))
-    for line, rec in iter_jsonl(path):
+    base_dir = data_root(path)
+    for line, rec in open_records(path, fmt):
         report.records += 1
         if isinstance(rec, Problem):
             report.problems.append(rec)
@@ -77,9 +78,9 @@ def validate(path: str, cfg: VisualConfig) -> Report:
     return report
 
 
-def run_validate(path: str, cfg: VisualConfig, out=None) -> int:
+def run_validate(path: str, cfg: VisualConfig, out=None, fmt: str = "auto") -> int:
     out = out or sys.stdout
-    report = validate(path, cfg)
+    report = validate(path, cfg, fmt)
     for p in report.problems:
         print(p, file=out)
     codes = collections.Counter(p.code for p in report.problems)
@@ -104,17 +105,17 @@ def _quantiles(xs: list[int]) -> list[str]:
     return [str(s[0]), str(q(0.5)), str(q(0.95)), str(s[-1]), f"{sum(s) / len(s):.1f}"]
 
 
-def run_stats(path: str, processor, cfg: VisualConfig, out=None) -> int:
+def run_stats(path: str, processor, cfg: VisualConfig, out=None, fmt: str = "auto") -> int:
     out = out or sys.stdout
     from tqdm import tqdm
 
     from mm.encode import ConversationEncoder
 
     enc = ConversationEncoder(processor, cfg)
-    base_dir = os.path.dirname(os.path.abspath(path))
+    base_dir = data_root(path)
     kinds, n_images, n_videos, bad = collections.Counter(), 0, 0, 0
     total, visual, text, turns = [], [], [], []
-    rows = list(iter_jsonl(path))
+    rows = list(open_records(path, fmt))
     for _line, rec in tqdm(rows, desc="stats", disable=len(rows) < 500, file=sys.stderr):
         if isinstance(rec, Problem):
             bad += 1
@@ -150,3 +151,17 @@ def run_stats(path: str, processor, cfg: VisualConfig, out=None) -> int:
     for r in table:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))), file=out)
     return 0
+
+
+def run_convert(src: str, out_path: str, fmt: str = "auto", out=None) -> int:
+    """Write ``src`` as mmpost JSONL; print each unreadable row (exit status 1 if any)."""
+    from mm.formats.convert import convert
+
+    out = out or sys.stdout
+    problems = list(convert(src, out_path, fmt))
+    for p in problems:
+        print(p, file=out)
+    with open(out_path, encoding="utf-8") as f:
+        written = sum(1 for _ in f)
+    print(f"{src} -> {out_path}: {written} record(s) written, {len(problems)} row(s) with problems", file=out)
+    return 1 if problems else 0

@@ -1,8 +1,8 @@
 """JSONL datasets of the one data format, with per-line error reporting.
 
 ``iter_jsonl`` yields (line number, record or problem) for every non-blank line.
-``RecordDataset`` parses a file up front (cheap: no pixels decoded) and encodes samples
-lazily. With ``on_error="raise"`` the first bad record raises ``DataError`` naming
+``RecordDataset`` parses a file of any format ``mm.formats`` reads up front (cheap: no pixels
+decoded) and encodes samples lazily. With ``on_error="raise"`` the first bad record raises ``DataError`` naming
 ``file:line``; with ``"skip"`` bad records are dropped, counted in ``skipped`` and reported.
 """
 
@@ -33,8 +33,13 @@ class Problem:
     message: str
     hint: str = ""
 
+    @property
+    def where(self) -> str:
+        """``file:line`` (1-based) for JSONL; ``file row N`` (0-based, as ``dataset[N]``) for other files."""
+        return f"{self.path}:{self.line}" if self.path.endswith(".jsonl") else f"{self.path} row {self.line}"
+
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: [{self.code}] {self.message}" + (
+        return f"{self.where}: [{self.code}] {self.message}" + (
             f"\n    fix: {self.hint}" if self.hint else ""
         )
 
@@ -45,8 +50,8 @@ class DataError(ValueError):
         self.problem = problem
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
-    """Parse each non-blank line into a typed record, or a ``Problem`` saying what is wrong."""
+def json_lines(path: str) -> Iterator[tuple[int, dict | Problem]]:
+    """Decode each non-blank line (numbered from 1), or a ``Problem`` saying why it is not JSON."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     with open(path, encoding="utf-8", errors="strict") as f:
@@ -55,7 +60,7 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line.strip())
+                    yield n, json.loads(line.strip())
                 except json.JSONDecodeError as e:
                     yield (
                         n,
@@ -67,16 +72,23 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
                             "each line must be one complete JSON object",
                         ),
                     )
-                    continue
-                try:
-                    yield n, parse_record(obj)
-                except RecordError as e:
-                    yield n, Problem(path, n, e.code, e.message, e.hint)
         except UnicodeDecodeError as e:
             yield (
                 -1,
                 Problem(path, -1, "bad_encoding", f"file is not UTF-8: {e}", "re-save the file as UTF-8"),
             )
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
+    """Parse each non-blank line into a typed record, or a ``Problem`` saying what is wrong."""
+    for n, obj in json_lines(path):
+        if isinstance(obj, Problem):
+            yield n, obj
+            continue
+        try:
+            yield n, parse_record(obj)
+        except RecordError as e:
+            yield n, Problem(path, n, e.code, e.message, e.hint)
 
 
 class RecordDataset(Dataset):
@@ -86,16 +98,26 @@ class RecordDataset(Dataset):
     prompt appended); preference records are encoded by the DPO trainer itself.
     """
 
-    def __init__(self, path: str, encoder: ConversationEncoder, on_error: str = "raise", transform=None):
-        """``transform(messages) -> messages`` (optional) rewrites each conversation before encoding."""
+    def __init__(
+        self,
+        path: str,
+        encoder: ConversationEncoder,
+        on_error: str = "raise",
+        transform=None,
+        format: str = "auto",
+    ):
+        """``transform(messages) -> messages`` (optional) rewrites each conversation before encoding;
+        ``format`` names the file's format (``mm.formats``; "auto" tells it from the columns)."""
+        from mm.formats import data_root, open_records
+
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.path, self.encoder, self.on_error, self.transform = path, encoder, on_error, transform
-        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.base_dir = data_root(path)
         self.records: list[Record] = []
-        self.lines: list[int] = []
+        self.lines: list[int] = []  # where each record is: JSONL line, or row of other files
         self.problems: list[Problem] = []
-        for n, rec in iter_jsonl(path):
+        for n, rec in open_records(path, format):
             if isinstance(rec, SFTRecord) and not any(m.role == "assistant" for m in rec.messages):
                 rec = Problem(  # a VLA record (actions, no assistant turn): no token would be trained
                     path,

@@ -1,7 +1,8 @@
 """The one place where optional dependencies are imported.
 
-Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT, PyAV, pyarrow) is looked up here, so
-the rest of the code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
+Every optional package (flash-attn, decord, OpenCV, DeepSpeed, peft, FastAPI/uvicorn, timm, VGGT,
+PyAV, pyarrow, datasets, MetaWorld, the experiment trackers wandb/mlflow/trackio) is looked up here, so the rest of the
+code asks ``is_available("decord")`` or ``require("peft", "lora")`` and a
 missing package produces one clear error naming the extra that installs it.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from functools import cache
 from types import ModuleType
 
@@ -24,6 +26,12 @@ OPTIONAL = {
     "timm": ("spatial", "timm"),
     "av": ("lerobot", "av"),
     "pyarrow": ("data", "pyarrow"),
+    "datasets": ("data", "datasets"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"),
+    "mujoco": ("sim", "mujoco"),
+    "metaworld": ("sim", "metaworld"),
 }
 
 
@@ -36,11 +44,31 @@ def is_available(name: str) -> bool:
     """True when the optional package ``name`` can be imported (checked once, cached)."""
     if importlib.util.find_spec(name) is None:
         return False
+    if name in ("mujoco", "metaworld"):
+        _before_mujoco()
     try:
         importlib.import_module(name)
     except Exception:  # a broken install (e.g. flash-attn built for another torch) counts as absent
         return False
     return True
+
+
+def is_installed(name: str) -> bool:
+    """True when package ``name`` is installed, without importing it (cheap: config checks)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def _before_mujoco() -> None:
+    """MuJoCo fixes its OpenGL backend when imported: offscreen Mesa EGL unless MUJOCO_GL is set
+    (osmesa gives the same pixels). Mesa renders with its own LLVM; measured here, importing triton
+    (torch._dynamo does, e.g. via torchvision) after a Mesa context exists segfaults, and importing
+    it first does not, so triton is loaded before MuJoCo when it is installed."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            importlib.import_module("triton")
+        except Exception:  # a broken triton is torch's concern, not the simulator's
+            pass
 
 
 def require(name: str, feature: str = "") -> ModuleType:

@@ -31,7 +31,8 @@ class ModelConfig:
     )
     dtype: str = opt("auto", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     attn: str = opt(
-        "auto", "auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2"
+        "auto",
+        "auto (flash-attn on CUDA when importable, else sdpa), sdpa, eager, flash_attention_2, flex, segments",
     )
     device: str | None = opt(None, "device to load onto; None: leave on CPU (trainers place it)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")

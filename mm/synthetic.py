@@ -1,4 +1,4 @@
-"""Data that mmpost makes itself: the bundled sample set and mixed-length sets for benchmarks.
+"""Data that mmpost makes itself: the bundled sample set, mixed-length sets and trajectories for benchmarks.
 
 Nothing here downloads. Images are drawn with PIL (shapes on a plain background), videos are
 written with OpenCV when it is installed. ``python -m mm.synthetic DIR`` rewrites the bundled
@@ -96,6 +96,70 @@ def mixed_records(n: int, out_dir: str, seed: int = 0, max_side: int = 448, max_
                 "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": answer}],
             }
             f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def _lognormal_words(rng: random.Random, median: float, lo: int, hi: int) -> int:
+    return max(lo, min(hi, round(rng.lognormvariate(np.log(median), 0.9))))
+
+
+def trajectory_records(n: int, out_dir: str, seed: int = 0, median_words: int = 200) -> str:
+    """Multi-turn tool-use trajectories with a ViRC-like spread of lengths (for benchmarks).
+
+    Each record: a question on one image (sides 224-896), 0-4 crop rounds (an assistant turn of
+    reasoning plus a ``crop_image`` call, then the crop as a user turn), and a final answer after
+    long reasoning. Reasoning lengths are log-normal (median ``median_words`` for the final turn,
+    a quarter of it per tool turn, sigma 0.9, capped at 12x the median), so samples run from
+    hundreds to several thousand tokens with a long tail, as real trajectories do. Writes
+    ``out_dir/data.jsonl`` plus images; returns the JSONL path.
+    """
+    rng = random.Random(seed)
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    path = os.path.join(out_dir, "data.jsonl")
+
+    def image(name: str, w: int, h: int, k: int) -> dict:
+        shapes_image(w, h, seed=seed * 100003 + k)[0].save(os.path.join(out_dir, name))
+        return {"type": "image", "image": name}
+
+    with open(path, "w") as f:
+        for i in range(n):
+            w, h = rng.randint(224, 896), rng.randint(224, 896)
+            question = f"Image 0: {w} x {h}.\nQuestion: " + _sentence(rng, rng.randint(10, 40)) + "?"
+            msgs = [
+                {
+                    "role": "user",
+                    "content": [
+                        image(f"images/{i:05d}_0.png", w, h, i * 11),
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ]
+            rounds = rng.choices(range(5), weights=[30, 30, 20, 12, 8])[0]
+            for r in range(1, rounds + 1):
+                think = _sentence(rng, _lognormal_words(rng, median_words / 4, 10, 3 * median_words))
+                box = [
+                    rng.randint(0, w // 2),
+                    rng.randint(0, h // 2),
+                    rng.randint(w // 2 + 1, w),
+                    rng.randint(h // 2 + 1, h),
+                ]
+                call = json.dumps({"name": "crop_image", "arguments": {"bbox_2d": box, "image_index": 0}})
+                msgs.append(
+                    {"role": "assistant", "content": f"<think>{think}</think><tool_call>{call}</tool_call>"}
+                )
+                cw, ch = max(56, box[2] - box[0]), max(56, box[3] - box[1])
+                crop = image(f"images/{i:05d}_{r}.png", cw, ch, i * 11 + r)
+                msgs.append(
+                    {"role": "user", "content": [crop, {"type": "text", "text": f"Image {r}: {cw} x {ch}."}]}
+                )
+            think = _sentence(rng, _lognormal_words(rng, median_words, 20, 12 * median_words))
+            msgs.append(
+                {
+                    "role": "assistant",
+                    "content": f"<think>{think}</think><answer>{rng.randint(0, 99)}</answer>",
+                }
+            )
+            f.write(json.dumps({"id": f"traj-{i:05d}", "messages": msgs}) + "\n")
     return path
 
 

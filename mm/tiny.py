@@ -7,7 +7,8 @@ template, plus the real Qwen2.5-VL image and video processors. ``tiny_model()`` 
 tower, with deterministic weights; its special-token ids are the tokenizer's. The "small"
 preset is wider and deeper (tens of millions of parameters) for benchmarks where compute,
 not Python overhead, decides on a CPU; "medium" (0.8 B parameters, head dim 128 as in the real
-models) is for GPU benchmarks.
+models) is for GPU benchmarks. "tiny-151k", "small-151k" and "medium-151k" are the same with
+Qwen's real 151,936-token vocabulary (embedding and LM head at real width).
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ PRESETS = {
     "small": dict(hidden=512, layers=8, heads=8, kv=4, mlp=1536, v_hidden=256, v_depth=4, v_heads=4),
     "medium": dict(hidden=2048, layers=16, heads=16, kv=4, mlp=5504, v_hidden=1024, v_depth=8, v_heads=16),
 }
+QWEN_VOCAB = 151936  # Qwen2.5-VL's real vocabulary: the LM head and the loss at real width
+PRESETS.update(
+    {f"{name}-151k": dict(PRESETS[name], vocab=QWEN_VOCAB) for name in ("tiny", "small", "medium")}
+)
 
 
 def tiny_config(tokenizer, preset: str = "tiny"):
@@ -143,7 +148,7 @@ def tiny_config(tokenizer, preset: str = "tiny"):
     half = head_dim // 2  # mrope sections split the rotary half-dimension: (t, h, w)
     t_sec = half // 4
     section = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
-    vocab_size = (len(tokenizer) + 63) // 64 * 64
+    vocab_size = p.get("vocab") or (len(tokenizer) + 63) // 64 * 64  # ids past the tokenizer's are never seen
     text = dict(
         vocab_size=vocab_size,
         hidden_size=p["hidden"],

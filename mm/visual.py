@@ -106,16 +106,26 @@ def resolve(ref: Any, base_dir: str | os.PathLike | None) -> Any:
     return ref
 
 
+class LazyImage:
+    """An image stored elsewhere (bytes in a parquet row, ...), read only when opened, so a record
+    holds a few numbers instead of pixels. ``str()`` names where it lives (for error messages)."""
+
+    def read(self) -> Image.Image:
+        raise NotImplementedError
+
+
 def open_image(src: Any, decode: bool = False) -> Image.Image:
-    """Open an image from a path, data URL or PIL image; ``decode`` forces full pixel decoding."""
+    """Open an image from a path, data URL, PIL image or ``LazyImage``; ``decode`` forces full pixel decoding."""
     if isinstance(src, Image.Image):
         return src
-    if not isinstance(src, str):
+    if not isinstance(src, (str, LazyImage)):
         raise VisualError(
             "bad_image", f"image must be a path, data URL or PIL image, got {type(src).__name__}"
         )
     try:
-        if src.startswith("data:image"):
+        if isinstance(src, LazyImage):
+            img = src.read()
+        elif src.startswith("data:image"):
             if "base64," not in src:
                 raise VisualError(
                     "bad_image", "data URL without ';base64,' payload", "encode as data:image/png;base64,..."
@@ -142,7 +152,7 @@ def open_image(src: Any, decode: bool = False) -> Image.Image:
 
 def _short(src: Any) -> str:
     s = str(src)
-    return s if len(s) < 80 else s[:60] + "..."
+    return s if len(s) < 80 or isinstance(src, LazyImage) else s[:60] + "..."
 
 
 @dataclass

@@ -20,6 +20,13 @@ QUICK = [
     ("streaming.py", ["--checkpoints", "3,6", "--tokens", "2"], "latency per second vs ours"),
     ("spatial_forcing.py", ["--quick"], "live / precomputed"),
     ("dpo_step.py", ["--no-trl", "--rounds", "1", "--pairs", "4", "--batch-size", "2"], "median s/step"),
+    ("data_formats.py", ["--rows", "200", "--image-kb", "2"], "eager / lazy"),
+    ("packed_attention.py", ["--lengths", "100,50,80", "--rounds", "1"], "x dense"),
+    (
+        "sft_throughput.py",
+        ["--preset", "tiny", "--n", "4", "--median-words", "20", "--rounds", "1"],
+        "x padded",
+    ),
 ]
 
 

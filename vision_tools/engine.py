@@ -57,6 +57,9 @@ class EngineConfig:
     )
     batch_size: int = opt(16, "conversations generated together")
     seed: int | None = opt(None, "torch seed at the start of a run (sampling reproducibility)")
+    stop: list[str] = opt(
+        factory=list, help="extra stop strings: a turn that writes one ends the conversation"
+    )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 
     def __post_init__(self):
@@ -91,7 +94,7 @@ class Trajectory:
     turns: list[TurnRecord]
     messages: list[dict]  # the final conversation in the one data format (PIL images)
     prompt_length: int
-    finish_reason: Literal["answer", "max_turns", "max_tokens"]
+    finish_reason: Literal["answer", "max_turns", "max_tokens", "stop"]
     answer: str | None = None
     question: str | None = None  # the prompt's question (repeated after scale_image; for judges)
 
@@ -193,15 +196,37 @@ class ToolEngine:
         each prompt's last user turn."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
+        convs = self.start(prompts, base_dir, questions)
+        for _ in range(self.cfg.max_turns):  # every round commits one turn of each active conversation
+            if not self.step(convs):
+                break
+        return [self.trajectory(c) for c in convs]
+
+    # -- step-wise use (the HTTP server's continuous batching) ------------------------------
+
+    def start(
+        self,
+        prompts: list[list[dict]],
+        base_dir: str | None = None,
+        questions: list[str | None] | None = None,
+        keys: list[int] | None = None,
+    ) -> list[_Conversation]:
+        """Encode prompts into running conversations (``keys``: ids unique among those stepped
+        together; default 0..n-1). Identical prompts share their encoding."""
         qs = questions or [None] * len(prompts)
         memo: dict = {}
-        convs = [self._start(i, p, base_dir, q, memo) for i, (p, q) in enumerate(zip(prompts, qs))]
-        for _ in range(self.cfg.max_turns):  # every round commits one turn of each active conversation
-            active = [c for c in convs if c.finish is None and self._room(c)]
-            if not self._agree(len(active)):  # synced ranks run a round while any rank has work
-                break
-            self._round(active)
-        return [self._trajectory(c) for c in convs]
+        return [
+            self._start(k, p, base_dir, q, memo) for k, p, q in zip(keys or range(len(prompts)), prompts, qs)
+        ]
+
+    def step(self, convs: list[_Conversation]) -> bool:
+        """Commit the next turn of every unfinished conversation in ``convs``; False when none
+        had one to take (conversations may come from several :meth:`start` calls)."""
+        active = [c for c in convs if c.finish is None and self._room(c)]
+        if not self._agree(len(active)):  # synced ranks run a round while any rank has work
+            return False
+        self._round(active)
+        return True
 
     # -- conversation setup ---------------------------------------------------------------
 
@@ -266,8 +291,9 @@ class ToolEngine:
     # -- one round: generate (with resampling), then commit ---------------------------------
 
     def _round(self, convs: list[_Conversation]) -> None:
-        base = Sampling(self.cfg.do_sample, self.cfg.temperature, self.cfg.top_p, self.cfg.top_k)
-        resample = Sampling(True, self.cfg.temperature, self.cfg.top_p, self.cfg.top_k)
+        cfg = self.cfg
+        base = Sampling(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop))
+        resample = Sampling(True, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop))
         pending, rejected, outcome = list(convs), {c.key: [] for c in convs}, {}
         seconds = dict.fromkeys(rejected, 0.0)
         for attempt in range(self.cfg.max_resamples + 1):
@@ -279,7 +305,7 @@ class ToolEngine:
                 t1 = time.perf_counter()
                 text, parsed, image = self._evaluate(c, new)
                 seconds[c.key] += spent + time.perf_counter() - t1
-                if not parsed.ok and attempt < self.cfg.max_resamples:
+                if not parsed.ok and attempt < self.cfg.max_resamples and not self.stopped(text):
                     rejected[c.key].append(parsed.code)
                     retry.append(c)
                 else:
@@ -352,6 +378,10 @@ class ToolEngine:
         c.turns.append(rec)
         c.messages.append({"role": "assistant", "content": text})
         closed = bool(new) and new[-1] == self.end_id
+        if self.stopped(text):  # the caller's stop string ends the conversation
+            c.finish = "stop"
+            c.extend(self._ids(("" if closed else IM_END) + "\n"))
+            return
         if parsed.ok and parsed.kind == "answer":
             c.finish, c.answer = "answer", parsed.answer
             c.extend(self._ids(("" if closed else IM_END) + "\n"))
@@ -402,10 +432,15 @@ class ToolEngine:
         if len(c.ids) > c.prompt_length and c.ids[-n:] == self.header:
             del c.ids[-n:], c.types[-n:], c.generated[-n:]
 
+    def stopped(self, text: str) -> bool:
+        """Whether ``text`` holds one of the caller's stop strings (``EngineConfig.stop``)."""
+        return any(s in text for s in self.cfg.stop)
+
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _trajectory(self, c: _Conversation) -> Trajectory:
+    def trajectory(self, c: _Conversation) -> Trajectory:
+        """A conversation's trajectory (final once ``c.finish`` is set)."""
         return Trajectory(
             input_ids=torch.tensor(c.ids, dtype=torch.long),
             generated=torch.tensor(c.generated, dtype=torch.bool),

@@ -31,6 +31,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 50
+    stop: tuple[str, ...] = ()  # stop strings besides STOP_STRINGS
 
 
 @dataclass
@@ -57,20 +58,38 @@ class Generator(Protocol):
 class _StopCriteria:
     """Per-row stop: a stop string appeared in the new text, or the row's own token limit."""
 
-    def __init__(self, tokenizer, prompt_len: int, limits: list[int], stops=STOP_STRINGS, tail: int = 8):
+    def __init__(
+        self,
+        tokenizer,
+        prompt_len: int,
+        limits: list[int],
+        stops=STOP_STRINGS,
+        tail: int = 8,
+        cancelled=None,
+        keys=(),
+    ):
         self.tok, self.prompt_len, self.stops, self.tail = tokenizer, prompt_len, stops, tail
         self.limits = torch.tensor(limits)
+        self.cancelled, self.keys = cancelled, keys  # key -> True: stop that row now
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
         n_new = input_ids.shape[1] - self.prompt_len
         done = (n_new >= self.limits).to(input_ids.device)
         tails = self.tok.batch_decode(input_ids[:, -min(self.tail, n_new) :])
         hit = torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+        if self.cancelled is not None:
+            hit |= torch.tensor(
+                [self.cancelled(k) for k in self.keys], dtype=torch.bool, device=input_ids.device
+            )
         return done | hit
 
 
 class HFGenerator:
     """``model.generate`` over a left-padded batch; positions come from the model's rope rule."""
+
+    # conversation key -> bool, checked at every token: a True row stops at once (a server
+    # cancelling the work of a client that went away); None: never
+    cancelled = None
 
     def __init__(self, model, processor, synced_gpus: bool = False, features=None):
         """``synced_gpus``: keep stepping until every rank is done (ZeRO-3 over several ranks
@@ -161,6 +180,9 @@ class HFGenerator:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        stops = STOP_STRINGS + tuple(sampling.stop)
+        keys = [c.key for c in contexts]
+        criteria = _StopCriteria(self.tok, L, max_new_tokens, stops, cancelled=self.cancelled, keys=keys)
         out = self.model.generate(
             **batch,
             max_new_tokens=max(max_new_tokens),
@@ -168,22 +190,22 @@ class HFGenerator:
             pad_token_id=self.pad_id,
             suppress_tokens=self.suppress,
             synced_gpus=self.synced_gpus,
-            stopping_criteria=StoppingCriteriaList([_StopCriteria(self.tok, L, max_new_tokens)]),
+            stopping_criteria=StoppingCriteriaList([criteria]),
             **kwargs,
         )
         rows = zip(out.cpu()[:real], max_new_tokens[:real])
-        return [self._trim(row[L:].tolist(), limit) for row, limit in rows]
+        return [self._trim(row[L:].tolist(), limit, stops) for row, limit in rows]
 
-    def _trim(self, new: list[int], limit: int) -> list[int]:
+    def _trim(self, new: list[int], limit: int, stops=STOP_STRINGS) -> list[int]:
         """Drop the padding after a finished row: keep up to the first end token or stop string."""
         new = new[:limit]
         for j, t in enumerate(new):
             if t in self.end_ids:
                 return new[: j + 1]
-        if not any(s in self.tok.decode(new) for s in STOP_STRINGS):
+        if not any(s in self.tok.decode(new) for s in stops):
             return new
         for j in range(1, len(new) + 1):  # the step at which a stop string completed
-            if any(s in self.tok.decode(new[max(0, j - 8) : j]) for s in STOP_STRINGS):
+            if any(s in self.tok.decode(new[max(0, j - 8) : j]) for s in stops):
                 return new[:j]
         return new
 

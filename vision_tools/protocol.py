@@ -77,6 +77,20 @@ def system_prompt(tools=None, preamble: str = SYSTEM) -> str:
     return preamble + TOOLS_PREAMBLE.format(schemas=schemas)
 
 
+def declare_tools(messages: list[dict], tools) -> list[dict]:
+    """``messages`` whose system turn declares exactly ``tools``: a ``# Tools`` section already
+    there is replaced, other system text is kept before it; without a system turn, one is added."""
+    out = [dict(m) for m in messages]
+    if out and out[0]["role"] == "system":
+        text = out[0]["content"]
+        if not isinstance(text, str):
+            text = "".join(it.get("text", "") for it in text)
+        out[0]["content"] = system_prompt(tools, preamble=text.split(TOOLS_PREAMBLE[:11])[0])
+    else:
+        out.insert(0, {"role": "system", "content": system_prompt(tools)})
+    return out
+
+
 def question_text(question: str, size: tuple[int, int] | list[tuple[int, int]]) -> str:
     """The first user turn's text (after image 0; with a list of sizes, after images 0..n-1, one
     ``Image k: W x H.`` line each)."""

@@ -400,3 +400,41 @@ def as_toolset(tools) -> dict[str, Tool]:
             raise ValueError(f"two tools are named {t.name!r}")
         out[t.name] = t
     return out
+
+
+def resolve_tools(spec: bool | list[str], key: str = "tools") -> list[Tool] | None:
+    """A config's tool choice: False -> None (the data's prompts decide), True -> the ViRC tools,
+    a list -> built-ins by name and users' ``path/to/file.py:function`` tools (loaded with
+    :func:`mm.plugins.load_function`, their schema derived here). Errors name ``key``."""
+    from mm.config import ConfigError
+    from mm.plugins import is_ref, load_function
+
+    if spec is False:
+        return None
+    if spec is True:
+        return list(VIRC_TOOLS)
+    builtin = {t.name: t for t in VIRC_TOOLS}
+    out: list[Tool] = []
+    for i, name in enumerate(spec):
+        where = f"{key}[{i}]"
+        if is_ref(name):
+            fn = load_function(name, where)
+            try:
+                out.append(fn if isinstance(fn, Tool) else Tool(fn))
+            except TypeError as e:  # no docstring, an unannotated parameter, an unsupported type
+                raise ConfigError(
+                    f"{where}: {name} is not a tool: {e} (a tool is a typed function with a docstring; "
+                    "see vision_tools.tools)"
+                ) from e
+        elif name in builtin:
+            out.append(builtin[name])
+        else:
+            raise ConfigError(
+                f"{where}: unknown tool {name!r}; built in: {', '.join(builtin)}, or a function of yours "
+                "as path/to/file.py:function"
+            )
+    try:
+        as_toolset(out)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}; give each tool once (a user's tool needs its own name)") from e
+    return out

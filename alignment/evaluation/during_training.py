@@ -9,7 +9,7 @@ Each algorithm's held-out set (``alignment.evaluation.held_out``) yields this ra
 sums of all batches of all ranks are added in one ``all_sum`` and every metric is numerator /
 denominator, so the result does not depend on how the records are split over ranks or batches
 (the SFT loss is a mean per supervised token, as in training). Metrics are logged with an
-``eval_`` prefix in metrics.jsonl and TensorBoard (``eval/...``).
+``eval_`` prefix in metrics.jsonl and the ``train.report_to`` trackers (TensorBoard: ``eval/...``).
 
 ``train.save_best: METRIC`` (e.g. ``eval_loss``) exports the model (Hugging Face format, as
 OUTPUT/final) to ``OUTPUT/best`` whenever METRIC improves; ``best/best.json`` records the metric,

@@ -22,7 +22,8 @@ import torch
 
 from alignment.evaluation.answers import answers_match, class_answer, class_matches, extract_answer
 from mm.collate import pad_batch
-from mm.dataset import Problem, iter_jsonl
+from mm.dataset import Problem
+from mm.formats import open_records
 
 
 def resolve_model(name: str) -> str:
@@ -35,11 +36,11 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def prompts_of(path: str) -> tuple[list[tuple[str, list, str, str]], int]:
+def prompts_of(path: str, format: str = "auto") -> tuple[list[tuple[str, list, str, str]], int]:
     """(id, prompt messages, reference answer, grading rule) for RL records and answer-carrying
-    SFT records; the rule is "class" for records with ``meta.label``, else "answer"."""
+    SFT records (of a data file in any format ``mm.formats`` reads); the rule is "class" for records with ``meta.label``, else "answer"."""
     items, skipped = [], 0
-    for line, rec in iter_jsonl(path):
+    for line, rec in open_records(path, format):
         if isinstance(rec, Problem) or getattr(rec, "answer", None) is None:
             skipped += 1
             continue
@@ -60,8 +61,8 @@ def prompts_of(path: str) -> tuple[list[tuple[str, list, str, str]], int]:
 def generate(model, processor, encoder, prompts: list[list], base_dir: str, max_new_tokens: int) -> list[str]:
     samples = [encoder.encode(p, base_dir, add_generation_prompt=True) for p in prompts]
     batch = pad_batch(samples, processor.tokenizer.pad_token_id, side="left")
-    # generate derives M-RoPE positions itself from the mask and mm_token_type_ids
-    batch = {k: v.to(model.device) for k, v in batch.items() if k not in ("labels", "position_ids")}
+    # the encoder's M-RoPE positions (mm's rule, as in training); generate goes on from the last + 1
+    batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, batch["input_ids"].shape[1] :]
     return processor.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -21,6 +21,7 @@ forward): a rank with fewer records repeats one with weight 0.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -57,7 +58,13 @@ class SFTHeldOut(HeldOut):
         from mm.dataset import RecordDataset
 
         train = trainer.dataset
-        self.ds = RecordDataset(path, train.encoder, on_error=train.on_error, transform=train.transform)
+        self.ds = RecordDataset(
+            path,
+            train.encoder,
+            on_error=train.on_error,
+            transform=train.transform,
+            format=trainer.cfg.data.format,
+        )
         self.n = min(len(self.ds), limit) if limit else len(self.ds)
         self.mb = trainer.cfg.data.micro_batch_size
         self.pad_id = trainer.processor.tokenizer.pad_token_id
@@ -110,14 +117,17 @@ class DPOHeldOut(HeldOut):
     """Held-out preference pairs: DPO loss, reward margin and preference accuracy."""
 
     def __init__(self, trainer, path: str, limit: int, device: str):
+        from alignment.data import MicroBatches
         from alignment.dpo import policy_logps
-        from alignment.dpo_data import PairDataset, PairMicroBatches
+        from alignment.dpo_data import PairDataset, collate_pair_plan
 
-        self.ds = PairDataset(path, trainer.dataset.encoder, on_error=trainer.cfg.data.on_error)
+        data = trainer.cfg.data
+        self.ds = PairDataset(path, trainer.dataset.encoder, on_error=data.on_error, format=data.format)
         self.n = min(len(self.ds), limit) if limit else len(self.ds)
-        self.mb = trainer.cfg.data.micro_batch_size
-        self.make = lambda plan, ref=None: PairMicroBatches(  # noqa: E731
-            self.ds, plan, "pad", trainer.processor.tokenizer.pad_token_id, trainer.attn, ref
+        self.mb = data.micro_batch_size
+        pad_id, attn = trainer.processor.tokenizer.pad_token_id, trainer.state.attn
+        self.make = lambda plan, ref=None: MicroBatches(  # noqa: E731
+            plan, partial(collate_pair_plan, self.ds, "pad", pad_id, attn, ref)
         )
         # the reference: the model as it is now (the Evaluator is built before any step or resume)
         model, normalized = trainer.model, trainer.cfg.loss.normalized()
@@ -192,17 +202,20 @@ class GRPOHeldOut(HeldOut):
         import dataclasses
         import os
 
+        from alignment.grpo import declare
         from vision_tools.engine import ToolEngine
         from vision_tools.generation import HFGenerator
 
         self.trainer = trainer
-        self.records = trainer._read(path)
+        self.records = trainer._read(path)  # data.format applies to data.eval too
+        tools = trainer.cfg.rollout.toolset()
+        declare(self.records, tools)  # as training's prompts
         self.base_dir = os.path.dirname(os.path.abspath(path))
         self.n = min(len(self.records), limit) if limit else len(self.records)
         self.mb = trainer.cfg.data.micro_batch_size
-        greedy = dataclasses.replace(trainer.engine.cfg, do_sample=False, batch_size=self.mb)
-        generator = HFGenerator(trainer.model, trainer.processor, synced_gpus=trainer.sharded)
-        self.engine = ToolEngine(trainer.model, trainer.processor, config=greedy, generator=generator)
+        greedy = dataclasses.replace(trainer.state.engine.cfg, do_sample=False, batch_size=self.mb)
+        generator = HFGenerator(trainer.model, trainer.processor, synced_gpus=trainer.state.sharded)
+        self.engine = ToolEngine(trainer.model, trainer.processor, tools, greedy, generator)
 
     def batches(self):
         for indices, weight in shard_plan(self.n, self.mb):

@@ -99,3 +99,18 @@ def param_groups(model, lr: float, weight_decay: float, part_lrs: dict[str, floa
             }
         )
     return out
+
+
+def reports_grad_norm(engine) -> bool:
+    """Whether ``engine.get_global_grad_norm()`` gives the step's norm: not without ZeRO in fp32
+    (zero0), where DeepSpeed clips the gradients itself and discards the norm (the loop then
+    computes it, ``grad_norm``, before the step)."""
+    return bool(engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled())
+
+
+def grad_norm(module) -> float:
+    """Global 2-norm of the gradients of ``module`` as they are (averaged over ranks, not yet clipped)."""
+    import torch
+
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

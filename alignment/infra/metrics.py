@@ -1,7 +1,8 @@
-"""Training logs: ``OUTPUT/metrics.jsonl``, TensorBoard when installed, a progress bar (rank 0).
+"""Training logs (rank 0): ``OUTPUT/metrics.jsonl`` always, the trackers of ``train.report_to``
+(``alignment.infra.trackers``: TensorBoard when installed by default), a progress bar.
 
 Held-out metrics (``eval_*``, see ``alignment.evaluation.during_training``) are lines of their
-own with the step, and ``eval/*`` scalars in TensorBoard.
+own with the step; they go to the trackers too (``eval/*`` scalars in TensorBoard).
 """
 
 from __future__ import annotations
@@ -13,26 +14,30 @@ import sys
 import time
 
 from alignment.infra import distributed as dist
+from alignment.infra.trackers import open_trackers
 
 
 class MetricsLogger:
     """Appends one JSON object per logged step; only rank 0 writes or draws."""
 
-    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, desc: str = "train"):
+    def __init__(
+        self,
+        output_dir: str,
+        total_steps: int,
+        start_step: int = 0,
+        desc: str = "train",
+        report_to: tuple[str, ...] = ("tensorboard",),
+        config: dict | None = None,
+    ):
         self.main = dist.is_main()
         self.path = os.path.join(output_dir, "metrics.jsonl")
-        self.tb = None
+        self.trackers = []
         self.bar = None
         if not self.main:
             return
         os.makedirs(output_dir, exist_ok=True)
         self._truncate_after(start_step)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
-        except Exception:  # tensorboard is optional
-            self.tb = None
+        self.trackers = open_trackers(list(report_to), output_dir, config or {})
         from tqdm import tqdm
 
         self.bar = tqdm(
@@ -64,11 +69,10 @@ class MetricsLogger:
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
-        if self.tb is not None:
-            for k, v in clean.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    tag = f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"
-                    self.tb.add_scalar(tag, v, clean["step"])
+        numbers = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers.pop("step", None)
+        for t in self.trackers:
+            t.log(numbers, clean["step"])
         if self.bar is not None and "loss" in clean:  # eval lines leave the training bar as it is
             self.bar.n = clean["step"]
             self.bar.set_postfix(
@@ -79,8 +83,8 @@ class MetricsLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for t in self.trackers:
+            t.close()
 
 
 def read_metrics(output_dir: str) -> list[dict]:

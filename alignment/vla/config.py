@@ -40,7 +40,10 @@ class VLADataConfig:
 @dataclass
 class ActionConfig:
     chunk: int = opt(8, "K: actions per chunk, decoded in parallel (OpenVLA-OFT: 8)")
-    dims: int = opt(7, "D: dimensions per action (OpenVLA-OFT: 7 = xyz, rpy, gripper)")
+    dims: int = opt(
+        0,
+        "D: dimensions per action, 0: from the data (OpenVLA-OFT / LIBERO: 7 = xyz, rpy, gripper; MetaWorld: 4)",
+    )
     use_proprio: bool = opt(True, "project the records' proprio vector into one token (off: ignore it)")
     head_hidden: int = opt(0, "hidden width of the action head MLP and proprio projector (0: the LLM width)")
     head: Literal["mlp", "mlp_resnet"] = opt(

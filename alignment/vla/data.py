@@ -145,6 +145,15 @@ class VLAEncoder:
         return enc, slot_ids, torch.as_tensor(np.asarray(proprio, np.float32)[: self.proprio_dim]), views
 
 
+def _first_action_dims(path: str) -> int:
+    """D of the first record with a non-empty ``actions`` list (0 when none: the checks then report)."""
+    for _, rec in iter_jsonl(path):
+        actions = getattr(rec, "actions", None)
+        if actions and isinstance(actions[0], list | tuple):
+            return len(actions[0])
+    return 0
+
+
 class VLADataset(torch.utils.data.Dataset):
     """VLA records of one JSONL file, checked up front (actions shape, proprio, views) with file:line errors."""
 
@@ -161,6 +170,8 @@ class VLADataset(torch.utils.data.Dataset):
         cache: bool = False,
     ):
         self.path, self.on_error = path, on_error
+        if not dims:  # the action space comes from the data: the first record's width
+            dims = _first_action_dims(path)
         self.base_dir = os.path.dirname(os.path.abspath(path))
         self.records: list[SFTRecord] = []
         self.lines: list[int] = []
@@ -198,6 +209,7 @@ class VLADataset(torch.utils.data.Dataset):
                 )
             )
         self.proprio_dim = p_dims.pop() if use_proprio else 0
+        self.dims = dims
         self.actions = np.asarray([r.actions for r in self.records], np.float32)  # [N, K, D]
         self.proprio = np.asarray([(r.proprio or [])[: self.proprio_dim] for r in self.records], np.float32)
         self.stats = stats or NormStats.from_arrays(self.actions, self.proprio if self.proprio_dim else None)

@@ -145,13 +145,14 @@ class LeRobotVLADataset(torch.utils.data.Dataset):
         if "action" not in feats:
             raise _error(info_path, "missing_actions", "no 'action' feature", "a VLA dataset records actions")
         self.action_dim = int(feats["action"]["shape"][0])
-        if self.action_dim != dims:
+        if dims and self.action_dim != dims:  # dims 0: the action space comes from the data
             raise _error(
                 info_path,
                 "bad_actions",
                 f"'action' has {self.action_dim} dimensions, the config wants {dims}",
-                f"set action.dims={self.action_dim}",
+                f"set action.dims={self.action_dim} (or 0: read it from the data)",
             )
+        self.dims = self.action_dim
         self.tasks = self._load_tasks()
         self.episodes = self._load_episodes(info)
         self._load_frames(info)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from alignment.data import DataConfig, StepPlanner
+from alignment import units
+from alignment.data import StepPlanner, loader
 from alignment.infra import distributed as dist
 from alignment.infra.export import export_hf
-from alignment.loop import Trainer
+from alignment.loop import Trainer, TrainState
 from alignment.spatial.align import AlignProjector
 from alignment.spatial.features import FeatureStore
 from alignment.spatial.teacher import build_teacher
@@ -37,36 +40,36 @@ HEADS = "vla_heads.safetensors"
 VLA_JSON = "vla.json"
 
 
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, ds: VLADataset, plan: list[list], fn):
-        self.ds, self.plan, self.fn = ds, plan, fn
+def collate_vla(
+    ds: VLADataset, pad_id: int, max_views: int, teacher_size: int, features, spec: list
+) -> dict | None:
+    """The micro-batch of the sample indices ``spec`` (None when every sample was skipped)."""
+    samples = [s for s in (ds[i] for i in spec) if s is not None]
+    return collate(samples, pad_id, max_views, teacher_size, features) if samples else None
 
-    def __len__(self) -> int:
-        return len(self.plan)
 
-    def __getitem__(self, k: int) -> dict | None:
-        samples = [s for s in (self.ds[i] for i in self.plan[k]) if s is not None]
-        return self.fn(samples) if samples else None
+@dataclass
+class VLAState(TrainState):
+    teacher: torch.nn.Module | None = None  # live frozen teacher (align.alpha > 0, no feature store)
+    features: FeatureStore | None = None  # precomputed teacher features
+    teacher_dim: int = 0
 
 
 class VLATrainer(Trainer):
     name = "vla"
+    loss_unit = staticmethod(units.samples)  # the loss is averaged over samples
+    state: VLAState
 
-    def setup(self, device: str):
+    def setup(self, device: str) -> VLAState:
         cfg: VLAConfig = self.cfg
-        self.dev = device
-        self.attn = choose_backend(cfg.model.attn, device)
-        self.model, self.processor = load_for_training(
-            cfg.model, cfg.init_from, self.attn, self.train_cfg.seed
-        )
-        self.model.train()
+        attn = choose_backend(cfg.model.attn, device)
+        model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
+        model.train()
         if not cfg.data.train:
             raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
-        encoder = ConversationEncoder(
-            self.processor, cfg.data.visual, RopeSpec.from_config(self.model.config)
-        )
+        encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
         a = cfg.action
-        self.dataset = open_vla_dataset(
+        dataset = open_vla_dataset(
             cfg.data.train,
             cfg.data.format,
             encoder,
@@ -78,8 +81,18 @@ class VLATrainer(Trainer):
             cache=cfg.data.cache,
         )
         if dist.is_main():
-            self.dataset.stats.save(self.train_cfg.output_dir)
-        self.teacher, self.features = None, None
+            dataset.stats.save(self.train_cfg.output_dir)
+        ga = self.train_cfg.gradient_accumulation_steps
+        planner = StepPlanner(
+            [1] * len(dataset),
+            layout="pad",
+            micro_batch_size=cfg.data.micro_batch_size,
+            max_tokens=None,
+            world=dist.world(),
+            grad_accum=ga,
+            seed=self.train_cfg.seed,
+        )
+        state = VLAState(model, processor, planner, ga, dataset, attn)
         al = cfg.align
         if al.alpha > 0:
             if al.features:
@@ -88,33 +101,34 @@ class VLATrainer(Trainer):
                         "align.features is read with JSONL data only: write the LeRobot frames as JSONL "
                         "(LeRobotVLADataset.write_jsonl) for teacher-features, or drop align.features"
                     )
-                self.features = FeatureStore(al.features)
-                self.features.check(al.teacher, al.teacher_image_size, cfg.data.train, al.teacher_weights)
-                self.teacher_dim = self.features.meta["dim"]
+                state.features = FeatureStore(al.features)
+                state.features.check(al.teacher, al.teacher_image_size, cfg.data.train, al.teacher_weights)
+                state.teacher_dim = state.features.meta["dim"]
             else:
-                self.teacher = build_teacher(al.teacher, al.teacher_weights, al.teacher_image_size).to(device)
-                self.teacher_dim = self.teacher.dim
-            if self.teacher_dim % 4:
+                state.teacher = build_teacher(al.teacher, al.teacher_weights, al.teacher_image_size).to(
+                    device
+                )
+                state.teacher_dim = state.teacher.dim
+            if state.teacher_dim % 4:
                 raise ValueError(
-                    f"teacher {al.teacher!r} gives {self.teacher_dim}-d features; Spatial Forcing's 2-D "
+                    f"teacher {al.teacher!r} gives {state.teacher_dim}-d features; Spatial Forcing's 2-D "
                     "position embedding needs a width divisible by 4"
                 )
-        n = len(self.dataset)
-        shim = DataConfig(layout="pad", micro_batch_size=cfg.data.micro_batch_size, max_tokens=1)
-        self.planner = StepPlanner(
-            [1] * n, shim, dist.world(), self.train_cfg.gradient_accumulation_steps, self.train_cfg.seed
-        )
+        return state
 
     def build_module(self):
         cfg: VLAConfig = self.cfg
         d = self.model.config.text_config.hidden_size
         a, al = cfg.action, cfg.align
         dtype = next(self.model.parameters()).dtype
-        self.heads = VLAHeads(
-            d, a.chunk, a.dims, self.dataset.proprio_dim, a.head_hidden, a.head, a.head_blocks
-        ).to(dtype)
+        ds = self.dataset  # D comes from the data when action.dims is 0
+        self.heads = VLAHeads(d, a.chunk, ds.dims, ds.proprio_dim, a.head_hidden, a.head, a.head_blocks).to(
+            dtype
+        )
         projector = (
-            AlignProjector(d, self.teacher_dim, al.projector_layernorm).to(dtype) if al.alpha > 0 else None
+            AlignProjector(d, self.state.teacher_dim, al.projector_layernorm).to(dtype)
+            if al.alpha > 0
+            else None
         )
         self.vla = VLAModel(
             self.model, self.heads, projector, al.layer, al.alpha, al.pos_scale, al.shift_student
@@ -136,32 +150,22 @@ class VLATrainer(Trainer):
             {"params": rest, "lr": lr, "weight_decay": 0.0, "name": "vla_heads_no_decay"},
         ]
 
-    @staticmethod
-    def count_tokens(batch: dict) -> int:
-        return int(batch["actions"].shape[0])  # the loss is averaged over samples
-
     def micro_batches(self, epoch: int, start_step: int):
-        cfg = self.cfg
-        plan = self.planner.rank_micro_batches(epoch, dist.rank(), start_step)
-        size = self.teacher.image_size if self.teacher is not None else 0
+        cfg, st = self.cfg, self.state
+        plan = st.planner.rank_micro_batches(epoch, dist.rank(), start_step)
+        size = st.teacher.image_size if st.teacher is not None else 0
+        pad_id = self.processor.tokenizer.pad_token_id
+        collate = partial(collate_vla, self.dataset, pad_id, cfg.data.max_views, size, st.features)
+        return loader(plan, collate, cfg.data.num_workers)
 
-        def fn(samples):
-            return collate(
-                samples, self.processor.tokenizer.pad_token_id, cfg.data.max_views, size, self.features
-            )
-
-        batches = torch.utils.data.DataLoader(
-            _Batches(self.dataset, plan, fn),
-            batch_size=None,
-            num_workers=cfg.data.num_workers,
-            prefetch_factor=2 if cfg.data.num_workers else None,
-        )
-        for b in batches:
-            if b is not None and "teacher_images" in b:
-                b["teacher_feats"] = self.teacher(
-                    b.pop("teacher_images").to(self.dev), b["view_mask"].to(self.dev)
-                )
-            yield b
+    def score(self, batch: dict, device: str) -> dict:
+        """The live teacher's features of the batch's views (no grad; the teacher is frozen)."""
+        if "teacher_images" not in batch:
+            return batch
+        batch = dict(batch)
+        images = batch.pop("teacher_images").to(device)
+        batch["teacher_feats"] = self.state.teacher(images, batch["view_mask"].to(device))
+        return batch
 
     def export(self, engine, out_dir: str, stage: int) -> None:
         """The backbone as a Hugging Face model, plus the heads, vla.json and norm_stats.json."""

@@ -7,10 +7,11 @@
     mmpost pipeline PIPELINE.yaml     run training stages in order
     mmpost eval MODEL --data FILE     greedy generation + accuracy (+ --base B --ood F: SPECS GF;
                                       --benchmark NAME: a standard benchmark, its own protocol)
+    mmpost eval-policy MODEL --env metaworld:push-v3   closed-loop VLA success rate in MetaWorld
     mmpost serve --model tiny         the HTTP tool-call API on 127.0.0.1:8000
     mmpost stream VIDEO               live commentary (StreamingVLM), terminal / --jsonl / --vtt / --web
 
-One module per command group (``info``, ``train``, ``data``, ``serve``, ``stream``). Only the
+One module per command group (``info``, ``train``, ``data``, ``eval_policy``, ``serve``, ``stream``). Only the
 command named on the command line gets its flags, which are generated from the config dataclasses
 (``mm.cli.flags``), so ``mmpost --help`` imports neither torch nor the configs. Errors the user
 can fix (config, data, visual input, missing dependency, missing file) print as one line with exit
@@ -38,6 +39,10 @@ COMMANDS = {
     "eval": (
         "train:add_eval",
         "generate answers (greedy, batched; the tool loop for prompts with tools) and report accuracy",
+    ),
+    "eval-policy": (
+        "eval_policy:add_eval_policy",
+        "run a VLA (or the scripted expert) in MetaWorld: success rate, Wilson interval, videos",
     ),
     "serve": ("serve:add_serve", "the HTTP tool-call API (chat completions with server-side tool loop)"),
     "stream": ("stream:add_stream", "live commentary on a video, camera or stream (StreamingVLM)"),

@@ -1,11 +1,13 @@
 """``mmpost data ...``: check, describe and generate data files.
 
-    validate FILE.jsonl       every problem with its line number and a fix hint (mm.data_cli)
-    stats FILE.jsonl          counts, token lengths, visual tokens
+    validate FILE             every problem with its line (or row) and a fix hint (mm.data_cli)
+    stats FILE                counts, token lengths, visual tokens
+    convert IN OUT.jsonl      any format (ShareGPT, parquet, TRL, EasyR1, ...) -> mmpost JSONL
     synth DIR                 the generated visual-reasoning set
     crux PROBLEMS OUT         CRU trajectories (ViRC stage 1 + 2) from problems
     stream-chunks V T OUT     streaming SFT chunks from a video and word timestamps
     vla-synth OUT             the synthetic two-view reaching task (VLA / Spatial Forcing; --format lerobot)
+    metaworld-demos OUT       MetaWorld expert demonstrations as VLA records (needs mmpost[sim])
     teacher-features D O      precomputed Spatial Forcing teacher features
     specs-pairs ...           SPECS preference pairs (zero vs corrupted base responses)
 
@@ -31,11 +33,20 @@ def add_data(p: argparse.ArgumentParser, words) -> None:
 # ----------------------------------------------------------------------------- validate, stats
 
 
+DATA_FILE_HELP = "data file: JSONL, JSON, parquet, arrow, or a save_to_disk / parquet folder (docs/data.md)"
+FORMAT_HELP = "auto (told by the columns), mmpost, sharegpt, alpaca, openai, trl or rl (default %(default)s)"
+
+
+def _add_data_file(p) -> None:
+    p.add_argument("file", help=DATA_FILE_HELP)
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+
+
 def _add_file(p) -> None:
     from mm.cli.flags import add_config_flags
     from mm.visual import VisualConfig
 
-    p.add_argument("file", help="JSONL file in the mmpost data format")
+    _add_data_file(p)
     add_config_flags(p, VisualConfig, title="visual limits (VisualConfig)")
 
 
@@ -49,7 +60,7 @@ def cmd_validate(args) -> int:
     from mm.data_cli import run_validate
     from mm.visual import VisualConfig
 
-    return run_validate(args.file, config_from_args(VisualConfig, args))
+    return run_validate(args.file, config_from_args(VisualConfig, args), fmt=args.format)
 
 
 def add_stats(p) -> None:
@@ -65,7 +76,21 @@ def cmd_stats(args) -> int:
     from mm.data_cli import run_stats
     from mm.visual import VisualConfig
 
-    return run_stats(args.file, load_processor(args.model), config_from_args(VisualConfig, args))
+    return run_stats(
+        args.file, load_processor(args.model), config_from_args(VisualConfig, args), fmt=args.format
+    )
+
+
+def add_convert(p) -> None:
+    _add_data_file(p)
+    p.add_argument("out", help="output JSONL; embedded images are written to OUT_STEM_images/ beside it")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    from mm.data_cli import run_convert
+
+    return run_convert(args.file, args.out, fmt=args.format)
 
 
 def load_processor(name: str):
@@ -352,10 +377,51 @@ def cmd_teacher_features(args) -> int:
     return 0
 
 
+def add_metaworld_demos(p) -> None:
+    p.add_argument("out", help="output folder (train.jsonl, images/, demos.json)")
+    p.add_argument("--tasks", default="reach-v3", help="comma-separated MT1 tasks (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task (default %(default)s)")
+    p.add_argument(
+        "--views", default="corner,gripperPOV", help="comma-separated cameras, in order (default %(default)s)"
+    )
+    p.add_argument("--size", type=int, default=224, help="side of each view in pixels (default %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="MT1 seed: which task variations (default %(default)s)"
+    )
+    p.add_argument("--chunk", type=int, default=8, help="K: actions per record (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=200, help="step limit per episode (default %(default)s)")
+    p.add_argument("--keep-failed", action="store_true", help="also write episodes the expert failed")
+    p.add_argument("--show-goal", action="store_true", help="render the goal markers (hidden by default)")
+    p.set_defaults(func=cmd_metaworld_demos)
+
+
+def cmd_metaworld_demos(args) -> int:
+    from alignment.vla.demos import write_metaworld_demos
+
+    s = write_metaworld_demos(
+        args.out,
+        [t for t in args.tasks.split(",") if t],
+        args.episodes,
+        tuple(v for v in args.views.split(",") if v),
+        args.size,
+        args.seed,
+        args.chunk,
+        args.max_steps,
+        args.keep_failed,
+        args.show_goal,
+    )
+    ok = ", ".join(f"{t} {k}/{n}" for t, (k, n) in s["success"].items())
+    print(
+        f"wrote {s['records']} VLA records to {os.path.join(args.out, 'train.jsonl')} (expert success: {ok})"
+    )
+    return 0
+
+
 # name -> (adds the arguments and the handler, one-line help)
 COMMANDS = {
     "validate": (add_validate, "check every line; print each problem with its line number and a fix"),
     "stats": (add_stats, "counts, token lengths and visual tokens as a table"),
+    "convert": (add_convert, "write any data file as mmpost JSONL (what the trainers read)"),
     "synth": (add_synth, "write the procedurally generated visual-reasoning set (train + test)"),
     "crux": (add_crux, "CRU trajectories (planning, guiding question, crop, steps, answer)"),
     "stream-chunks": (add_stream_chunks, "streaming SFT records: overlapped chunks of a commented video"),
@@ -369,6 +435,7 @@ COMMANDS = {
     "specs-toy": (add_specs_toy, "the toy SPECS task the tiny model runs end to end (data/specs)"),
     "cls-synth": (add_cls_synth, "a generated image-folder set of six shape classes"),
     "vla-synth": (add_vla_synth, "the synthetic two-view reaching task for VLA / Spatial Forcing"),
+    "metaworld-demos": (add_metaworld_demos, "MetaWorld scripted-expert episodes as VLA records (rendered)"),
     "teacher-features": (
         add_teacher_features,
         "precompute Spatial Forcing teacher features for a VLA data set",

@@ -12,6 +12,7 @@ from alignment.evaluation.answers import class_answer, class_matches
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from tests.alignment.conftest import ROOT
+from tests.testing_utils import require_deepspeed
 
 
 def test_candidate_list_rules():
@@ -48,6 +49,7 @@ def test_fewshot_and_base_to_new(tmp_path):
 
 
 @pytest.mark.parametrize("config", ["grpo.yaml", "no_think.yaml"])
+@require_deepspeed
 def test_cls_configs_run_end_to_end(config, tmp_path):
     over = [
         "train.max_steps=2",

@@ -17,6 +17,7 @@ from mm.dataset import DataError
 from mm.loading import load_model
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
+from tests.testing_utils import require_deepspeed
 
 DPO_CONFIG = os.path.join(ROOT, "configs", "specs", "dpo_cold_start.yaml")
 
@@ -144,9 +145,9 @@ def run_dpo(out, *overrides, data=None):
             "train.save_every=0",
             "optim.schedule=constant",
             "optim.warmup_ratio=0",
-            "data.max_tokens=1024",
-            "data.layout=pack",  # one packed row of pairs per step (the measurements below)
-            "data.micro_batch_size=1",
+            "data.max_tokens=512",  # per sequence: a packed row of pairs holds up to 1024 tokens
+            "data.layout=pack",  # one packed row of 5 pairs per step (the measurements below)
+            "data.micro_batch_size=5",
             "train.gradient_accumulation_steps=1",
             *overrides,
         ],
@@ -155,11 +156,19 @@ def run_dpo(out, *overrides, data=None):
     return summary, read_metrics(out)
 
 
+@pytest.mark.parametrize("layout", ["pad", "pack"])
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
-def test_reference_precomputed_equals_frozen_copy(tmp_path, lora):
+@require_deepspeed
+def test_reference_precomputed_equals_frozen_copy(tmp_path, lora, layout):
     """Two steps with a precomputed reference and with a reference scoring every micro-batch (a
-    frozen copy; under LoRA the policy with adapters disabled): the same losses and rewards."""
-    common = ("train.max_steps=2", "optim.lr=1e-3", f"model.lora_r={lora}")
+    frozen copy; under LoRA the policy with adapters disabled): the same losses and rewards.
+
+    Step 1's policy is the reference: with one pair per padded micro-batch (the precompute's own
+    batches) its margin is exactly 0; packed (all 8 pairs in one row) the policy's log-probs come
+    from another layout, equal to the padded ones up to float rounding (invariant 1: <= 1e-5)."""
+    mb = 1 if layout == "pad" else 8
+    common = ("train.max_steps=2", "optim.lr=1e-3", f"model.lora_r={lora}", f"data.layout={layout}")
+    common += (f"data.micro_batch_size={mb}",)
     data = write_pairs(str(tmp_path), n=8)
     _, pre = run_dpo(str(tmp_path / "pre"), *common, data=data)
     _, live = run_dpo(str(tmp_path / "live"), *common, "loss.precompute_ref=false", data=data)
@@ -168,10 +177,14 @@ def test_reference_precomputed_equals_frozen_copy(tmp_path, lora):
         for k in ("loss", "m_dpo_loss", "m_chosen_reward", "m_rejected_reward", "m_sft_loss"):
             assert abs(a[k] - b[k]) < 1e-4, (k, a[k], b[k])
     assert abs(pre[0]["m_dpo_loss"] - 0.693147) < 1e-5  # step 1: the policy is the reference
-    assert pre[0]["m_margin"] == 0.0
+    if layout == "pad":
+        assert pre[0]["m_margin"] == 0.0
+    else:
+        assert abs(pre[0]["m_margin"]) < 1e-5
     assert pre[1]["m_chosen_reward"] != 0.0  # step 2: the update moved the policy away from it
 
 
+@require_deepspeed
 def test_sft_term_keeps_the_chosen_reward_up(tmp_path):
     """SPECS: without the SFT term the chosen reward drifts negative (DPO lowers both sides and
     the rejected one faster); with lambda = 1 it stays up. Measured on tiny from a base model that
@@ -205,8 +218,8 @@ def reference_of(out, *overrides, data):
     over = [f"data.train={data}", "train.gradient_accumulation_steps=1", *overrides]
     cfg = build_config(DPO_CONFIG, over, output_dir=out)
     trainer = DPOTrainer(cfg)
-    trainer.setup("cpu")
-    return trainer.ref_logps, trainer
+    trainer.state = trainer.setup("cpu")
+    return trainer.state.ref_logps, trainer
 
 
 def perturbed_tiny(folder: str) -> str:
@@ -269,6 +282,7 @@ def test_reference_scores_only_the_pairs_the_planner_uses(encoder, tmp_path, mon
     assert ref[4].tolist() == [0.0, 0.0] and (ref[:4] != 0).all()
 
 
+@require_deepspeed
 def test_bf16_reference_matches_the_bf16_policy_at_step_0(tmp_path):
     """precision=bf16 (as auto on GPU): the reference is the bf16 starting model, so the first
     step's margin is exactly 0 and the DPO loss log 2, precomputed or live (one pair per padded
@@ -295,3 +309,20 @@ def test_ipo_compares_mean_log_probs_by_default(tiny, encoder, tmp_path):
     with torch.no_grad():
         total, n, stats = DPOModule(model, cfg)(ref_logps=means, **batch)
     assert abs(float(total) / int(n) - 25.0) < 1e-2, float(total)
+
+
+def test_max_tokens_bounds_a_sequence_not_a_pair(encoder, tmp_path):
+    """SPECS' max length (16,384) is per sequence: a pair whose two sequences each fit is trained
+    even when together they do not (it used to be rejected as a pair over max_tokens); a
+    sequence over the limit names itself in the error."""
+    from mm.dataset import DataError
+
+    data = write_pairs(str(tmp_path), n=4)
+    ds = PairDataset(data, encoder)
+    sides = [[encoder.count_tokens(c, ds.base_dir)[0] for c in ds.conversations(i)] for i in range(len(ds))]
+    longest = max(max(s) for s in sides)
+    assert longest < min(sum(s) for s in sides)  # every pair is longer than its longer side
+    _, trainer = reference_of(str(tmp_path / "fits"), f"data.max_tokens={longest}", data=data)
+    assert trainer.state.planner.usable == [0, 1, 2, 3]
+    with pytest.raises(DataError, match=rf"longer sequence \(prompt \+ one response\) has {longest} tokens"):
+        reference_of(str(tmp_path / "over"), f"data.max_tokens={longest - 1}", data=data)

@@ -302,3 +302,37 @@ def test_sft_eval_generate_accuracy_equals_mmpost_eval(tmp_path):
     want = evaluate(os.path.join(out, "final"), str(held), str(tmp_path / "eval.jsonl"), max_new_tokens=8)
     assert got[0]["eval_accuracy"] == pytest.approx(want)
     assert 0 < want < 1
+
+
+def test_eval_lines_reach_the_trackers_and_leave_the_training_bar(tmp_path, monkeypatch):
+    """An eval line (no loss) goes to metrics.jsonl and every tracker; the bar keeps the training
+    step; TensorBoard files it under eval/ (a recording writer stands in for SummaryWriter)."""
+    from alignment.infra.metrics import MetricsLogger
+    from alignment.infra.trackers import TensorBoard
+
+    class Writer:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setenv("MMPOST_PROGRESS", "1")
+    log = MetricsLogger(str(tmp_path), total_steps=10, report_to=[])
+    tb = TensorBoard.__new__(TensorBoard)
+    tb.writer = Writer()
+    log.trackers = [tb]
+    log.log({"step": 4, "loss": 1.5, "lr": 0.01})
+    log.log({"step": 5, "eval_loss": 2.25, "eval_accuracy": 0.5})
+    assert log.bar.n == 4
+    log.close()
+    assert read_metrics(str(tmp_path))[1] == {"step": 5, "eval_loss": 2.25, "eval_accuracy": 0.5}
+    assert tb.writer.scalars == [
+        ("train/loss", 1.5, 4),
+        ("train/lr", 0.01, 4),
+        ("eval/loss", 2.25, 5),
+        ("eval/accuracy", 0.5, 5),
+    ]

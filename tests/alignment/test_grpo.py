@@ -14,6 +14,7 @@ from mm.encode import IGNORE
 from mm.logprobs import labelled_logprobs
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
+from tests.testing_utils import require_deepspeed
 from vision_tools.api import build_prompt
 from vision_tools.engine import EngineConfig, ToolEngine
 from vision_tools.generation import ScriptedGenerator
@@ -81,6 +82,7 @@ def test_module_returns_the_loss_times_its_denominator(tiny):
         assert stats["clip_fraction"] == 0.0
 
 
+@require_deepspeed
 def test_quickstart_grpo_raises_the_reward(tmp_path):
     """The letter-spotting task: a random tiny model writes an x ~20% of the time. Seeded, the
     mean reward of the last 5 of 32 steps was 0.99 against 0.19 for the first 5 (measured);
@@ -99,6 +101,7 @@ def test_quickstart_grpo_raises_the_reward(tmp_path):
     )
 
 
+@require_deepspeed
 def test_mu_reuses_rollouts_with_stored_old_logprobs(tmp_path):
     """mu = 2: each rollout batch serves two steps; the first sees ratio 1 (old == current policy),
     the second the ratio after one update."""
@@ -111,6 +114,7 @@ def test_mu_reuses_rollouts_with_stored_old_logprobs(tmp_path):
     assert rows[0]["reward_mean"] == rows[1]["reward_mean"]  # the same rollouts, twice
 
 
+@require_deepspeed
 def test_resume_continues_the_same_run(tmp_path):
     """4 steps straight == 2 steps, stop, resume to 4: optimizer, schedule and sampling RNG restored."""
     cfg = os.path.join(ROOT, "configs", "quickstart", "grpo.yaml")
@@ -129,6 +133,7 @@ def test_resume_continues_the_same_run(tmp_path):
 
 
 @pytest.mark.slow
+@require_deepspeed
 def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
     """ZeRO-3 on 2 ranks (gloo): parameters are gathered in every forward, so generation runs with
     synced steps; the run must finish and both ranks' rollouts count."""
@@ -156,6 +161,7 @@ def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
     assert len(rows) == 2 and 0 <= rows[0]["reward_mean"] <= 1
 
 
+@require_deepspeed
 def test_dynamic_sampling_refills_uninformative_groups(tmp_path):
     """About 1 in 6 groups of 8 gets no x at all (0.8^8); those are replaced by fresh prompts, so
     every group the update sees has a reward spread, and the batch keeps its size."""
@@ -185,6 +191,7 @@ def image_letter_task(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("freeze", ["[vision_tower,merger]", "[]"])
+@require_deepspeed
 def test_cached_image_features_give_the_same_run(tmp_path, freeze):
     """GRPO on image prompts with the cache on and off: the same rewards, losses, ratios and KL
     (the old log-probs of mu = 2 and the reference pass use the rollout's features; the training
@@ -194,6 +201,7 @@ def test_cached_image_features_give_the_same_run(tmp_path, freeze):
     base = [
         f"data.train={image_letter_task(tmp_path)}",
         "rewards={contains_answer: 1.0}",
+        "data.prompts_per_step=2",
         "train.export=false",
         "train.max_steps=4",
         "loss.mu=2",

@@ -12,8 +12,10 @@ from mm.encode import ConversationEncoder
 from mm.loading import load_model
 from mm.rope import RopeSpec
 from tests.alignment.conftest import ROOT
+from tests.testing_utils import require_deepspeed
 
 
+@require_deepspeed
 def test_virc_pipeline_runs_both_stages_and_resumes(synth, tmp_path, capsys):
     pipe = os.path.join(ROOT, "configs", "virc", "pipeline.yaml")
     from alignment.builders.virc_turns import write_next_turn_records

@@ -13,6 +13,7 @@ from alignment.infra import checkpoint
 from alignment.infra.metrics import read_metrics
 from tests.alignment.conftest import QUICKSTART, ROOT, base_overrides, run_sft
 from tests.conftest import subprocess_env, torchrun
+from tests.testing_utils import require_deepspeed
 
 STEPS = 40  # long enough that the kill lands mid-run (~0.15 s per step)
 
@@ -35,6 +36,7 @@ def cli(synth, out, *overrides, launcher=()):
     return cmd, env
 
 
+@require_deepspeed
 def test_resume_after_sigkill_matches_uninterrupted(synth, tmp_path):
     common = (f"train.max_steps={STEPS}", "train.save_every=5", "optim.lr=2e-3", "train.export=false")
     _, ref = run_sft(synth, str(tmp_path / "ref"), *common)
@@ -77,6 +79,7 @@ def test_partial_checkpoint_is_never_latest(tmp_path):
 
 
 @pytest.mark.slow
+@require_deepspeed
 def test_two_process_zero2_matches_single_process(synth, tmp_path):
     """2 ranks x 1 micro-batch per step == 1 rank x 2 accumulated micro-batches (same samples per step)."""
     common = (

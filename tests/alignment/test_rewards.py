@@ -209,3 +209,23 @@ def test_http_judge_cache_file_survives_the_run(tmp_path):
     with pytest.warns(UserWarning, match="rule-based"):
         assert dead.score("q", "three words here") == 1.0
     assert len(open(cache).read().splitlines()) == 1
+
+
+def test_soft_overlong_penalty_hand_worked():
+    """DAPO eq. 13 with L_max = 20, L_cache = 4: free up to 16 tokens, then (16 - |y|) / 4 down to
+    -1 at 20, and -1 beyond; DAPO's own numbers (20,480 with a 4,096 cache): free to 16,384."""
+    from alignment.rewards import soft_overlong_penalty
+
+    assert [soft_overlong_penalty(n, 20, 4) for n in (10, 16, 17, 18, 19, 20, 25)] == [
+        0.0,
+        0.0,
+        -0.25,
+        -0.5,
+        -0.75,
+        -1.0,
+        -1.0,
+    ]
+    assert soft_overlong_penalty(16384, 20480, 4096) == 0.0
+    assert soft_overlong_penalty(18432, 20480, 4096) == -0.5
+    with pytest.raises(ValueError, match="overlong cache 0 must be in 1..20"):
+        soft_overlong_penalty(5, 20, 0)

@@ -8,8 +8,10 @@ import torch
 from mm.loading import load_model, model_parts
 from mm.records import drop_tool_result_images, parse_message
 from tests.alignment.conftest import run_sft
+from tests.testing_utils import require_deepspeed
 
 
+@require_deepspeed
 def test_loss_falls(synth, tmp_path):
     """30 steps on templated CRU trajectories: the loss must fall from ~ln(vocab)=6.56 to under half.
 
@@ -36,21 +38,16 @@ def test_loss_falls(synth, tmp_path):
         assert key in m[-1]
 
 
-def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
+@pytest.mark.parametrize("attn", ["sdpa", "segments"])
+@require_deepspeed
+def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path, attn):
     """Same samples per step, split differently: per-token averaging makes the updates equal.
 
-    pack: all 24 samples of an epoch packed into rows of 3200 tokens, one row per micro-batch;
+    pack: all 24 samples of an epoch as one micro-batch, packed into rows of 3200 tokens, isolated
+    by the block-diagonal mask (sdpa) or by SDPA per sample (segments, ``attn: flex`` on CPU);
     pad: the same 24 samples as 6 micro-batches of 4. Both steps cover the whole epoch, so losses,
     gradient norms and the next step's loss (after an AdamW update) must agree.
     """
-    from alignment.data import DataConfig, StepPlanner
-    from mm.dataset import RecordDataset
-    from mm.encode import ConversationEncoder
-
-    model, processor = load_model("tiny")
-    ds = RecordDataset(synth["train"], ConversationEncoder(processor))
-    cfg = DataConfig(layout="pack", max_tokens=3200)
-    rows = len(StepPlanner(ds.lengths(), cfg, 1, 1, 0).micro_batches(0))
     common = ("train.max_steps=2", "optim.lr=1e-3", "optim.schedule=constant", "train.export=false")
     _, packed = run_sft(
         synth,
@@ -58,8 +55,9 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
         *common,
         "data.layout=pack",
         "data.max_tokens=3200",
-        "data.micro_batch_size=1",
-        f"train.gradient_accumulation_steps={rows}",
+        "data.micro_batch_size=24",
+        "train.gradient_accumulation_steps=1",
+        f"model.attn={attn}",
     )
     _, padded = run_sft(
         synth,
@@ -76,6 +74,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path):
     assert packed[0]["visual_tokens"] == padded[0]["visual_tokens"]
 
 
+@require_deepspeed
 def test_freezing_keeps_frozen_parts_bit_identical(synth, tmp_path):
     run_sft(synth, str(tmp_path), "train.max_steps=3", "optim.lr=1e-3", "model.freeze=[vision_tower,merger]")
     before, _ = load_model("tiny")
@@ -88,6 +87,7 @@ def test_freezing_keeps_frozen_parts_bit_identical(synth, tmp_path):
             assert not all(same), part
 
 
+@require_deepspeed
 def test_per_part_learning_rates(synth, tmp_path):
     _, m = run_sft(
         synth,
@@ -111,6 +111,7 @@ def test_per_part_learning_rates(synth, tmp_path):
     ] == 0.0
 
 
+@require_deepspeed
 def test_export_reloads_and_generates(synth, tmp_path, encoder):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -125,6 +126,7 @@ def test_export_reloads_and_generates(synth, tmp_path, encoder):
     assert a.shape[1] > len(s)  # and it generates
 
 
+@require_deepspeed
 def test_zero3_single_process(synth, tmp_path):
     summary, m = run_sft(synth, str(tmp_path), "train.max_steps=2", "train.deepspeed=zero3", "optim.lr=1e-3")
     assert len(m) == 2 and all(x["loss"] == x["loss"] for x in m)

@@ -13,6 +13,7 @@ from alignment.train import train
 from mm.collate import pad_batch
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
+from tests.testing_utils import require_deepspeed
 from vision_tools.api import build_prompt
 from vision_tools.engine import EngineConfig, ToolEngine
 from vision_tools.generation import ScriptedGenerator
@@ -95,6 +96,7 @@ def test_worth_sharing_compares_the_two_layouts_costs():
     assert not worth_sharing([1010] * 8, [10] * 8, groups, pair_cost=0.01)
 
 
+@require_deepspeed
 def test_grpo_with_shared_prompts_runs_like_padded_rows(tmp_path):
     """The quickstart task (8 rollouts per prompt), mu = 2 so the stored old log-probs and the
     ratio come from the same layout: identical rewards, and losses / ratios / entropies equal."""

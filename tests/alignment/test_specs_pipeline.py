@@ -17,11 +17,13 @@ from mm.config import ConfigError
 from mm.records import parse_record
 from tests.alignment.conftest import ROOT
 from tests.alignment.test_dpo import perturbed_tiny, write_pairs
+from tests.testing_utils import require_deepspeed
 
 STAGES = ["base", "grpo_zero", "pairs", "dpo_cold_start", "grpo_final"]
 
 
 @pytest.mark.slow  # five stages, ~50 s on 2 idle cores
+@require_deepspeed
 def test_specs_pipeline_end_to_end(tmp_path):
     pipe = os.path.join(ROOT, "configs", "specs", "pipeline.yaml")
     out = str(tmp_path / "specs")
@@ -64,6 +66,7 @@ def test_specs_pipeline_end_to_end(tmp_path):
     assert all(r.get("skipped") for r in again) and again[0]["model"] == f"{d['base']}/final"
 
 
+@require_deepspeed
 def test_pipeline_wiring_model_stage_user_overrides_and_pairs_args(tmp_path):
     """A `model:` stage feeds model.name_or_path of a stage that trains; the user's
     `STAGE:data.train=` wins over data_from; a pairs stage built with other args is refused."""

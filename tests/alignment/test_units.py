@@ -82,16 +82,17 @@ def test_extract_answer():
 def test_planner_shards_steps_across_ranks():
     lengths = [10] * 12
     cfg = DataConfig(layout="pad", micro_batch_size=2)
-    single = StepPlanner(lengths, cfg, world=1, grad_accum=2, seed=0)
-    r0 = StepPlanner(lengths, cfg, world=2, grad_accum=1, seed=0).rank_micro_batches(0, 0)
-    r1 = StepPlanner(lengths, cfg, world=2, grad_accum=1, seed=0).rank_micro_batches(0, 1)
+    single = StepPlanner.of(lengths, cfg, world=1, grad_accum=2, seed=0)
+    plain = dict(layout="pad", micro_batch_size=2, max_tokens=None, world=2, grad_accum=1, seed=0)
+    r0 = StepPlanner(lengths, **plain).rank_micro_batches(0, 0)
+    r1 = StepPlanner(lengths, **plain).rank_micro_batches(0, 1)
     one = single.rank_micro_batches(0, 0)
     assert single.steps_per_epoch() == 3
     assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(one[2 * k] + one[2 * k + 1]) for k in range(3)]
     assert single.rank_micro_batches(0, 0, start_step=1) == one[2:]
     assert single.micro_batches(0) != single.micro_batches(1)  # reshuffled every epoch
     with pytest.raises(ValueError, match="fewer micro-batches than one optimizer step"):
-        StepPlanner([10, 10], cfg, world=1, grad_accum=4, seed=0)
+        StepPlanner.of([10, 10], cfg, world=1, grad_accum=4, seed=0)
 
 
 def test_skipped_micro_batch_has_zero_weight():
@@ -148,3 +149,23 @@ def test_export_finds_the_model_where_the_wrapping_module_declares_it():
 
     with pytest.raises(TypeError, match="model_attr"):
         model_prefix(Undeclared())
+
+
+def test_a_step_holds_the_global_batch_of_samples_whatever_the_packing():
+    """Packed SFT counts samples: 2 ranks x 3 accumulation x 2 samples = 12 samples per step, so 50
+    samples make 4 steps per epoch padded, packed in short rows or packed in long ones (the paper's
+    trainer, padded, takes the same 4 steps), and every step holds exactly 12 samples."""
+    import random
+
+    lengths = [random.Random(k).randint(50, 900) for k in range(50)]
+    for layout, max_tokens in (("pad", 1000), ("pack", 1000), ("pack", 4000)):
+        plain = dict(layout=layout, micro_batch_size=2, max_tokens=max_tokens, world=2, grad_accum=3, seed=1)
+        ranks = [StepPlanner(lengths, **plain) for _ in range(2)]
+        assert ranks[0].steps_per_epoch() == 4, layout
+        per_rank = [p.rank_micro_batches(0, r) for r, p in enumerate(ranks)]
+        for step in range(4):
+            mbs = [mb for own in per_rank for mb in own[3 * step : 3 * step + 3]]
+            samples = [i for mb in mbs for i in (mb if layout == "pad" else [i for row in mb for i in row])]
+            assert len(samples) == len(set(samples)) == 12
+            if layout == "pack":  # rows within the limit
+                assert all(sum(lengths[i] for i in row) <= max_tokens for mb in mbs for row in mb)

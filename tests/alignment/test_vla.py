@@ -24,6 +24,7 @@ from mm.dataset import DataError
 from mm.encode import ConversationEncoder
 from mm.rope import RopeSpec
 from mm.visual import VisualConfig
+from tests.testing_utils import require_deepspeed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VLA_YAML = os.path.join(ROOT, "configs", "spatial_forcing", "vla.yaml")
@@ -207,6 +208,7 @@ def test_absent_views_are_masked(tiny, vla_data, vla_encoder, tmp_path):
     assert float(stats["align_tokens"]) == 16 * 2 + 16  # 112 x 112 views: 4 x 4 merged tokens each
 
 
+@require_deepspeed
 def test_sf_trains_reduces_both_losses_teacher_frozen(vla_data, tmp_path):
     """24 steps of vla_sf.yaml (8 samples a step, 6 epochs of 32 scenes, seeded). Untrained, the
     L1 on normalised actions is ~0.47 and L_align ~1.1 (random projector: cosine ~ 0); measured
@@ -232,7 +234,7 @@ def test_sf_trains_reduces_both_losses_teacher_frozen(vla_data, tmp_path):
     assert last["m_action_l1"] < 0.8 * first["m_action_l1"], (first, last)
     assert last["m_align"] < 0.5 * first["m_align"], (first, last)
     # the teacher: frozen, in eval mode, outside the trained module, bit-identical to its seeded init
-    teacher = trainer.teacher
+    teacher = trainer.state.teacher
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     trained = {id(p) for p in trainer.vla.parameters()}
     assert not any(id(p) in trained for p in teacher.parameters())
@@ -253,6 +255,7 @@ def test_sf_trains_reduces_both_losses_teacher_frozen(vla_data, tmp_path):
     )
 
 
+@require_deepspeed
 def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
     from alignment.vla import VLAPolicy
 
@@ -260,7 +263,7 @@ def test_vla_yaml_trains_and_predicts_from_export(vla_data, tmp_path):
     cfg = build_config(VLA_YAML, [f"data.train={vla_data['train']}", "train.max_steps=4"], output_dir=out)
     trainer = VLATrainer(cfg)
     summary = trainer.run()
-    assert trainer.teacher is None and trainer.vla.projector is None
+    assert trainer.state.teacher is None and trainer.vla.projector is None
     assert all("m_align" not in x for x in read_metrics(out))
     policy = VLAPolicy.from_pretrained(summary["model"])
     rec = _records(vla_data["test"])[0]
@@ -346,6 +349,7 @@ def test_vggt_teacher_without_package_is_a_clear_error():
         build_teacher("dino")
 
 
+@require_deepspeed
 def test_resume_continues_exactly(vla_data, tmp_path):
     """A run stopped after step 2 (its last checkpoint) and resumed gives the losses of an
     uninterrupted run: heads, projector, optimizer, data position and RNG are all restored."""
@@ -374,6 +378,7 @@ def _test_views(vla_data):
     return images, rec["messages"][0]["content"][-1]["text"], rec["proprio"]
 
 
+@require_deepspeed
 def test_zero3_export_holds_only_the_backbone(vla_data, tiny, tmp_path):
     """ZeRO-3 (one process): model.safetensors has exactly the keys transformers writes for the
     tiny model (no heads, projector or second copy of the decoder layers), and the export predicts."""
@@ -395,6 +400,7 @@ def test_zero3_export_holds_only_the_backbone(vla_data, tiny, tmp_path):
     assert actions.shape == (8, 7) and np.isfinite(actions).all()
 
 
+@require_deepspeed
 def test_frozen_backbone_trains_only_the_heads(vla_data, synth, tmp_path):
     """model.freeze of every part: the heads train (the backbone's groups are empty, not an error),
     the exported backbone is bit-identical to the base model."""

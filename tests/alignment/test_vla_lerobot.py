@@ -153,8 +153,9 @@ def test_training_on_lerobot_equals_training_on_its_frames_as_jsonl(sets, lossy,
 
     class FixedStats(VLATrainer):
         def setup(self, device):
-            super().setup(device)
-            self.dataset.stats = stats  # the JSONL run would otherwise compute its own q01/q99
+            state = super().setup(device)
+            state.dataset.stats = stats  # the JSONL run would otherwise compute its own q01/q99
+            return state
 
     losses = {}
     for name, data, cls in (("lerobot", sets["lossy"]["train"], VLATrainer), ("jsonl", jsonl, FixedStats)):
@@ -210,7 +211,7 @@ def test_bad_datasets_name_the_file_and_the_fix(sets, vla_encoder, tmp_path):
     msg = error(root)
     assert (
         path in msg
-        and ":4:" in msg
+        and " row 4:" in msg
         and "episode_index 17 is out of range" in msg
         and "total_episodes 6" in msg
     )

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from mm.attention import choose_backend, force_backend
-from mm.imports import MissingDependency, is_available, require
+from mm.imports import MissingDependency, require
 from mm.loading import ModelConfig, load_for_training, load_model, model_parts, resolve_init
 from tests.conftest import solid, tiny_qwen2_vl_config, user_assistant
+from tests.testing_utils import require_peft
 
 
 def test_save_and_load_local_checkpoint(tiny, encoder, tmp_path):
@@ -66,7 +67,7 @@ def test_freeze_parts():
         load_model("tiny", freeze=["eyes"])
 
 
-@pytest.mark.skipif(not is_available("peft"), reason="peft not installed (mmpost[lora])")
+@require_peft
 def test_lora_trains_only_adapters_on_language_model():
     model, _ = load_model("tiny", lora_r=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -3,7 +3,10 @@
 import pytest
 import torch
 
+from mm import packed_attention
+from mm.attention import flash_attn_usable
 from mm.collate import block_causal_mask, pack_batch, pad_batch, per_sample_nll, plan_packs
+from mm.loading import load_model
 from mm.synthetic import sample_data_path
 from tests.conftest import solid, user_assistant
 
@@ -69,6 +72,65 @@ def test_packed_equals_one_by_one(tiny, samples, layout):
     assert torch.allclose(loss, ref_loss, atol=1e-5, rtol=0)
 
 
+needs_flash = [
+    pytest.mark.flash_attn,
+    pytest.mark.skipif(not flash_attn_usable(), reason="needs flash-attn and a CUDA device"),
+]
+# flex compiles its CPU kernel once per process: ~40 s on 2 cores with a cold inductor cache
+BACKENDS = [
+    "segments",
+    pytest.param("flex", marks=pytest.mark.slow),
+    pytest.param("flash_attention_2", marks=needs_flash),
+]
+
+
+@pytest.mark.parametrize("attn", BACKENDS)
+def test_backend_packed_equals_one_by_one(tiny, samples, attn, monkeypatch):
+    """Each backend that packs without a dense mask, on the model that uses it (same weights).
+
+    segments: SDPA per sample; flex: the FlexAttention kernel itself (forward; CPU has no
+    backward); flash_attention_2: flash-attn varlen on CUDA. The reference is the sdpa model
+    run on each sample alone.
+    """
+    monkeypatch.setattr(packed_attention, "FLEX_ON_CPU", True)
+    calls = []
+    kernel = packed_attention.compiled_flex()
+    monkeypatch.setattr(packed_attention, "compiled_flex", lambda: calls.append(1) or kernel)
+    device = "cuda" if attn == "flash_attention_2" else "cpu"
+    model, _ = load_model("tiny", attn=attn, device=device)
+    ref_logits, ref_loss = one_by_one(tiny[0], samples)
+    batch = pack_batch(
+        [samples[:3], samples[3:]], pad_id=0, attn_implementation=model.config._attn_implementation
+    )
+    assert batch["input_ids"].shape == (1, sum(len(s) for s in samples))  # one flat row, no padding
+    assert "attention_mask" not in batch
+    seq, labels = batch.pop("seq_ids"), batch.pop("labels")
+    with torch.no_grad():
+        logits = model(
+            **{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        ).logits.cpu()
+    for i in range(len(samples)):
+        assert (logits[0, seq[0] == i] - ref_logits[i]).abs().max() <= 1e-5, f"sample {i}"
+    assert torch.allclose(per_sample_nll(logits, labels, seq), ref_loss, atol=1e-5, rtol=0)
+    assert len(calls) == (model.config.text_config.num_hidden_layers if attn == "flex" else 0)
+
+
+@pytest.mark.parametrize("attn", ["segments", "flex"])
+def test_unpacked_calls_equal_sdpa(tiny, samples, attn):
+    """Padded batches (2-D mask) and cached greedy decoding run exactly as under sdpa."""
+    ref_model = tiny[0]
+    model, _ = load_model("tiny", attn=attn)
+    batch = pad_batch(samples, pad_id=0)
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, ref_model(**batch).logits)
+    gen = pad_batch(samples[:2], pad_id=0, side="left")
+    for k in ("labels", "position_ids"):
+        gen.pop(k)
+    kw = dict(max_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(**gen, **kw), ref_model.generate(**gen, **kw))
+
+
 def test_positions_survive_packing(samples):
     batch = pack_batch([samples], pad_id=0)
     off = 0
@@ -104,14 +166,15 @@ def test_padded_batch_equals_one_by_one(tiny, samples):
     assert torch.allclose(per_sample_nll(logits, labels), ref_loss, atol=1e-5, rtol=0)
 
 
-def test_packed_gradients_match(tiny, samples):
-    """Summed per-sample losses give the same gradients packed and one by one."""
-    model, _ = tiny
+@pytest.mark.parametrize("attn", ["sdpa", "segments", "flex"])
+def test_packed_gradients_match(tiny, samples, attn):
+    """Summed per-sample losses give the same gradients packed and one by one (flex: segments on CPU)."""
+    model = tiny[0] if attn == "sdpa" else load_model("tiny", attn=attn)[0]
     model.zero_grad()
     sum(per_sample_nll(model(**s.model_inputs()).logits, s.labels[None])[0] for s in samples[:3]).backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    batch = pack_batch([samples[:3]], pad_id=0)
+    batch = pack_batch([samples[:3]], pad_id=0, attn_implementation=model.config._attn_implementation)
     seq, labels = batch.pop("seq_ids"), batch.pop("labels")
     per_sample_nll(model(**batch).logits, labels, seq).sum().backward()
     for n, p in model.named_parameters():

@@ -90,3 +90,15 @@ def test_weights_are_deterministic():
     b, _ = load_model("tiny")
     for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert (pa == pb).all(), na
+
+
+def test_real_vocabulary_preset(tiny):
+    """tiny-151k: the tiny model with Qwen2.5-VL's 151,936-token embedding and LM head, nothing else changed."""
+    from mm.loading import load_model
+
+    big, _ = load_model("tiny-151k")
+    assert big.get_input_embeddings().weight.shape == (151936, 64)
+    assert big.lm_head.weight.shape == (151936, 64)
+    small = {n: p.shape for n, p in tiny[0].named_parameters()}
+    differ = {n for n, p in big.named_parameters() if small[n] != p.shape}
+    assert differ == {"model.language_model.embed_tokens.weight", "lm_head.weight"}

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import mm.visual as visual
-from mm.imports import is_available
 from mm.synthetic import moving_dot_frames, write_video
 from mm.visual import VisualConfig, VisualError, load_visuals, plan_item, plan_visuals
 from tests.conftest import solid
+from tests.testing_utils import require_decord, require_opencv
 
-pytestmark = pytest.mark.skipif(not is_available("cv2"), reason="needs mmpost[video]")
+pytestmark = require_opencv
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_video_segment(video):
     assert p.frames == 2  # one second at 2 fps
 
 
-@pytest.mark.skipif(not is_available("decord"), reason="compares decord with the OpenCV fallback")
+@require_decord  # compares decord with the OpenCV fallback
 def test_opencv_fallback_matches_decord(video, monkeypatch):
     a = visual.read_video_frames(video, [0, 5, 11])
     monkeypatch.setattr(visual, "is_available", lambda name: name != "decord")

@@ -9,6 +9,7 @@ import pytest
 from mm.records import parse_message
 from mm.tiny import tiny_processor
 from streaming.chunks import build_chunks, previous_text, read_words, second_text
+from tests.testing_utils import require_deepspeed
 
 WORDS = [
     {"word": "kick", "start": 0.2, "end": 0.4},
@@ -80,6 +81,7 @@ def test_bad_transcripts_name_the_fix(tmp_path):
         build_chunks("v.mp4", WORDS, 0.5, None)
 
 
+@require_deepspeed
 def test_chunks_train_with_the_streaming_config(tmp_path):
     from alignment.infra.metrics import read_metrics
     from alignment.train import train

@@ -1,6 +1,5 @@
 """The browser demo: headless Chromium plays a generated clip; captions arrive in order, on time."""
 
-import shutil
 import subprocess
 import sys
 import time
@@ -9,13 +8,13 @@ import pytest
 
 from mm.synthetic import moving_dot_frames, write_video
 from tests.conftest import free_port, start_server
+from tests.testing_utils import CHROMIUM, require_chromium
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+@require_chromium
 def test_captions_arrive_in_order_while_their_second_plays(tmp_path):
     clip = write_video(str(tmp_path / "clip.webm"), moving_dot_frames(48, size=112), fps=8)  # 6 s
     port = free_port()

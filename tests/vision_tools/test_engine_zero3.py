@@ -7,11 +7,13 @@ import subprocess
 import pytest
 
 from tests.conftest import subprocess_env, torchrun
+from tests.testing_utils import require_deepspeed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
+@require_deepspeed
 def test_ranks_with_different_turn_counts_do_not_hang(tmp_path):
     """ZeRO-3 gathers the sharded weights in every forward, so both ranks must run the same
     forwards: rank 0 runs three rounds (two crop calls, then the answer) while rank 1 answers in

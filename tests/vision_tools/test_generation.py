@@ -81,3 +81,27 @@ def test_greedy_generation_uses_the_training_positions_after_a_long_video(tiny):
             second_per_grid_ts=long.second_per_grid_ts,
         ).logits[0]
     assert logits[L - 1 : L - 1 + len(new)].argmax(-1).tolist() == new
+
+
+def test_eval_generation_uses_the_training_positions_after_a_long_video(tiny):
+    """``mmpost eval``'s one-turn generation (alignment.evaluation.evaluate.generate) prefills at the
+    encoder's positions too, then decodes from the last + 1 (it used to drop them, so generate
+    fell back to transformers' rule after a long video)."""
+    from alignment.evaluation.evaluate import generate
+
+    model, processor = tiny
+    enc = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+    long = enc.encode(video_prompt(), add_generation_prompt=True)
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True
+    )
+    try:
+        generate(model, processor, enc, [video_prompt()], ".", max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert torch.equal(seen[0][:, 0], long.position_ids)
+    steps = torch.cat([p[:, 0] for p in seen[1:]], dim=1)
+    assert torch.equal(
+        steps, torch.arange(long.next_position, long.next_position + steps.shape[1]).expand(3, -1)
+    )

@@ -1,0 +1,138 @@
+"""The HTTP API under concurrent load: request latency p50 / p95 at 1, 20 and 100 concurrent requests.
+
+    python benchmarks/serve.py                         # tiny model, 8 tokens x 2 turns per request
+    python benchmarks/serve.py --levels 1 20 --rounds 3 --max-tokens 32 --max-turns 4
+
+Two ``mmpost serve`` processes run side by side: continuous batching (``--max-batch 16``: a
+finished conversation frees its slot for a waiting one) and the baseline that serves one
+conversation at a time (``--max-batch 1``). For each concurrency level, the same requests
+(greedy, no resampling, images of mixed sizes) go to each server in turn, alternately for
+--rounds rounds. Printed per level: p50 and p95 latency of each server (medians over rounds),
+p50 relative to one request alone on the same server, and the baseline's p50 over continuous
+batching's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mm.synthetic import shapes_image  # noqa: E402
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(model: str, max_batch: int, limits: list[str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", model, "--port", str(port),
+           "--max-batch", str(max_batch), "--max-queue", "1000", *limits]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the server at {url} did not start")
+
+
+def bodies(n: int, max_tokens: int, max_turns: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        w, h = [(224, 224), (336, 224), (280, 392)][i % 3]
+        img, _ = shapes_image(w, h, seed=i)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        content = [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": f"How many shapes in {i}?"},
+        ]
+        out.append({"model": "bench", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+                    "max_turns": max_turns, "max_resamples": 0, "include_images": False})  # fmt: skip
+    return out
+
+
+async def latencies(url: str, reqs: list[dict]) -> list[float]:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=3600, limits=httpx.Limits(max_connections=len(reqs))) as client:
+
+        async def one(body: dict) -> float:
+            t0 = time.perf_counter()
+            r = await client.post(url + "/v1/chat/completions", json=body)
+            r.raise_for_status()
+            return time.perf_counter() - t0
+
+        return list(await asyncio.gather(*(one(b) for b in reqs)))
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 20, 100])
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=8, help="tokens per turn")
+    ap.add_argument("--max-turns", type=int, default=2)
+    args = ap.parse_args()
+    limits = ["--max-turn-tokens", str(args.max_tokens), "--max-turns", str(args.max_turns)]
+    servers = {"continuous": start(args.model, 16, limits), "one at a time": start(args.model, 1, limits)}
+    try:
+        stats: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for _ in range(args.rounds):
+            for level in args.levels:
+                reqs = bodies(level, args.max_tokens, args.max_turns)
+                for name, (
+                    _,
+                    url,
+                ) in servers.items():  # interleaved: same requests, one server after the other
+                    lat = asyncio.run(latencies(url, reqs))
+                    stats.setdefault((name, level), []).append((pct(lat, 0.5), pct(lat, 0.95)))
+        med = {
+            k: (statistics.median(p for p, _ in v), statistics.median(q for _, q in v))
+            for k, v in stats.items()
+        }
+        print(f"{args.model}: {args.max_turns} turns x {args.max_tokens} tokens per request, "
+              f"greedy, {args.rounds} round(s), medians")  # fmt: skip
+        print(f"{'server':<14} {'concurrent':>10} {'p50 s':>8} {'p95 s':>8} {'p50 / alone':>12}")
+        for name in servers:
+            for level in args.levels:
+                p50, p95 = med[(name, level)]
+                alone = med.get((name, 1), (float("nan"),))[0]
+                print(f"{name:<14} {level:>10} {p50:>8.2f} {p95:>8.2f} {p50 / alone:>12.2f}")
+        for level in args.levels:
+            ratio = med[("one at a time", level)][0] / med[("continuous", level)][0]
+            print(f"p50 one-at-a-time / continuous at {level} concurrent: {ratio:.2f}x")
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

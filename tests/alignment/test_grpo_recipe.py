@@ -1,0 +1,187 @@
+"""GRPO batch semantics as the papers state them: prompts per step over all ranks, epochs with
+mu > 1, and DAPO's dynamic sampling and overlong handling."""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignment.grpo import GRPOState, GRPOTrainer, PromptPlanner, RolloutBatch
+from alignment.losses import group_advantages
+from alignment.train import build_config
+from mm.config import ConfigError
+from tests.alignment.conftest import ROOT
+
+QS_GRPO = os.path.join(ROOT, "configs", "quickstart", "grpo.yaml")
+
+
+def test_two_ranks_run_the_prompts_of_one_rank():
+    """prompts_per_step is global (ViRC 64, SPECS 128 are the papers' batches over all GPUs): two
+    ranks split each rollout's prompts, and together take exactly the one-rank prompts."""
+    one = PromptPlanner(n=16, per_step=4, world=1, seed=3)
+    two = PromptPlanner(n=16, per_step=4, world=2, seed=3)
+    assert one.rollouts_per_epoch() == two.rollouts_per_epoch() == 4
+    for epoch in (0, 1):
+        for r in range(4):
+            r0, r1 = two.prompts(epoch, r, 0), two.prompts(epoch, r, 1)
+            assert len(r0) == len(r1) == 2
+            assert r0 + r1 == one.prompts(epoch, r, 0)
+    with pytest.raises(ConfigError, match="prompts_per_step=4 is global over ranks and must divide by the 3"):
+        PromptPlanner(n=16, per_step=4, world=3, seed=0)
+
+
+def test_an_epoch_with_mu_2_scores_every_prompt_once():
+    """mu = 2: each rollout batch serves two optimizer steps, so one epoch of the 16 quickstart
+    prompts (4 per rollout) is 4 rollouts and 8 steps (the LR schedule's length per epoch), and
+    rolls out every prompt exactly once."""
+    cfg = build_config(QS_GRPO, ["loss.mu=2", "train.epochs=1"])
+    trainer = GRPOTrainer(cfg)
+    trainer.state = trainer.setup("cpu")
+    seen = []
+    G = cfg.rollout.num_generations
+
+    def rollout(indices):
+        seen.append(list(indices))
+        n = len(indices) * G
+        return RolloutBatch([None] * n, [0] * n, [i // G for i in range(n)], None)
+
+    trainer.rollout = rollout
+    trainer._batch = lambda rollout, lo, hi: {"sequences": (lo, hi)}
+    per_epoch = trainer.state.planner.steps_per_epoch()
+    assert per_epoch == 8
+    steps = list(trainer.steps(0, per_epoch, per_epoch))
+    assert [s for s, _ in steps] == list(range(1, 9))
+    assert sorted(i for r in seen for i in r) == list(range(16))
+    # the two steps of a rollout train on the same micro-batches (scored once, before the first)
+    assert all(a is b for k in range(0, 8, 2) for a, b in zip(steps[k][1], steps[k + 1][1]))
+
+
+class Policy(torch.nn.Linear):
+    """Stands in for the policy where a rollout only switches its mode and reads its device."""
+
+    device = torch.device("cpu")
+
+
+def traj(text: str, tokens: int = 4, finish: str = "answer"):
+    return SimpleNamespace(
+        turns=[SimpleNamespace(text=text, image_index=None)],
+        images=[],
+        question="",
+        violations=[],
+        generated_tokens=tokens,
+        finish_reason=finish,
+        prompt_length=3,
+        encoded=lambda rope=None, text=text, tokens=tokens: (text, tokens),  # what the batch would hold
+    )
+
+
+def rl_trainer(*overrides: str, trajectories=None):
+    """A GRPO trainer on the letters prompts whose engine returns ``trajectories(prompts)``."""
+    cfg = build_config(QS_GRPO, ["rollout.num_generations=4", *overrides])
+    trainer = GRPOTrainer(cfg)
+    records = trainer._read(os.path.join(ROOT, cfg.data.train))
+    engine = SimpleNamespace(
+        run=lambda prompts, base_dir: trajectories(prompts), encoder=SimpleNamespace(rope=None)
+    )
+    planner = PromptPlanner(len(records), cfg.data.prompts_per_step, 1, 0)
+    trainer.state = GRPOState(Policy(1, 1), None, planner, 1, records, engine=engine)
+    return trainer
+
+
+def test_soft_overlong_punishment_is_added_to_the_reward():
+    """L_max = 20 (max_completion_length), L_cache = 4: completions of 10, 17, 20 and 25 tokens that
+    all contain the answer (reward 1) get 1 + (0, -0.25, -1, -1)."""
+    lengths = iter([10, 17, 20, 25])
+    trainer = rl_trainer(
+        "rollout.max_completion_length=20",
+        "loss.overlong_cache=4",
+        trajectories=lambda prompts: [traj("an x", next(lengths)) for _ in prompts],
+    )
+    (group,) = trainer._roll([0])
+    assert group.rewards.tolist() == [1.0, 0.75, 0.0, 0.0]
+    assert group.parts["overlong_penalty"] == [0.0, -0.25, -1.0, -1.0]
+
+
+def test_overlong_filtering_drops_truncated_completions_from_the_loss():
+    """Rewards (1, 0, 0, 1), the last completion cut at the length limit: it keeps its place in the
+    group's advantages but is left out of the batch."""
+    outs = iter([("x", "answer"), ("no", "answer"), ("no", "answer"), ("x", "max_tokens")])
+
+    def trajectories(prompts):
+        return [traj(text, finish=finish) for (text, finish), _ in zip(outs, prompts)]
+
+    trainer = rl_trainer("loss.overlong_filter=true", "data.prompts_per_step=1", trajectories=trajectories)
+    batch = trainer.rollout([0])
+    full = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4)
+    assert [s[0] for s in batch.samples] == ["x", "no", "no"]
+    assert torch.allclose(batch.advantages, full[:3])
+    assert trainer.rollout_stats["overlong"] == 0.25
+
+
+def test_dynamic_sampling_never_pads_with_zero_advantage_groups():
+    """Only prompts 0 and 1 ever get differing rewards; 4 prompts per step, 2 refill rounds: the step
+    trains on the informative groups it found (fewer than 4), not on zero-advantage fillers, and
+    the missing micro-batches are skipped ones (weight 0) so the step keeps its accumulation."""
+    spread = set()
+
+    def trajectories(prompts):  # G copies of each prompt in a row: the first of a group says x
+        return [
+            traj("x" if p[0]["content"] in spread and k % 4 == 0 else "no") for k, p in enumerate(prompts)
+        ]
+
+    trainer = rl_trainer(
+        "loss.dynamic_sampling=true",
+        "loss.max_refills=2",
+        "data.prompts_per_step=4",
+        "data.micro_batch_size=4",
+        trajectories=trajectories,
+    )
+    spread.update(trainer.state.dataset[i].prompt[0].content for i in (0, 1))
+    trainer.state.grad_accum = 4
+    trainer._batch = lambda rollout, lo, hi: {"adv": rollout.advantages[lo:hi]}
+    it = iter(trainer.micro_batches(0, 0))
+    batches = [next(it) for _ in range(4)]
+    stats = trainer.rollout_stats
+    assert stats["refills"] == 2 and 1 <= stats["groups_trained"] < 4, stats
+    real = [b for b in batches if b is not None]
+    assert len(real) == stats["groups_trained"] and batches[len(real) :] == [None] * (4 - len(real))
+    assert all(b["adv"].abs().sum() > 0 for b in real)  # every trained group has a reward spread
+
+
+def test_a_rank_without_informative_groups_runs_a_weightless_stand_in(tiny, encoder):
+    """Dynamic sampling finds no group with a reward spread: the rank still runs its micro-batches
+    (collectives stay in step) but every one weighs 0: a stand-in of one prompt, then skipped ones."""
+    from alignment.loop import STAND_IN
+
+    trainer = rl_trainer(
+        "loss.dynamic_sampling=true",
+        "loss.max_refills=1",
+        "data.prompts_per_step=2",
+        "data.micro_batch_size=4",
+        trajectories=lambda prompts: [traj("no") for _ in prompts],
+    )
+    trainer.state.processor, trainer.state.engine.encoder = tiny[1], encoder
+    trainer.state.grad_accum = 2
+    it = iter(trainer.micro_batches(0, 0))
+    batches = [next(it) for _ in range(2)]
+    assert batches[0][STAND_IN] and batches[1] is None
+    assert trainer.rollout_stats["groups_trained"] == 0
+
+    scaled = []
+
+    class Engine:
+        def __call__(self, labels, advantages, **_):
+            return advantages.sum() * 0 + 1.0, torch.tensor(int((labels[:, 1:] != -100).sum())), {}
+
+        def backward(self, loss, scale_wrt_gas=False):
+            scaled.append(float(loss))
+
+        def step(self):
+            pass
+
+        def get_global_grad_norm(self):
+            return 0.0
+
+    stats = trainer.train_step(Engine(), batches, "cpu")
+    assert scaled == [0.0, 0.0] and stats["loss"] == 0.0 and stats["samples"] == 0

@@ -1,0 +1,41 @@
+"""The options of ``mmpost serve`` (one dataclass; the CLI builds its flags from the help texts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mm.config import opt
+from vision_tools.engine import EngineConfig
+
+
+@dataclass
+class ServeConfig:
+    image_dirs: list[str] = opt(factory=list, help="folders requests may name images in")
+    max_turns: int = opt(16, "turns per conversation: the default and the most a request may ask")
+    max_turn_tokens: int = opt(1024, "new tokens per turn: the default and the most a request may ask")
+    max_images: int = opt(8, "images per request (prompt images and tool results sent back)")
+    max_n: int = opt(8, "the most trajectories one request may ask for (n)")
+    max_body_bytes: int = opt(32 * 2**20, "largest request body; larger is answered 413")
+    max_image_bytes: int = opt(16 * 2**20, "largest image file")
+    max_image_pixels: int = opt(8192 * 8192, "refuse larger images (decompression bombs)")
+    max_json_depth: int = opt(64, "deepest JSON nesting a request may use; deeper is answered 400")
+    max_batch: int = opt(16, "conversations generated together; a finished one frees its slot")
+    batch_wait_ms: float = opt(20.0, "how long an idle server waits for more requests to batch (ms)")
+    max_queue: int = opt(256, "conversations waiting for a slot; more are answered 429")
+    request_timeout: float = opt(600.0, "seconds a request may take before it is answered 504 (0: none)")
+    shutdown_timeout: float = opt(3.0, "seconds SIGTERM/SIGINT wait for in-flight replies to be sent")
+    engine: EngineConfig = opt(
+        factory=EngineConfig,
+        help="generation defaults of every request (max_turns, max_turn_tokens: the bounds above)",
+    )
+
+    def __post_init__(self):
+        for name in ("max_turns", "max_turn_tokens", "max_images", "max_n", "max_batch", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_body_bytes <= 0 or self.max_image_bytes <= 0 or self.request_timeout < 0:
+            raise ValueError("ServeConfig: max_body_bytes, max_image_bytes must be > 0, request_timeout >= 0")
+
+    def base_engine(self) -> EngineConfig:
+        """The engine options a request starts from: ``engine`` with the server's turn limits."""
+        return replace(self.engine, max_turns=self.max_turns, max_turn_tokens=self.max_turn_tokens)
