@@ -34,7 +34,9 @@ from mm.visual import VisualConfig
 @dataclass
 class DataConfig:
     train: str = opt("", "training JSONL file (mmpost data format)")
-    eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    eval: str | None = opt(
+        None, "held-out JSONL: scored every train.eval_every steps (and suggested for `mmpost eval`)"
+    )
     format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
         "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
     )

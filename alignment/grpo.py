@@ -193,6 +193,19 @@ class GRPOState(TrainState):
     sharded: bool = False  # ZeRO-3 over several ranks: ranks agree on every forward
 
 
+def declare(records: list, tools) -> None:
+    """Make every prompt's system turn declare the tools the engine executes (none: ``tools`` None,
+    the prompts stay as the data has them)."""
+    if tools is None:
+        return
+    from mm.records import parse_message
+    from vision_tools.protocol import declare_tools
+
+    for rec in records:
+        declared = declare_tools([m.to_dict() for m in rec.prompt], tools)
+        rec.prompt = [parse_message(m, "prompt") for m in declared]
+
+
 class GRPOTrainer(Trainer):
     name = "grpo"
     state: GRPOState
@@ -265,13 +278,7 @@ class GRPOTrainer(Trainer):
         st.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
         generator = make_generator(r.generator, model, processor, st.sharded, st.features)
         tools = cfg.rollout.toolset()  # None (rollout.tools false): the prompts as the data has them
-        if tools is not None:  # every prompt's system turn declares the tools the engine executes
-            from mm.records import parse_message
-            from vision_tools.protocol import declare_tools
-
-            for rec in records:
-                declared = declare_tools([m.to_dict() for m in rec.prompt], tools)
-                rec.prompt = [parse_message(m, "prompt") for m in declared]
+        declare(records, tools)
         st.engine = ToolEngine(model, processor, tools, engine_cfg, generator)
         combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
         return st

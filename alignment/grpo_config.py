@@ -16,7 +16,9 @@ from mm.visual import VisualConfig
 @dataclass
 class RLDataConfig:
     train: str = opt("", "RL records: prompt messages + answer (+ meta) per line")
-    eval: str | None = opt(None, "optional evaluation JSONL (used by `mmpost eval`)")
+    eval: str | None = opt(
+        None, "held-out RL prompts: greedy rollouts every train.eval_every steps (and for `mmpost eval`)"
+    )
     format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
         "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
     )

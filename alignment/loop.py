@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from alignment import units
+from alignment.evaluation.during_training import Evaluator
 from alignment.infra import checkpoint
 from alignment.infra import distributed as dist
 from alignment.infra.deepspeed_setup import (
@@ -95,6 +96,19 @@ class TrainConfig:
         "auto", "auto: continue from the newest checkpoint in output_dir; never; or a checkpoint path"
     )
     export: bool = opt(True, "write the final model in Hugging Face format to OUTPUT/final")
+    eval_every: int = opt(0, "score data.eval every N optimizer steps and at the end (0: never)")
+    eval_max_samples: int = opt(0, "evaluate on the first N records of data.eval (0: all)")
+    eval_generate: bool = opt(
+        False,
+        "sft: also answer the eval records' prompts greedily and log eval_accuracy (records with answer)",
+    )
+    eval_max_new_tokens: int = opt(256, "eval_generate: new tokens per answer (per turn with tools)")
+    save_best: str | None = opt(
+        None, "keep OUTPUT/best: the model of the best value of this eval metric (e.g. eval_loss)"
+    )
+    save_best_mode: Literal["auto", "min", "max"] = opt(
+        "auto", "whether save_best keeps the lowest or highest value (auto: max for accuracy/reward/margin)"
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = opt(
         factory=lambda: ["tensorboard"],
         help="experiment trackers besides OUTPUT/metrics.jsonl (rank 0; the run config logged too): "
@@ -239,6 +253,7 @@ class Trainer:
         total = tc.max_steps or tc.epochs * steps_per_epoch
         optimizer, scheduler = self.optimizer(total)
         engine, scheduler, stage = self.deepspeed_engine(module, optimizer, scheduler)
+        evaluator = Evaluator(self, device)  # before the resume: DPO's held-out reference is the start
         first, tokens_seen = self.resume(engine, total)
         log = MetricsLogger(tc.output_dir, total, first, self.name, tc.report_to, to_dict(self.cfg))
         t_start, window, last_loss, step = time.time(), Window(), float("nan"), first
@@ -250,6 +265,8 @@ class Trainer:
             if step % tc.log_every == 0 or step == total:
                 self.log(log, step, steps_per_epoch, stats, scheduler.get_last_lr()[0], window)
                 window = Window()
+            if evaluator.due(step, total):
+                log.log(evaluator.run(step, engine, stage))
             if tc.save_every and step % tc.save_every == 0 and step < total:
                 self.save(engine, step, tokens_seen)
         log.close()

@@ -256,20 +256,28 @@ def _with_paths(messages: list[dict], names) -> list[dict]:
 
 def write_synth(out_dir: str, n_train: int = 200, n_test: int = 40, seed: int = 0) -> dict[str, str]:
     """The generated set: ``problems.jsonl``, CRU trajectories ``train.jsonl`` (stage 2) and
-    ``train_stage1.jsonl``, and ``test.jsonl`` prompts in the RL form for ``mmpost eval``."""
+    ``train_stage1.jsonl``, ``test.jsonl`` prompts in the RL form for ``mmpost eval``, and the test
+    problems (``test_problems.jsonl``) as held-out stage-2 trajectories ``val.jsonl`` (the SFT
+    held-out loss during training)."""
     from vision_tools.synth import make_problem
 
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     rng = random.Random(seed)
-    paths = {k: os.path.join(out_dir, f) for k, f in (("problems", "problems.jsonl"), ("test", "test.jsonl"))}
-    with open(paths["problems"], "w") as fp, open(paths["test"], "w") as ft:
+    files = (("problems", "problems.jsonl"), ("test", "test.jsonl"), ("test_problems", "test_problems.jsonl"))
+    paths = {k: os.path.join(out_dir, f) for k, f in files}
+    with (
+        open(paths["problems"], "w") as fp,
+        open(paths["test"], "w") as ft,
+        open(paths["test_problems"], "w") as fq,
+    ):
         for split, n in (("train", n_train), ("test", n_test)):
             for i in range(n):
                 img, prob = make_problem(rng)
                 pid, name = f"{split}-{i:04d}", f"images/{split}_{i:04d}.png"
                 img.save(os.path.join(out_dir, name))
+                line = json.dumps({"id": pid, "image": name, **prob, "source": "mmpost-synth"}) + "\n"
+                (fp if split == "train" else fq).write(line)
                 if split == "train":
-                    fp.write(json.dumps({"id": pid, "image": name, **prob, "source": "mmpost-synth"}) + "\n")
                     continue
                 prompt = build_prompt(img, prob["question"])
                 prompt[1]["content"][0]["image"] = name
@@ -278,8 +286,10 @@ def write_synth(out_dir: str, n_train: int = 200, n_test: int = 40, seed: int = 
                     json.dumps({"id": pid, "prompt": prompt, "answer": prob["answer"], "meta": meta}) + "\n"
                 )
     build_crux(paths["problems"], out_dir, files={"1": "train_stage1.jsonl", "2": "train.jsonl"})
+    build_crux(paths["test_problems"], out_dir, stages="2", files={"2": "val.jsonl"})
     return {
         **paths,
+        "val": os.path.join(out_dir, "val.jsonl"),
         "train": os.path.join(out_dir, "train.jsonl"),
         "stage1": os.path.join(out_dir, "train_stage1.jsonl"),
     }

@@ -1,5 +1,9 @@
 """Training logs (rank 0): ``OUTPUT/metrics.jsonl`` always, the trackers of ``train.report_to``
-(``alignment.infra.trackers``: TensorBoard when installed by default), a progress bar."""
+(``alignment.infra.trackers``: TensorBoard when installed by default), a progress bar.
+
+Held-out metrics (``eval_*``, see ``alignment.evaluation.during_training``) are lines of their
+own with the step; they go to the trackers too (``eval/*`` scalars in TensorBoard).
+"""
 
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ class MetricsLogger:
         numbers.pop("step", None)
         for t in self.trackers:
             t.log(numbers, clean["step"])
-        if self.bar is not None:
+        if self.bar is not None and "loss" in clean:  # eval lines leave the training bar as it is
             self.bar.n = clean["step"]
             self.bar.set_postfix(
                 loss=f"{clean.get('loss', float('nan')):.4f}", lr=f"{clean.get('lr', 0):.2e}"

@@ -46,7 +46,7 @@ class TensorBoard:
 
     def log(self, metrics: dict, step: int) -> None:
         for k, v in metrics.items():
-            self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}", v, step)
 
     def close(self) -> None:
         self.writer.close()

@@ -21,7 +21,7 @@ class VLADataConfig:
     format: Literal["auto", "jsonl", "lerobot"] = opt(
         "auto", "data.train's format: auto (a folder with meta/info.json is LeRobot), jsonl or lerobot"
     )
-    eval: str | None = opt(None, "optional held-out VLA records (not read by training; for VLAPolicy checks)")
+    eval: str | None = opt(None, "held-out VLA records: action L1 every train.eval_every steps")
     micro_batch_size: int = opt(8, "samples per micro-batch on each rank")
     max_views: int = opt(2, "camera views per sample at most; samples with fewer have the rest masked")
     on_error: Literal["raise", "skip"] = opt(

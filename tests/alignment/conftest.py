@@ -26,6 +26,8 @@ def base_overrides(synth: dict) -> list[str]:
         "train.save_every=0",
         "optim.warmup_ratio=0",
         "train.log_every=1",
+        "train.eval_every=0",  # tests that evaluate during training turn it on themselves
+        "train.save_best=null",
     ]
 
 
