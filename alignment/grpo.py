@@ -225,6 +225,7 @@ class GRPOTrainer(Trainer):
         if cfg.loss.mu < 1:
             raise ConfigError(f"loss.mu must be >= 1, got {cfg.loss.mu}")
         from vision_tools.engine import EngineConfig, ToolEngine
+        from vision_tools.generation import make_generator
 
         records = self._read(cfg.data.train)
         made = {(rec.meta or {}).get("coords", cfg.rollout.coords) for rec in records}
@@ -258,8 +259,6 @@ class GRPOTrainer(Trainer):
             batch_size=planner.per_rank * r.num_generations,
             visual=cfg.data.visual,
         )
-        from vision_tools.generation import make_generator
-
         # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
         # collectively in each), so generation steps, turns and calls are agreed between ranks
         st.sharded = self.train_cfg.deepspeed == "zero3" and dist.world() > 1
