@@ -279,7 +279,8 @@ class GRPOTrainer(Trainer):
         tools = cfg.rollout.toolset()  # None (rollout.tools false): the prompts as the data has them
         declare(records, tools)
         st.engine = ToolEngine(model, processor, tools, engine_cfg, generator)
-        combine(cfg.rewards, [])  # unknown reward names fail now, not after the first rollout
+        for weights in (cfg.rewards, *cfg.rewards_by_source.values()):
+            combine(weights, [])  # unknown reward names fail now, not after the first rollout
         return st
 
     def _grad_accum(self, prompts: int) -> int:
@@ -373,7 +374,7 @@ class GRPOTrainer(Trainer):
                 "coords": cfg.rollout.coords,
             }
             total, parts = combine(
-                cfg.rewards, [t.turns[-1].text if t.turns else "" for t in group], **sample
+                cfg.rewards_for(rec.meta), [t.turns[-1].text if t.turns else "" for t in group], **sample
             )
             if cfg.loss.overlong_cache:  # DAPO's soft overlong punishment, added to the reward
                 limit = cfg.rollout.max_completion_length * cfg.rollout.max_turns
@@ -428,15 +429,16 @@ class GRPOTrainer(Trainer):
         every = [t for g in rolled for t in g.trajectories]
         all_r = torch.cat([g.rewards for g in rolled])
         n = len(every)
-        parts_all = Counter()
+        parts_all, parts_n = Counter(), Counter()  # a reward's mean: over the rows that used it
         for g in rolled:
             for name, vals in g.parts.items():
                 parts_all[name] += sum(vals)
+                parts_n[name] += len(vals)
         violations = Counter(code for t in every for code in t.violations)
         stats = {
             "reward_mean": float(all_r.mean()),
             "reward_std": float(all_r.std()) if n > 1 else 0.0,
-            **{f"reward/{k}": v / n for k, v in parts_all.items()},
+            **{f"reward/{k}": v / parts_n[k] for k, v in parts_all.items()},
             **{f"violations/{k}": v / n for k, v in violations.items()},
             "tool_calls": sum(rec.image_index is not None for t in every for rec in t.turns) / n,  # executed
             "response_length": sum(t.generated_tokens for t in every) / n,
@@ -447,9 +449,11 @@ class GRPOTrainer(Trainer):
             "overlong": sum(t.finish_reason == "max_tokens" for t in every) / n,
         }
         if "accuracy" in parts_all:
-            stats["accuracy"] = parts_all["accuracy"] / n
-        # averages over every rank's rollouts (the keys are the same on all ranks)
-        shared = ["reward_mean", "response_length", "tool_calls", *(f"reward/{k}" for k in self.cfg.rewards)]
+            stats["accuracy"] = parts_all["accuracy"] / parts_n["accuracy"]
+        # averages over every rank's rollouts (the keys are the same on all ranks; with
+        # rewards_by_source a rank may lack a reward's rows, so its reward/NAME stays the rank's own)
+        named = [] if self.cfg.rewards_by_source else [f"reward/{k}" for k in self.cfg.rewards]
+        shared = ["reward_mean", "response_length", "tool_calls", *named]
         shared = [k for k in shared if k in stats]
         means = dist.all_sum([stats[k] for k in shared], str(self.model.device)) / dist.world()
         stats.update({k: float(v) for k, v in zip(shared, means)})

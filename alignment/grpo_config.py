@@ -7,7 +7,7 @@ from typing import Literal
 
 from alignment.loop import OptimConfig, TrainConfig
 from alignment.rewards import JudgeConfig, reward_weights
-from mm.config import opt
+from mm.config import ConfigError, opt
 from mm.loading import ModelConfig
 from mm.plugins import is_ref, locate
 from mm.visual import VisualConfig
@@ -138,6 +138,11 @@ class GRPOConfig:
         help="reward -> weight ({name: weight}, or a list of {name, weight}); a name is a built-in "
         "reward or path/to/file.py:function, a user's (completions, **sample) -> list[float]",
     )
+    rewards_by_source: dict[str, dict[str, float]] = opt(
+        factory=dict,
+        help="data_source -> rewards ({name: weight}, as `rewards`) for the rows of that source "
+        "(EasyR1/verl `data_source`, in a record's meta); other rows use `rewards`",
+    )
     judge: JudgeConfig = opt(
         factory=JudgeConfig,
         help="who scores a turn's reasoning for virc_turn: rule fallback or an HTTP judge",
@@ -147,3 +152,13 @@ class GRPOConfig:
 
     def __post_init__(self):
         self.rewards = reward_weights(self.rewards)  # the list form becomes {name: weight}
+        for src, weights in self.rewards_by_source.items():
+            if not isinstance(weights, dict):
+                raise ConfigError(
+                    f"rewards_by_source.{src}: expected a mapping {{reward name: weight}}, got {weights!r}"
+                )
+            self.rewards_by_source[src] = reward_weights(weights, f"rewards_by_source.{src}")
+
+    def rewards_for(self, meta: dict | None) -> dict[str, float]:
+        """The rewards of a record with ``meta``: its data_source's in rewards_by_source, else rewards."""
+        return self.rewards_by_source.get((meta or {}).get("data_source"), self.rewards)

@@ -226,7 +226,11 @@ class GRPOHeldOut(HeldOut):
 
         cfg, recs = self.trainer.cfg, [self.records[i] for i in batch["indices"]]
         trajs = self.engine.run([[m.to_dict() for m in r.prompt] for r in recs], self.base_dir)
-        sums: dict[str, float] = {}
+        # every configured reward's key on every rank, with a count of the rows that used it
+        # (rewards_by_source: a reward's mean is over its sources' rows)
+        rewards = (cfg.rewards, *cfg.rewards_by_source.values())
+        sums = dict.fromkeys(["reward", *(f"reward/{k}" for w in rewards for k in w)], 0.0)
+        counts = dict.fromkeys(sums, 0)
         for rec, t in zip(recs, trajs):
             n_images = sum(len(m.visual_items()) for m in rec.prompt)
             sample = {  # what the training rollouts hand the rewards (GRPOTrainer._roll)
@@ -237,10 +241,11 @@ class GRPOHeldOut(HeldOut):
                 "judge": self.trainer.judge,
                 "coords": cfg.rollout.coords,
             }
-            total, parts = combine(cfg.rewards, [t.turns[-1].text if t.turns else ""], **sample)
+            total, parts = combine(cfg.rewards_for(rec.meta), [t.turns[-1].text if t.turns else ""], **sample)
             for name, value in [("reward", total[0]), *((f"reward/{k}", v[0]) for k, v in parts.items())]:
-                sums[name] = sums.get(name, 0.0) + value
-        out = {k: (v, len(recs)) for k, v in sums.items()}
+                sums[name] += value
+                counts[name] += 1
+        out = {k: (v, counts[k]) for k, v in sums.items()}
         if "reward/accuracy" in out:
             out["accuracy"] = out["reward/accuracy"]
         return out

@@ -185,3 +185,65 @@ def test_a_rank_without_informative_groups_runs_a_weightless_stand_in(tiny, enco
 
     stats = trainer.train_step(Engine(), batches, "cpu")
     assert scaled == [0.0, 0.0] and stats["loss"] == 0.0 and stats["samples"] == 0
+
+
+def test_rewards_by_source_score_each_row_with_its_own_rewards():
+    """EasyR1/verl data_source picks the rewards: prompt 0 (geo) by accuracy + 0.5 format, prompt 1
+    (chart) by 2 x format, prompt 2 (no data_source) by `rewards` (contains_answer). Completions
+    (think+answer x, answer x, x, no) score by hand: accuracy 1 1 0 0, format 1 0 0 0, contains
+    1 1 1 0; each reward/NAME is its mean over the rows that used it."""
+    texts = ["<think>t</think><answer>x</answer>", "<answer>x</answer>", "x", "no"]
+    trainer = rl_trainer(
+        "data.prompts_per_step=3",
+        "rewards_by_source.geo.accuracy=1.0",
+        "rewards_by_source.geo.format_think_answer=0.5",
+        "rewards_by_source.chart.format_think_answer=2.0",
+        trajectories=lambda prompts: [traj(texts[k % 4]) for k in range(len(prompts))],
+    )
+    for i, source in [(0, "geo"), (1, "chart")]:
+        trainer.state.dataset[i].meta = {"data_source": source}
+    geo, chart, plain = trainer._roll([0, 1, 2])
+    assert geo.rewards.tolist() == [1.5, 1.0, 0.0, 0.0]
+    assert set(geo.parts) == {"accuracy", "format_think_answer"}
+    assert chart.rewards.tolist() == [2.0, 0.0, 0.0, 0.0] and set(chart.parts) == {"format_think_answer"}
+    assert plain.rewards.tolist() == [1.0, 1.0, 1.0, 0.0] and set(plain.parts) == {"contains_answer"}
+    trainer.rollout([0, 1, 2])
+    stats = trainer.rollout_stats
+    assert stats["reward/accuracy"] == stats["accuracy"] == 2 / 4  # geo's 4 rows
+    assert stats["reward/format_think_answer"] == 2 / 8  # geo's and chart's 8 rows
+    assert stats["reward/contains_answer"] == 3 / 4  # the plain prompt's 4 rows
+    assert stats["reward_mean"] == (2.5 + 2.0 + 3.0) / 12
+
+
+def test_a_bad_reward_name_in_rewards_by_source_fails_at_load():
+    with pytest.raises(ConfigError, match="rewards_by_source.geo.acuracy: unknown reward 'acuracy'"):
+        build_config(QS_GRPO, ["rewards_by_source.geo.acuracy=1.0"])
+    with pytest.raises(ConfigError, match="rewards_by_source.geo: expected a mapping"):
+        build_config(QS_GRPO, ["rewards_by_source.geo=accuracy"])
+
+
+def test_held_out_rewards_follow_the_data_source():
+    """The held-out GRPO scores use the same choice: one greedy rollout per prompt ("<answer>x</answer>":
+    accuracy 1, format 0, contains 1); reward/NAME sums come with the count of rows that used it,
+    and a reward no row of the batch used still reports (0, 0) so every rank has the same keys."""
+    from alignment.evaluation.held_out import GRPOHeldOut
+
+    trainer = rl_trainer(
+        "rewards_by_source.geo.accuracy=1.0",
+        "rewards_by_source.geo.format_think_answer=0.5",
+        "rewards_by_source.chart.cls_format=1.0",
+        trajectories=None,
+    )
+    held = object.__new__(GRPOHeldOut)
+    held.trainer, held.records, held.base_dir = trainer, trainer.state.dataset, ROOT
+    held.engine = SimpleNamespace(run=lambda prompts, base_dir: [traj("<answer>x</answer>") for _ in prompts])
+    held.records[0].meta = {"data_source": "geo"}
+    out = held.sums(None, {"indices": [0, 1, 2]})
+    assert out == {
+        "reward": (1.0 + 1.0 + 1.0, 3),
+        "reward/accuracy": (1.0, 1),
+        "reward/format_think_answer": (0.0, 1),
+        "reward/contains_answer": (2.0, 2),
+        "reward/cls_format": (0.0, 0),
+        "accuracy": (1.0, 1),
+    }
