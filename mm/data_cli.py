@@ -105,6 +105,13 @@ def _quantiles(xs: list[int]) -> list[str]:
     return [str(s[0]), str(q(0.5)), str(q(0.95)), str(s[-1]), f"{sum(s) / len(s):.1f}"]
 
 
+def print_table(table: list[list[str]], out=None) -> None:
+    """Rows of cells, the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))), file=out)
+
+
 def run_stats(path: str, processor, cfg: VisualConfig, out=None, fmt: str = "auto") -> int:
     out = out or sys.stdout
     from tqdm import tqdm
@@ -147,9 +154,7 @@ def run_stats(path: str, processor, cfg: VisualConfig, out=None, fmt: str = "aut
         ["visual tokens", *_quantiles(visual)],
         ["total tokens", *_quantiles(total)],
     ]
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))), file=out)
+    print_table(table, out)
     return 0
 
 

@@ -115,10 +115,19 @@ class LeRobotVLADataset(torch.utils.data.Dataset):
         cache: bool = False,
         tolerance_s: float = 1e-4,
     ):
-        self.root, self.path, self.on_error, self.chunk = root, root, on_error, chunk
-        self.tolerance_s = tolerance_s
+        self.on_error, self.chunk, self.tolerance_s = on_error, chunk, tolerance_s
         self.problems: list[Problem] = []
-        info = self._load_info()
+        self._load_metadata(root, max_views, dims, use_proprio)
+        self.stats = stats or self._load_stats()
+        self.vla = VLAEncoder(encoder, chunk, self.proprio_dim)
+        self.cache: dict[int, VLASample] | None = {} if cache else None
+
+    # ------------------------------------------------------------------ metadata, checked up front
+
+    def _load_metadata(self, root: str, max_views: int, dims: int, use_proprio: bool = True) -> None:
+        """info.json, tasks, episodes (frame ranges, video files) and the frames' columns."""
+        self.root = self.path = root
+        info = self.info = self._load_info()
         self.fps = info["fps"]
         feats = info["features"]
         self.cameras = [k for k, f in feats.items() if k.startswith(IMAGES)]
@@ -157,11 +166,6 @@ class LeRobotVLADataset(torch.utils.data.Dataset):
         self.episodes = self._load_episodes(info)
         self._load_frames(info)
         self.proprio_dim = self.state.shape[1] if use_proprio else 0
-        self.stats = stats or self._load_stats()
-        self.vla = VLAEncoder(encoder, chunk, self.proprio_dim)
-        self.cache: dict[int, VLASample] | None = {} if cache else None
-
-    # ------------------------------------------------------------------ metadata, checked up front
 
     def _load_info(self) -> dict:
         path = os.path.join(self.root, INFO)
@@ -378,3 +382,78 @@ class LeRobotVLADataset(torch.utils.data.Dataset):
                 }
                 f.write(json.dumps(rec) + "\n")
         return path
+
+
+# ---------------------------------------------------------------------- mmpost data validate / stats
+
+
+def _open_metadata(path: str) -> LeRobotVLADataset:
+    """The dataset's metadata and frame columns, checked as the trainer checks them (no encoder)."""
+    ds = LeRobotVLADataset.__new__(LeRobotVLADataset)
+    ds._load_metadata(path, max_views=10**6, dims=0)
+    return ds
+
+
+def _video_span(path: str) -> tuple[float, int]:
+    """(duration in seconds, frame count) of a video's first stream, from its header (no decoding)."""
+    av = require("av", "checking LeRobot videos")
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        n = stream.frames
+        if stream.duration is not None:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = container.duration / 1e6 if container.duration else 0.0
+        rate = float(stream.average_rate or 0)
+        if not n and rate:
+            n = round(duration * rate)
+    return duration, int(n)
+
+
+def validate_lerobot(path: str) -> list[Problem]:
+    """Every problem of a LeRobot dataset: the metadata's (the first one stops the reading, as in
+    training) or, per episode and camera, a video that ends before the episode's last frame."""
+    try:
+        ds = _open_metadata(path)
+    except DataError as e:
+        return [e.problem]
+    problems, spans = [], {}
+    fps = float(ds.fps)
+    for row, (e, ep) in enumerate(ds.episodes.items()):
+        last = float(ds.timestamp[int(ep["dataset_to_index"]) - 1])
+        for k in ds.cameras:
+            video = ep[f"_video/{k}"]
+            if video not in spans:
+                spans[video] = _video_span(video)
+            duration, n = spans[video]
+            end = float(ep[f"videos/{k}/from_timestamp"]) + last  # the timestamp of its last frame
+            covered = max(duration, n / fps)
+            if end > covered - 0.5 / fps:
+                problems.append(
+                    Problem(
+                        ep["_file"],
+                        row,
+                        "short_video",
+                        f"episode {e} ({k}) ends at t = {end:.3f} s but {video} holds "
+                        f"{n} frame(s), {duration:.3f} s",
+                        "the episodes' videos/*/from_timestamp do not match the video: re-export the dataset",
+                    )
+                )
+    return problems
+
+
+def lerobot_stats(path: str) -> dict:
+    """Counts and shapes of a LeRobot dataset (raises DataError on bad metadata)."""
+    ds = _open_metadata(path)
+    feats = ds.info["features"]
+    lengths = [int(ep["dataset_to_index"]) - int(ep["dataset_from_index"]) for ep in ds.episodes.values()]
+    return {
+        "episodes": len(ds.episodes),
+        "frames": len(ds.index),
+        "fps": ds.fps,
+        "tasks": len(ds.tasks),
+        "cameras": {k[len(IMAGES) :]: tuple(feats[k]["shape"][:2]) for k in ds.cameras},
+        "action_dim": ds.action_dim,
+        "state_dim": int(ds.state.shape[1]),
+        "episode_lengths": lengths,
+    }

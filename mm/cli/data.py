@@ -18,6 +18,7 @@ only the subcommand named on the command line is built.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 
 
@@ -37,16 +38,16 @@ DATA_FILE_HELP = "data file: JSONL, JSON, parquet, arrow, or a save_to_disk / pa
 FORMAT_HELP = "auto (told by the columns), mmpost, sharegpt, alpaca, openai, trl or rl (default %(default)s)"
 
 
-def _add_data_file(p) -> None:
+def _add_data_file(p, format_help: str = FORMAT_HELP) -> None:
     p.add_argument("file", help=DATA_FILE_HELP)
-    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+    p.add_argument("--format", default="auto", help=format_help)
 
 
 def _add_file(p) -> None:
     from mm.cli.flags import add_config_flags
     from mm.visual import VisualConfig
 
-    _add_data_file(p)
+    _add_data_file(p, FORMAT_HELP.replace(" or rl", ", rl or lerobot (a LeRobot v3.0 dataset folder)"))
     add_config_flags(p, VisualConfig, title="visual limits (VisualConfig)")
 
 
@@ -55,11 +56,60 @@ def add_validate(p) -> None:
     p.set_defaults(func=cmd_validate)
 
 
+def _lerobot(args) -> bool:
+    """True for a LeRobot v3.0 dataset folder (VLA data): told by its meta/info.json, or --format lerobot."""
+    from alignment.vla.lerobot import is_lerobot
+
+    return args.format == "lerobot" or (args.format == "auto" and is_lerobot(args.file))
+
+
+def validate_lerobot_cli(path: str) -> int:
+    from alignment.vla.lerobot import lerobot_stats, validate_lerobot
+
+    problems = validate_lerobot(path)
+    for p in problems:
+        print(p)
+    if not problems:
+        s = lerobot_stats(path)
+        print(f"{path}: LeRobot v3.0, {s['episodes']} episode(s), {s['frames']} frame(s), 0 with problems")
+        return 0
+    codes = collections.Counter(p.code for p in problems)
+    print(
+        f"{path}: LeRobot v3.0, {len(problems)} problem(s) ("
+        + ", ".join(f"{c}: {n}" for c, n in codes.most_common())
+        + ")"
+    )
+    return 1
+
+
+def stats_lerobot_cli(path: str) -> int:
+    from alignment.vla.lerobot import lerobot_stats
+    from mm.data_cli import _quantiles, print_table
+    from mm.dataset import DataError
+
+    try:
+        s = lerobot_stats(path)
+    except DataError as e:
+        print(e.problem)
+        return 1
+    cams = ", ".join(f"{k} {h}x{w}" for k, (h, w) in s["cameras"].items())
+    print(
+        f"{path}: LeRobot v3.0, {s['episodes']} episode(s), {s['frames']} frame(s) at {s['fps']} fps, "
+        f"{s['tasks']} task(s), camera(s): {cams}; action dims {s['action_dim']}, state dims {s['state_dim']}"
+    )
+    print_table(
+        [["", "min", "median", "p95", "max", "mean"], ["episode frames", *_quantiles(s["episode_lengths"])]]
+    )
+    return 0
+
+
 def cmd_validate(args) -> int:
     from mm.cli.flags import config_from_args
     from mm.data_cli import run_validate
     from mm.visual import VisualConfig
 
+    if _lerobot(args):
+        return validate_lerobot_cli(args.file)
     return run_validate(args.file, config_from_args(VisualConfig, args), fmt=args.format)
 
 
@@ -76,6 +126,8 @@ def cmd_stats(args) -> int:
     from mm.data_cli import run_stats
     from mm.visual import VisualConfig
 
+    if _lerobot(args):
+        return stats_lerobot_cli(args.file)
     return run_stats(
         args.file, load_processor(args.model), config_from_args(VisualConfig, args), fmt=args.format
     )

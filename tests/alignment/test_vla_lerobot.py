@@ -242,3 +242,93 @@ def test_cli_vla_synth_lerobot(tmp_path):
     assert (
         tmp_path / "test" / "videos" / "observation.images.front" / "chunk-000" / "file-000.mp4"
     ).is_file()
+
+
+def _episode_lengths(root):
+    """The episodes' lengths as written: frames per episode_index in the data/ parquet files."""
+    import pyarrow.parquet as pq
+
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, "data")) for f in fs]
+    eps = np.concatenate([pq.read_table(f).column("episode_index").to_numpy() for f in files])
+    return np.bincount(eps).tolist()
+
+
+def test_cli_validate_and_stats_lerobot(sets, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mm.cli import main
+
+    src = sets["lossy"]["train"]
+    lengths = _episode_lengths(src)
+    assert main(["data", "validate", src]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(lengths)} episode(s), {sum(lengths)} frame(s), 0 with problems" in out
+
+    assert main(["data", "stats", src, "--format", "lerobot"]) == 0
+    out = capsys.readouterr().out
+    info = json.load(open(os.path.join(src, "meta", "info.json")))
+    h, w = info["features"]["observation.images.front"]["shape"][:2]
+    assert f"{len(lengths)} episode(s), {sum(lengths)} frame(s) at {info['fps']} fps" in out
+    assert f"front {h}x{w}" in out and "action dims 7" in out
+    assert f"state dims {info['features']['observation.state']['shape'][0]}" in out
+    row = next(x for x in out.splitlines() if x.startswith("episode frames")).split()[2:]
+    assert row == [str(min(lengths)), str(int(np.median(lengths))), str(max(lengths)), str(max(lengths)),
+                   f"{np.mean(lengths):.1f}"]  # fmt: skip
+
+    root = _copy(src, tmp_path / "no_video")
+    video = os.path.join(root, "videos", "observation.images.wrist", "chunk-000", "file-001.mp4")
+    os.remove(video)
+    assert main(["data", "validate", root]) == 1
+    out = capsys.readouterr().out
+    assert video in out and "[missing_video]" in out and "copy the dataset's videos/ folder" in out
+
+    root = _copy(src, tmp_path / "bad_episode")
+    path = os.path.join(root, "meta", "episodes", "chunk-000", "file-000.parquet")
+    t = pq.read_table(path)
+    ep = t.column("episode_index").to_pylist()
+    ep[4] = 17
+    pq.write_table(t.set_column(0, "episode_index", pa.array(ep)), path)
+    assert main(["data", "validate", root]) == 1
+    out = capsys.readouterr().out
+    assert path in out and "episode_index 17 is out of range" in out and "fix:" in out
+    assert main(["data", "stats", root]) == 1
+    assert "episode_index 17" in capsys.readouterr().out
+
+    # a video shorter than its episodes: every episode past its end is named
+    root = _copy(src, tmp_path / "short_video")
+    video = os.path.join(root, "videos", "observation.images.front", "chunk-000", "file-000.mp4")
+    shutil.copy(os.path.join(root, "videos", "observation.images.front", "chunk-000", "file-001.mp4"), video)
+    assert main(["data", "validate", root]) == 1
+    out = capsys.readouterr().out
+    assert "[short_video]" in out and "episode 2 (observation.images.front)" in out
+    assert "episode 1 " not in out  # file-001 holds 2 episodes: episodes 0 and 1 still fit
+
+
+def test_cli_stats_lerobot_uneven_episodes(tmp_path, capsys):
+    """Stats of episodes of unequal length, a non-square camera, 3-d actions and 2-d state: every
+    number equals the one computed from the episodes as written (quantiles: numpy's nearest rank)."""
+    from alignment.vla.lerobot_write import Episode, write_lerobot
+    from mm.cli import main
+
+    rng = np.random.default_rng(0)
+    lengths, tasks = [3, 9, 5, 12, 4], ["pick", "place", "pick", "push", "place"]
+    episodes = [
+        Episode(
+            task,
+            {"top": rng.integers(0, 255, (n, 32, 48, 3), dtype=np.uint8)},
+            rng.normal(size=(n, 3)).astype(np.float32),
+            rng.normal(size=(n, 2)).astype(np.float32),
+        )
+        for n, task in zip(lengths, tasks)
+    ]
+    root = write_lerobot(str(tmp_path / "uneven"), episodes, fps=15, episodes_per_file=2)
+    assert main(["data", "validate", root]) == 0
+    assert f"5 episode(s), {sum(lengths)} frame(s), 0 with problems" in capsys.readouterr().out
+    assert main(["data", "stats", root]) == 0
+    out = capsys.readouterr().out
+    assert f"5 episode(s), {sum(lengths)} frame(s) at 15 fps, {len(set(tasks))} task(s)" in out
+    assert "camera(s): top 32x48; action dims 3, state dims 2" in out
+    row = next(x for x in out.splitlines() if x.startswith("episode frames")).split()[2:]
+    q = [int(np.percentile(lengths, p, method="nearest")) for p in (0, 50, 95, 100)]
+    assert row == [*map(str, q), f"{np.mean(lengths):.1f}"] == ["3", "5", "12", "12", "6.6"]
