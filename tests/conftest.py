@@ -80,6 +80,19 @@ def torchrun(nproc: int = 2) -> list[str]:
     ]
 
 
+def reply_chat(handler, content: str) -> None:
+    """Answer an http.server request as an OpenAI chat completion whose message is ``content``
+    (the fake judges of the reward, ViRC and benchmark tests)."""
+    import json
+
+    out = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(out)))
+    handler.end_headers()
+    handler.wfile.write(out)
+
+
 def solid(w: int, h: int, color=(200, 30, 30)) -> Image.Image:
     img = Image.new("RGB", (w, h), color)
     # a gradient so different crops/sizes give different features

@@ -16,6 +16,7 @@ from alignment.evaluation.benchmarks.fixtures import write_fixture
 from alignment.evaluation.benchmarks.mmmu import parse_multi_choice, parse_open
 from alignment.evaluation.benchmarks.run import score_samples
 from alignment.rewards import HTTPJudge
+from tests.conftest import reply_chat
 
 
 def load(name, tmp_path):
@@ -208,12 +209,7 @@ class Extractor(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         Extractor.prompts.append(body["messages"][0]["content"])
-        out = json.dumps({"choices": [{"message": {"content": " 5 cm\n"}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_chat(self, " 5 cm\n")
 
     def log_message(self, *a):
         pass

@@ -19,6 +19,7 @@ from alignment.rewards import (
     format_think_answer,
     virc_turn,
 )
+from tests.conftest import reply_chat
 
 FORMAT = [
     ("<think>2+2 is 4</think><answer>4</answer>", 1.0),
@@ -152,12 +153,7 @@ class FakeJudge(BaseHTTPRequestHandler):
             self.send_response(500)
             self.end_headers()
             return
-        out = json.dumps({"choices": [{"message": {"content": "7"}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_chat(self, "7")
 
     def log_message(self, *a):
         pass

@@ -10,6 +10,7 @@ import pytest
 from alignment.builders.virc_turns import next_turn_records, write_next_turn_records
 from alignment.train import build_config
 from tests.alignment.conftest import ROOT
+from tests.conftest import reply_chat
 from vision_tools.generation import ScriptedGenerator
 
 
@@ -79,12 +80,7 @@ class Judge72B(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         Judge72B.calls += 1
         assert body["model"] == "judge-72b" and "bar C" in body["messages"][0]["content"]
-        out = json.dumps({"choices": [{"message": {"content": "7"}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_chat(self, "7")
 
     def log_message(self, *a):
         pass
