@@ -26,7 +26,9 @@ holds) and ``kv`` (per layer ``(keys, values)``, each ``[1, heads, len(ids), hea
 
 Greedy ids equal :class:`HFGenerator`'s (tested in fp32, also over several turns); sampling
 uses the same logits processors (suppressed control tokens, temperature, top-k, top-p).
-ZeRO-3 over several ranks (``synced_gpus``) takes :class:`HFGenerator`'s path.
+ZeRO-3 over several ranks (``synced_gpus``) takes :class:`HFGenerator`'s path. Per-request
+stop strings (``Sampling.stop``) and the ``cancelled`` hook work as in :class:`HFGenerator`: a
+cancelled row leaves the batch at the next token.
 """
 
 from __future__ import annotations
@@ -201,6 +203,8 @@ class CachedGenerator(HFGenerator):
     def _decode(self, contexts, cache, logits, mask, nxt, limits, sampling) -> list[list[int]]:
         dev = self.model.device
         B = len(contexts)
+        stops = STOP_STRINGS + tuple(sampling.stop)
+        cancelled = self.cancelled or (lambda key: False)
         new: list[list[int]] = [[] for _ in range(B)]
         active = list(range(B))  # rows still in the batch, in cache order
         step = 0
@@ -209,12 +213,12 @@ class CachedGenerator(HFGenerator):
             keep = []
             for k, (i, t) in enumerate(zip(active, tokens)):
                 new[i].append(t)
-                if not self._done(new[i], limits[i]):
+                if not self._done(new[i], limits[i], stops) and not cancelled(contexts[i].key):
                     keep.append(k)
                 else:
                     self._store(contexts[i], new[i], cache, mask, k, fed=step)
             if not keep:
-                return [self._trim(n, limit) for n, limit in zip(new, limits)]
+                return [self._trim(n, limit, stops) for n, limit in zip(new, limits)]
             if len(keep) < len(active):  # finished rows leave the batch
                 sel = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(sel)
@@ -228,10 +232,10 @@ class CachedGenerator(HFGenerator):
             )
             cache, logits, step = out.cache, out.logits[:, -1].float(), step + 1
 
-    def _done(self, new: list[int], limit: int) -> bool:
+    def _done(self, new: list[int], limit: int, stops: tuple[str, ...]) -> bool:
         if len(new) >= limit or new[-1] in self.end_ids:
             return True
-        return any(s in self.tok.decode(new[-8:]) for s in STOP_STRINGS)
+        return any(s in self.tok.decode(new[-8:]) for s in stops)
 
     def _store(self, c: Context, new: list[int], cache, mask, row: int, fed: int) -> None:
         """Keep row ``row``'s keys and values (its context and the ``fed`` new tokens that went

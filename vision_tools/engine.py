@@ -61,9 +61,9 @@ class EngineConfig:
         factory=list, help="extra stop strings: a turn that writes one ends the conversation"
     )
     generator: Literal["cached", "hf"] = opt(
-        "hf",
+        "cached",
         "cached: one prefill per distinct prompt, KV cache kept across turns; hf: model.generate "
-        "over every full context (the two give the same greedy ids; the API server needs hf: per-request stop strings and cancellation)",
+        "over every full context (the two give the same greedy ids; hf for models with sliding-window layers)",
     )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vision_tools.engine import ToolEngine, Trajectory
-from vision_tools.generation import HFGenerator
+from vision_tools.generation import make_generator
 from vision_tools.openai_response import turn_json
 from vision_tools.openai_schema import ChatRequest
 from vision_tools.request_images import ApiError
@@ -85,7 +85,7 @@ def _set(fut: asyncio.Future, value) -> None:
 class Scheduler:
     def __init__(self, model, processor, tools, cfg: ServeConfig):
         self.model, self.processor, self.tools, self.cfg = model, processor, tools, cfg
-        self.generator = HFGenerator(model, processor)
+        self.generator = make_generator(cfg.engine.generator, model, processor)
         self.generator.cancelled = self._row_cancelled
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []

@@ -1,10 +1,12 @@
 """The engine's step-wise entry (the server's continuous batching), caller stop strings and
 per-row cancellation, against the engine's own one-call ``run``."""
 
+import pytest
+
 from tests.conftest import solid
 from vision_tools.api import build_prompt
 from vision_tools.engine import EngineConfig, ToolEngine
-from vision_tools.generation import Context, HFGenerator, Sampling, ScriptedGenerator
+from vision_tools.generation import Context, Sampling, ScriptedGenerator, make_generator
 
 GREEDY = {"max_turns": 3, "max_turn_tokens": 6, "max_resamples": 0}
 
@@ -49,9 +51,10 @@ def test_a_caller_stop_string_ends_the_conversation_without_resampling(tiny):
     assert traj.finish_reason == "stop" and [t.attempts for t in traj.turns] == [1]
 
 
-def test_generation_stops_a_cancelled_row_at_once_and_leaves_the_others(tiny):
+@pytest.mark.parametrize("kind", ["hf", "cached"])
+def test_generation_stops_a_cancelled_row_at_once_and_leaves_the_others(tiny, kind):
     model, processor = tiny
-    gen = HFGenerator(model, processor)
+    gen = make_generator(kind, model, processor)
     engine = ToolEngine(model, processor, config=EngineConfig(**GREEDY))
     a, b = (c.context() for c in engine.start([prompt(0), prompt(1)], keys=[1, 2]))
     full = gen.generate([a, b], [12, 12], Sampling())
@@ -64,9 +67,10 @@ def test_generation_stops_a_cancelled_row_at_once_and_leaves_the_others(tiny):
     assert [len(r) for r in gen.generate([a, b], [12, 12], Sampling())] == [1, 1]
 
 
-def test_a_caller_stop_string_stops_generation(tiny):
+@pytest.mark.parametrize("kind", ["hf", "cached"])
+def test_a_caller_stop_string_stops_generation(tiny, kind):
     model, processor = tiny
-    gen = HFGenerator(model, processor)
+    gen = make_generator(kind, model, processor)
     ctx = ToolEngine(model, processor, config=EngineConfig(**GREEDY)).start([prompt(0)])[0].context()
     assert isinstance(ctx, Context)
     full = gen.generate([ctx], [16], Sampling())[0]
