@@ -94,3 +94,17 @@ def test_another_stage_and_number_of_ranks_is_refused(tmp_path, files, stage):
     path = fake_checkpoint(tmp_path / "ck", 2, files)
     with pytest.raises(ValueError, match=r"written by 2 rank\(s\).*resumed on 1 rank\(s\).*or on 2 rank"):
         checkpoint.resharded(path, 1, stage)
+
+
+def test_a_resume_with_another_global_batch_warns(capsys):
+    from types import SimpleNamespace
+
+    from alignment.loop import Trainer
+
+    trainer = Trainer(SimpleNamespace(train=None, optim=None))
+    trainer.state = SimpleNamespace(grad_accum=2)  # 1 rank x 2 micro-batches per step
+    trainer._check_step_batch("ck", {"step_micro_batches": 2, "world_size": 2})  # 2 ranks x 1: the same
+    assert "warning" not in capsys.readouterr().out
+    trainer._check_step_batch("ck", {"step_micro_batches": 4, "world_size": 2})  # 2 ranks x 2
+    out = capsys.readouterr().out
+    assert "ck was written with 4 micro-batches per optimizer step (2 rank(s)); this run takes 2" in out
