@@ -252,9 +252,10 @@ class Trainer:
         steps_per_epoch = self.state.planner.steps_per_epoch()
         total = tc.max_steps or tc.epochs * steps_per_epoch
         optimizer, scheduler = self.optimizer(total)
-        engine, scheduler, stage = self.deepspeed_engine(module, optimizer, scheduler)
+        resume_from = self._resume_path()  # known before the engine: another world size changes its config
+        engine, scheduler, stage = self.deepspeed_engine(module, optimizer, scheduler, resume_from)
         evaluator = Evaluator(self, device)  # before the resume: DPO's held-out reference is the start
-        first, tokens_seen = self.resume(engine, total)
+        first, tokens_seen = self.resume(engine, total, resume_from)
         log = MetricsLogger(tc.output_dir, total, first, self.name, tc.report_to, to_dict(self.cfg))
         t_start, window, last_loss, step = time.time(), Window(), float("nan"), first
         for step, batches in self.steps(first, total, steps_per_epoch):
@@ -316,8 +317,9 @@ class Trainer:
         )
         return optimizer, scheduler
 
-    def deepspeed_engine(self, module, optimizer, scheduler):
-        """The DeepSpeed engine around ``module``: (engine, its scheduler, ZeRO stage)."""
+    def deepspeed_engine(self, module, optimizer, scheduler, resume_from: str | None = None):
+        """The DeepSpeed engine around ``module``: (engine, its scheduler, ZeRO stage); set to load
+        ``resume_from`` in DeepSpeed's universal format when other ranks wrote its ZeRO shards."""
         import deepspeed
 
         tc = self.train_cfg
@@ -328,21 +330,23 @@ class Trainer:
             self.optim_cfg.max_grad_norm,
             self.bf16,
         )
+        if resume_from and checkpoint.resharded(resume_from, dist.world(), zero_stage(ds_cfg)):
+            ds_cfg["checkpoint"] = {**ds_cfg.get("checkpoint", {}), "load_universal": True}
         engine, _, _, scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
         self._norm_by_hand = not reports_grad_norm(engine)
         return engine, scheduler, zero_stage(ds_cfg)
 
-    def resume(self, engine, total: int) -> tuple[int, int]:
-        """(step, tokens seen) of the checkpoint to continue from, loaded into ``engine``, or (0, 0)."""
+    def resume(self, engine, total: int, resume_from: str | None) -> tuple[int, int]:
+        """(step, tokens seen) of the checkpoint ``resume_from``, loaded into ``engine``, or (0, 0)."""
         step, tokens_seen = 0, 0
-        resume_from = self._resume_path()
         if resume_from:
             state = checkpoint.load(engine, resume_from)
             step, tokens_seen = state["step"], state["tokens_seen"]
             if dist.is_main():
                 print(f"resumed from {resume_from} at step {step}/{total}", flush=True)
+                self._check_step_batch(resume_from, state)
         checkpoint.clean_partial(self.train_cfg.output_dir)
         return step, tokens_seen
 
@@ -472,6 +476,24 @@ class Trainer:
             raise FileNotFoundError(f"resume={r!r} is not a complete checkpoint (no {checkpoint.STATE})")
         return r
 
+    def _step_micro_batches(self) -> int:
+        """Micro-batches of one optimizer step over all ranks: the step planners' global batch."""
+        return dist.world() * self.state.grad_accum
+
+    def _check_step_batch(self, path: str, state: dict) -> None:
+        """Warn when the resumed run's steps take another number of micro-batches than the
+        checkpoint's: the plan's step k then holds other samples (some are seen twice or never)."""
+        saved = state.get("step_micro_batches")
+        if saved and saved != self._step_micro_batches():
+            print(
+                f"warning: {path} was written with {saved} micro-batches per optimizer step "
+                f"({state['world_size']} rank(s)); this run takes {self._step_micro_batches()} "
+                f"({dist.world()} rank(s) x {self.state.grad_accum}): set "
+                "train.gradient_accumulation_steps so that ranks x it stays the same to continue "
+                "with the same samples",
+                flush=True,
+            )
+
     def save(self, engine, step: int, tokens_seen: int) -> str:
         from mm.config import to_dict
 
@@ -480,6 +502,7 @@ class Trainer:
             "tokens_seen": tokens_seen,
             "config": to_dict(self.cfg),
             "world_size": dist.world(),
+            "step_micro_batches": self._step_micro_batches(),
         }
         return checkpoint.save(engine, self.train_cfg.output_dir, step, state, self.train_cfg.keep_last)
 
