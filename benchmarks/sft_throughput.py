@@ -16,8 +16,14 @@ Layouts, all through ``alignment.train`` (one epoch, AdamW, fp32, no gradient ch
   block-diagonal [1, 1, L, L] mask under SDPA (attention over all L x L pairs);
 * packed_flex: the same rows with ``attn: flex`` (FlexAttention on CUDA; on a CPU SDPA per
   sample segment, see mm/packed_attention.py): one flat row, no mask, attention per sample;
-* trl: TRL's SFTTrainer with the same model and data (gradient checkpointing off, fp32), only
-  if TRL is installed; otherwise printed as not measured.
+* trl_defaults: TRL's SFTTrainer with the same model, data, batch size and lr, everything else
+  SFTConfig's defaults (gradient checkpointing on, bf16 autocast) except ``max_length=None``
+  (its default 1024 would cut the long trajectories, so it would train on other data);
+* trl_tuned: the same with gradient checkpointing off and fp32 (mmpost's settings).
+  TRL arms run only if TRL is installed; otherwise printed as not measured. TRL computes the
+  loss over every token (its default for conversational data) and logits over the full
+  vocabulary at every position; mmpost supervises the assistant turns and computes logits
+  only there.
 
 Throughput is real (non-padding) tokens of the epoch over the training-loop time (setup and
 model loading excluded). Runs alternate in order for --rounds rounds; medians and ratios
@@ -41,6 +47,7 @@ os.environ.setdefault("MMPOST_PROGRESS", "0")
 
 MAX_PIXELS = 200704  # 256 visual tokens per image at most
 
+TRL_ARMS = ("trl_defaults", "trl_tuned")
 LAYOUTS = {  # name -> (data.layout, model.attn)
     "padded": ("pad", "sdpa"),
     "packed_dense": ("pack", "sdpa"),
@@ -48,8 +55,9 @@ LAYOUTS = {  # name -> (data.layout, model.attn)
 }
 
 
-def mmpost_epoch(data: str, out: str, preset: str, name: str, batch: int, max_tokens: int, lr: float):
-    """One epoch in a fresh process (models of earlier runs otherwise stay in memory): (seconds, tokens)."""
+def run_epoch(data: str, out: str, preset: str, name: str, batch: int, max_tokens: int, lr: float):
+    """One epoch of arm ``name`` in a fresh process (models of earlier runs otherwise stay in
+    memory): (seconds of the training loop, real tokens trained)."""
     import subprocess
 
     args = [data, out, preset, name, str(batch), str(max_tokens), str(lr)]
@@ -64,6 +72,10 @@ def one_epoch(data: str, out: str, preset: str, name: str, batch: str, max_token
     from alignment.train import train
 
     batch, max_tokens = int(batch), int(max_tokens)
+    if name.startswith("trl"):
+        sec, tokens = trl_epoch(data, out, preset, batch, float(lr), tuned=name == "trl_tuned")
+        print(json.dumps({"seconds": sec, "tokens": tokens}))
+        return
     layout, attn = LAYOUTS[name]
     over = [
         f"model.name_or_path={preset}",
@@ -111,8 +123,9 @@ def layout_costs(lengths: list[int], batch: int, max_tokens: int) -> dict:
     return out
 
 
-def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[float, int]:
-    """TRL SFTTrainer over the same records (images in order as the messages name them)."""
+def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float, tuned: bool) -> tuple[float, int]:
+    """TRL SFTTrainer over the same records (images in order as the messages name them):
+    (seconds of ``train``, the non-padding tokens TRL counted)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -120,6 +133,7 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[
     from mm.visual import VisualConfig, load_visuals, plan_visuals
 
     model, processor = load_model(preset, attn="sdpa")
+    model.config.use_cache = False  # as mmpost trains (and as TRL's gradient checkpointing sets it)
     base, cfg = os.path.dirname(data), VisualConfig(max_pixels=MAX_PIXELS)
     rows = []
     for line in open(data):
@@ -148,9 +162,8 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[
         save_strategy="no",
         report_to=[],
         use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
         max_length=None,
+        **({"bf16": False, "gradient_checkpointing": False} if tuned else {}),
         dataloader_num_workers=0,
         seed=0,
         disable_tqdm=True,
@@ -160,7 +173,10 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float) -> tuple[
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor
     )
     result = trainer.train()
-    return result.metrics["train_runtime"], 0
+    tokens = next(
+        (float(h["num_tokens"]) for h in reversed(trainer.state.log_history) if "num_tokens" in h), 0
+    )
+    return result.metrics["train_runtime"], int(tokens)
 
 
 def main() -> None:
@@ -181,6 +197,7 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--arms", nargs="+", choices=[*LAYOUTS, *TRL_ARMS], default=[*LAYOUTS, *TRL_ARMS])
     args = ap.parse_args()
 
     from mm.dataset import RecordDataset
@@ -204,34 +221,29 @@ def main() -> None:
     for name, (pad, attn_ratio) in costs.items():
         print(f"  {name:13s} padding {pad:6.1%}   attention pairs computed / needed {attn_ratio:5.2f}")
 
-    runs = {name: [] for name in LAYOUTS}
     trl = is_available("trl")
-    if trl:
-        runs["trl"] = []
+    runs = {name: [] for name in args.arms if trl or name not in TRL_ARMS}
     for r in range(args.rounds):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
             out = os.path.join(tmp, f"{name}_{r}")
             t0 = time.perf_counter()
-            if name == "trl":
-                sec, tokens = trl_epoch(data, out, args.preset, args.batch_size, args.lr)
-                tokens = sum(lengths)  # TRL trains on every sample of the epoch
-            else:
-                sec, tokens = mmpost_epoch(data, out, args.preset, name, args.batch_size, max_tokens, args.lr)
+            sec, tokens = run_epoch(data, out, args.preset, name, args.batch_size, max_tokens, args.lr)
             runs[name].append(tokens / sec)
             print(
-                f"  round {r}: {name:13s} {tokens / sec:8.0f} tok/s  (loop {sec:.1f} s, with setup "
-                f"{time.perf_counter() - t0:.1f} s)",
+                f"  round {r}: {name:13s} {tokens / sec:8.0f} tok/s  ({tokens} tokens, loop {sec:.1f} s, "
+                f"with setup {time.perf_counter() - t0:.1f} s)",
                 flush=True,
             )
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"\nmedians of {args.rounds} interleaved rounds (real tokens / s):")
+    base = next(iter(med))
     for k, v in med.items():
-        print(f"  {k:13s} {v:8.0f} tok/s   {v / med['padded']:.2f}x padded")
-    if trl:
-        for k in LAYOUTS:
-            print(f"  {k} vs TRL: {med[k] / med['trl']:.2f}x")
-    else:
+        print(f"  {k:13s} {v:8.0f} tok/s   {v / med[base]:.2f}x {base}")
+    for t in [t for t in TRL_ARMS if t in med]:
+        for k in [k for k in LAYOUTS if k in med]:
+            print(f"  {k} vs {t}: {med[k] / med[t]:.2f}x")
+    if not trl:
         print("  trl           not measured (TRL is not installed: pip install trl)")
 
 
