@@ -10,7 +10,12 @@ a ``DynamicCache``:
   the cache is expanded to their rows before the first token is chosen;
 * a context that carries a ``session`` (a dict the engine keeps per conversation) reuses the
   keys and values stored there for the longest common prefix of its ids, and only the rest
-  (the closing of the last turn, the tool result with its image, the next header) is run.
+  (the closing of the last turn, the tool result with its image, the next header) is run;
+* with ``prefixes=N`` (a server, whose weights do not change), the keys and values of the text
+  before the first image of the last N distinct prompts are kept, and a new conversation starts
+  from the longest of them its ids begin with: requests that share a system prompt (the tool
+  prompt is ~900 tokens) prefill it once. Only text is shared (equal ids of two images need not
+  be equal pixels); off by default, as a trainer's weights change between rollouts.
 
 Batch layout of one prefill forward (U distinct units, P = longest reused past, S = longest
 new part; both left-padded, the padding masked out; positions are mm's M-RoPE positions of the
@@ -32,6 +37,8 @@ cancelled row leaves the batch at the next token.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 
@@ -74,18 +81,28 @@ def _same(a: Context, b: Context) -> bool:
     )
 
 
+def _common(a, b) -> int:
+    """Length of the common prefix of two id sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _text_prefix(c: Context) -> int:
+    """Tokens before the first image or video of ``c`` (all of it if text-only)."""
+    return next((j for j, t in enumerate(c.types) if t != TEXT), len(c.types))
+
+
 def _reusable(c: Context) -> int:
     """Tokens of ``c`` whose keys and values its session holds: the common prefix, less at least
     one token (the forward needs an input), backed off to a text token."""
     s = c.session
     if not s or "ids" not in s:
         return 0
-    n = 0
-    for a, b in zip(s["ids"], c.input_ids):
-        if a != b:
-            break
-        n += 1
-    n = min(n, len(c.input_ids) - 1)
+    n = min(_common(s["ids"], c.input_ids), len(c.input_ids) - 1)
     while n > 0 and c.types[n - 1] != TEXT:  # never split a vision block
         n -= 1
     return n
@@ -94,8 +111,10 @@ def _reusable(c: Context) -> int:
 class CachedGenerator(HFGenerator):
     """Own decode loop: one prefill per distinct context, KV cache kept across turns."""
 
-    def __init__(self, model, processor, synced_gpus: bool = False, features=None):
+    def __init__(self, model, processor, synced_gpus: bool = False, features=None, prefixes: int = 0):
         super().__init__(model, processor, synced_gpus, features)
+        self.max_prefixes = prefixes
+        self.prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()  # text ids -> kv, newest last
         from transformers.generation.logits_process import (
             SuppressTokensLogitsProcessor,
             TemperatureLogitsWarper,
@@ -128,15 +147,47 @@ class CachedGenerator(HFGenerator):
             shared = next((u for u, f in fresh if _same(f, c)), None) if reuse == 0 else None
             if shared is None:
                 shared = len(units)
-                units.append(_Unit(c, reuse, c.session["kv"] if reuse else None, self.rope))
-                if reuse == 0:
+                if reuse:
+                    units.append(_Unit(c, reuse, c.session["kv"], self.rope))
+                else:
+                    units.append(_Unit(c, *self._prefix(c), self.rope))
                     fresh.append((shared, c))
             row_unit.append(shared)
         cache, logits, mask = self._prefill(units)  # logits [U, V], mask [U, P + S]
+        for u, c in fresh:
+            self._keep_prefix(c, units[u], cache, u)
         rows = torch.tensor(row_unit, device=self.model.device)
         cache.batch_select_indices(rows)  # the G rows of a group start from one prefill
         nxt = torch.tensor([units[u].next_position for u in row_unit], device=rows.device)  # [B]
         return self._decode(contexts, cache, logits[rows], mask[rows], nxt, max_new_tokens, sampling)
+
+    def _prefix(self, c: Context) -> tuple[int, list | None]:
+        """(tokens, kv) of the longest kept text prefix that ``c`` starts with (0, None: none)."""
+        limit = min(_text_prefix(c), len(c.input_ids) - 1)
+        best, kv = 0, None
+        for ids, entry in self.prefixes.items():
+            n = _common(ids, c.input_ids[:limit])
+            if n > best:
+                best, kv, key = n, entry, ids
+        if kv is not None:
+            self.prefixes.move_to_end(key)
+        return best, kv
+
+    def _keep_prefix(self, c: Context, unit: _Unit, cache, row: int) -> None:
+        """Keep the keys and values of ``c``'s text before its first image (unit ``row`` of the
+        prefill ``cache``, left-padded) for later prompts; the oldest beyond ``max_prefixes`` go."""
+        n = min(_text_prefix(c), len(c.input_ids) - 1)
+        if not self.max_prefixes or n == 0 or unit.reuse:  # started from a kept prefix: enough
+            return
+        key = tuple(c.input_ids[:n])
+        start = cache.layers[0].keys.shape[2] - len(unit.ids)  # where the unit's ids start (left pad)
+        self.prefixes[key] = [
+            (layer.keys[row : row + 1, :, start : start + n].clone(),
+             layer.values[row : row + 1, :, start : start + n].clone())
+            for layer in cache.layers
+        ]  # fmt: skip
+        while len(self.prefixes) > self.max_prefixes:
+            self.prefixes.popitem(last=False)
 
     def _prefill(self, units: list[_Unit]):
         from transformers import DynamicCache

@@ -239,12 +239,15 @@ class ScriptedGenerator:
 GENERATORS = ("cached", "hf")
 
 
-def make_generator(kind: str, model, processor, synced_gpus: bool = False, features=None) -> HFGenerator:
-    """The generator named by a config (``EngineConfig.generator``, ``RolloutConfig.generator``)."""
+def make_generator(
+    kind: str, model, processor, synced_gpus: bool = False, features=None, prefixes: int = 0
+) -> HFGenerator:
+    """The generator named by a config (``EngineConfig.generator``, ``RolloutConfig.generator``);
+    ``prefixes``: text prefixes kept across prompts (``cached`` only; for fixed weights)."""
     if kind == "hf":
         return HFGenerator(model, processor, synced_gpus, features)
     if kind == "cached":
         from vision_tools.cached_generation import CachedGenerator
 
-        return CachedGenerator(model, processor, synced_gpus, features)
+        return CachedGenerator(model, processor, synced_gpus, features, prefixes)
     raise ValueError(f"generator={kind!r}: use one of {', '.join(GENERATORS)}")

@@ -85,7 +85,7 @@ def _set(fut: asyncio.Future, value) -> None:
 class Scheduler:
     def __init__(self, model, processor, tools, cfg: ServeConfig):
         self.model, self.processor, self.tools, self.cfg = model, processor, tools, cfg
-        self.generator = make_generator(cfg.engine.generator, model, processor)
+        self.generator = make_generator(cfg.engine.generator, model, processor, prefixes=cfg.prefix_cache)
         self.generator.cancelled = self._row_cancelled
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []

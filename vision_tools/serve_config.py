@@ -20,6 +20,11 @@ class ServeConfig:
     max_image_pixels: int = opt(8192 * 8192, "refuse larger images (decompression bombs)")
     max_json_depth: int = opt(64, "deepest JSON nesting a request may use; deeper is answered 400")
     max_batch: int = opt(16, "conversations generated together; a finished one frees its slot")
+    prefix_cache: int = opt(
+        8,
+        "keep the keys and values of the text before the first image (the system prompt) of the last N "
+        "distinct prompts, so requests sharing it prefill it once (cached generator; 0: off)",
+    )
     batch_wait_ms: float = opt(20.0, "how long an idle server waits for more requests to batch (ms)")
     max_queue: int = opt(256, "conversations waiting for a slot; more are answered 429")
     request_timeout: float = opt(600.0, "seconds a request may take before it is answered 504 (0: none)")

@@ -199,3 +199,30 @@ def test_a_row_stopped_by_a_string_drops_the_padding_after_it(tiny):
     assert gen._trim(call + [pad, pad], 10) == call
     end = tok.convert_tokens_to_ids("<|im_end|>")
     assert gen._trim(call[:1] + [end, pad], 10) == call[:1] + [end]
+
+
+def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(tiny):
+    """With ``prefixes`` (the server), the text before the first image of a prompt is kept: later
+    prompts that start with it (the ~900-token tool system prompt) run only the rest, and give
+    the same greedy ids as model.generate over the whole prompt; a text-only prompt reuses the
+    common part."""
+    model, processor = tiny
+    engine = ToolEngine(model, processor, config=EngineConfig(max_turns=1, max_turn_tokens=8))
+    asks = [build_prompt(solid(56 + 28 * i, 84), f"How many shapes in {i}?") for i in range(3)]
+    asks.append(asks[0][:1] + [{"role": "user", "content": "How many shapes without an image?"}])
+    ctxs = [c.context() for c in engine.start(asks, keys=[0, 1, 2, 3])]
+    ref = HFGenerator(model, processor).generate(ctxs, [8] * 4, Sampling())
+    gen = CachedGenerator(model, processor, prefixes=2)
+    first, shapes = prefill_shapes(model, gen.generate, ctxs[:1], [8], Sampling())
+    assert first == ref[:1] and shapes[0] == (1, len(ctxs[0].input_ids))  # nothing kept yet
+    system = ctxs[0].types.index(1)  # text before the first image
+    assert system > 800 and len(gen.prefixes) == 1
+    rest, shapes = prefill_shapes(model, gen.generate, ctxs[1:], [8] * 3, Sampling())
+    assert rest == ref[1:]
+    common = next(j for j, (a, b) in enumerate(zip(ctxs[0].input_ids, ctxs[3].input_ids)) if a != b)
+    assert common > 800  # the text-only prompt shares the system prompt and its user header
+    assert shapes[0] == (
+        3,
+        max([len(c.input_ids) - system for c in ctxs[1:3]] + [len(ctxs[3].input_ids) - common]),
+    )
+    assert len(gen.prefixes) == 1  # prompts that started from a kept prefix add none
