@@ -3,13 +3,16 @@
     python benchmarks/serve.py                         # tiny model, 8 tokens x 2 turns per request
     python benchmarks/serve.py --levels 1 20 --rounds 3 --max-tokens 32 --max-turns 4
 
-Two ``mmpost serve`` processes run side by side: continuous batching (``--max-batch 16``: a
-finished conversation frees its slot for a waiting one) and the baseline that serves one
-conversation at a time (``--max-batch 1``). For each concurrency level, the same requests
-(greedy, no resampling, images of mixed sizes) go to each server in turn, alternately for
+``mmpost serve`` processes run side by side: ``continuous`` (the defaults: continuous batching
+with ``--max-batch 16``, a finished conversation freeing its slot for a waiting one; the cached
+generator keeping each conversation's KV cache across turns; the system prompt's keys and values
+kept across requests), ``hf_generate`` (the same batching over ``model.generate``, which
+re-prefills every turn, and no prefix cache: the server before both), and ``one_at_a_time``
+(``--max-batch 1``). For each concurrency level, the same requests (greedy, no resampling,
+images of mixed sizes, the tool system prompt) go to each server in turn, alternately for
 --rounds rounds. Printed per level: p50 and p95 latency of each server (medians over rounds),
-p50 relative to one request alone on the same server, and the baseline's p50 over continuous
-batching's.
+p50 relative to one request alone on the same server, and each server's p50 over
+``continuous``'s.
 """
 
 from __future__ import annotations
@@ -38,12 +41,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: str, max_batch: int, limits: list[str]) -> tuple[subprocess.Popen, str]:
+SERVERS = {  # name -> flags
+    "continuous": ["--max-batch", "16"],
+    "hf_generate": ["--max-batch", "16", "--engine.generator", "hf", "--prefix-cache", "0"],
+    "one_at_a_time": ["--max-batch", "1"],
+}
+
+
+def start(model: str, flags: list[str], limits: list[str]) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", model, "--port", str(port),
-           "--max-batch", str(max_batch), "--max-queue", "1000", *limits]  # fmt: skip
+           *flags, "--max-queue", "1000", *limits]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -99,9 +109,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=8, help="tokens per turn")
     ap.add_argument("--max-turns", type=int, default=2)
+    ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
     args = ap.parse_args()
     limits = ["--max-turn-tokens", str(args.max_tokens), "--max-turns", str(args.max_turns)]
-    servers = {"continuous": start(args.model, 16, limits), "one at a time": start(args.model, 1, limits)}
+    servers = {name: start(args.model, SERVERS[name], limits) for name in args.servers}
     try:
         stats: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
@@ -125,9 +136,11 @@ def main() -> None:
                 p50, p95 = med[(name, level)]
                 alone = med.get((name, 1), (float("nan"),))[0]
                 print(f"{name:<14} {level:>10} {p50:>8.2f} {p95:>8.2f} {p50 / alone:>12.2f}")
-        for level in args.levels:
-            ratio = med[("one at a time", level)][0] / med[("continuous", level)][0]
-            print(f"p50 one-at-a-time / continuous at {level} concurrent: {ratio:.2f}x")
+        first = args.servers[0]
+        for name in args.servers[1:]:
+            for level in args.levels:
+                ratio = med[(name, level)][0] / med[(first, level)][0]
+                print(f"p50 {name} / {first} at {level} concurrent: {ratio:.2f}x")
     finally:
         for proc, _ in servers.values():
             proc.terminate()

@@ -4,7 +4,7 @@ between turns.
 :class:`HFGenerator` hands ``model.generate`` every row in full: G copies of a GRPO prompt
 (and their images) are prefilled G times, and every tool turn re-prefills the whole
 conversation. :class:`CachedGenerator` runs its own decode loop over the model's forward with
-a ``DynamicCache``:
+a KV cache whose buffers have room for the turn (a step writes in place, no copy of the cache):
 
 * rows whose contexts are equal (ids and pixels) and have no cache yet are prefilled once and
   the cache is expanded to their rows before the first token is chosen;
@@ -45,6 +45,42 @@ import torch
 from mm.image_features import encoder_outputs
 from mm.rope import TEXT, mrope_positions
 from vision_tools.generation import STOP_STRINGS, Context, HFGenerator, Sampling
+
+
+def _grow(x: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
+    """``x``'s first ``n`` positions (dim 2) in a new buffer of ``capacity`` positions."""
+    out = x.new_empty(*x.shape[:2], capacity, x.shape[-1])
+    out[:, :, :n] = x[:, :, :n]
+    return out
+
+
+def _growing_layer(room: int):
+    """A ``DynamicLayer`` class whose keys and values live in buffers with ``room`` spare positions:
+    a decoding step writes its token in place instead of copying the whole cache (``torch.cat``
+    every step, for every layer, grows with rows x context). ``keys`` / ``values`` are views of
+    the filled part, as every user of the cache reads them."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.device, self.n, self.is_initialized = key_states.device, 0, True
+                self._k = self._v = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+            n, m = self.n, key_states.shape[-2]
+            if n + m > self._k.shape[2]:
+                capacity = max(n + m + room, 2 * self._k.shape[2])
+                self._k, self._v = _grow(self._k, n, capacity), _grow(self._v, n, capacity)
+            self._k[:, :, n : n + m], self._v[:, :, n : n + m] = key_states, value_states
+            self.n = n + m
+            self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self._k, self._v = self._k[indices], self._v[indices]
+                self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+
+    return GrowingLayer
 
 
 class _Unit:
@@ -111,6 +147,8 @@ def _reusable(c: Context) -> int:
 class CachedGenerator(HFGenerator):
     """Own decode loop: one prefill per distinct context, KV cache kept across turns."""
 
+    in_place = True  # decoding writes into preallocated cache buffers (False: torch.cat per step)
+
     def __init__(self, model, processor, synced_gpus: bool = False, features=None, prefixes: int = 0):
         super().__init__(model, processor, synced_gpus, features)
         self.max_prefixes = prefixes
@@ -153,7 +191,7 @@ class CachedGenerator(HFGenerator):
                     units.append(_Unit(c, *self._prefix(c), self.rope))
                     fresh.append((shared, c))
             row_unit.append(shared)
-        cache, logits, mask = self._prefill(units)  # logits [U, V], mask [U, P + S]
+        cache, logits, mask = self._prefill(units, max(max_new_tokens))  # logits [U, V], mask [U, P + S]
         for u, c in fresh:
             self._keep_prefix(c, units[u], cache, u)
         rows = torch.tensor(row_unit, device=self.model.device)
@@ -189,8 +227,8 @@ class CachedGenerator(HFGenerator):
         while len(self.prefixes) > self.max_prefixes:
             self.prefixes.popitem(last=False)
 
-    def _prefill(self, units: list[_Unit]):
-        from transformers import DynamicCache
+    def _prefill(self, units: list[_Unit], new_tokens: int):
+        from transformers.cache_utils import Cache, DynamicLayer
 
         dev = self.model.device
         U, S = len(units), max(len(u.ids) for u in units)
@@ -204,7 +242,10 @@ class CachedGenerator(HFGenerator):
             ids[i, S - n :], types[i, S - n :], pos[:, i, S - n :] = torch.tensor(u.ids), u.types, u.pos
             mask[i, P - u.reuse : P] = 1
             mask[i, P + S - n :] = 1
-        cache = DynamicCache()
+        # buffers with room for the prefill and every decoding step (in_place off: transformers'
+        # DynamicLayer, which concatenates: the baseline of benchmarks/decode_cache.py)
+        grows = _growing_layer(S + new_tokens) if self.in_place else DynamicLayer
+        cache = Cache(layer_class_to_replicate=grows)
         if P:  # the reused pasts, left-padded to P: [U, heads, P, head_dim] per layer
             ref = next(u.past for u in units if u.past)
             layers = []
@@ -217,8 +258,9 @@ class CachedGenerator(HFGenerator):
                             u.past[layer][0][0],
                             u.past[layer][1][0],
                         )
-                layers.append((k, v))
-            cache = DynamicCache(layers)
+                layers.append(grows())
+                layers[-1].update(k, v)
+            cache = Cache(layers=layers)
         batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types, "position_ids": pos}
         videos = [v for u in units for v in u.videos]
         if videos:

@@ -226,3 +226,18 @@ def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(tiny):
         max([len(c.input_ids) - system for c in ctxs[1:3]] + [len(ctxs[3].input_ids) - common]),
     )
     assert len(gen.prefixes) == 1  # prompts that started from a kept prefix add none
+
+
+def test_the_decoding_cache_appends_in_place_and_equals_concatenation():
+    from vision_tools.cached_generation import _growing_layer
+
+    layer = _growing_layer(3)()
+    parts = [torch.randn(2, 4, n, 8) for n in (5, 1, 1, 1, 2)]
+    keys, _ = layer.update(parts[0], -parts[0])
+    buffer = layer._k.data_ptr()
+    for k, p in enumerate(parts[1:], 2):
+        keys, values = layer.update(p, -p)
+        assert torch.equal(keys, torch.cat(parts[:k], 2)) and torch.equal(values, -keys)
+        assert (layer._k.data_ptr() == buffer) == (k <= 4)  # 5 + room 3 = 8 positions, then it grows
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert torch.equal(layer.keys, torch.cat(parts, 2)[[1, 1, 0]]) and layer.get_seq_length() == 10
