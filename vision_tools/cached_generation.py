@@ -11,11 +11,13 @@ a KV cache whose buffers have room for the turn (a step writes in place, no copy
 * a context that carries a ``session`` (a dict the engine keeps per conversation) reuses the
   keys and values stored there for the longest common prefix of its ids, and only the rest
   (the closing of the last turn, the tool result with its image, the next header) is run;
-* with ``prefixes=N`` (a server, whose weights do not change), the keys and values of the text
-  before the first image of the last N distinct prompts are kept, and a new conversation starts
+* with ``prefixes=N`` (a server, whose weights do not change), the keys and values of the first
+  turn (the system prompt) of the last N distinct prompts are kept, and a new conversation starts
   from the longest of them its ids begin with: requests that share a system prompt (the tool
-  prompt is ~900 tokens) prefill it once. Only text is shared (equal ids of two images need not
-  be equal pixels); off by default, as a trainer's weights change between rollouts.
+  prompt is ~900 tokens) prefill it once. Only text before the first image is shared (equal ids
+  of two images need not be equal pixels); off by default, as a trainer's weights change
+  between rollouts. (In bf16 a kept prefix computed in another batch need not be bit-identical
+  to a fresh prefill, so seeded samples can depend on what the server ran before.)
 
 Batch layout of one prefill forward (U distinct units, P = longest reused past, S = longest
 new part; both left-padded, the padding masked out; positions are mm's M-RoPE positions of the
@@ -62,10 +64,16 @@ def _growing_layer(room: int):
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
+        is_croppable = False
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            self.device, self.n, self.is_initialized = key_states.device, 0, True
+            self._k = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+            self._v = value_states.new_empty(*value_states.shape[:2], 0, value_states.shape[-1])
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
-                self.device, self.n, self.is_initialized = key_states.device, 0, True
-                self._k = self._v = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+                self.lazy_initialization(key_states, value_states)
             n, m = self.n, key_states.shape[-2]
             if n + m > self._k.shape[2]:
                 capacity = max(n + m + room, 2 * self._k.shape[2])
@@ -79,6 +87,11 @@ def _growing_layer(room: int):
             if self.is_initialized:
                 self._k, self._v = self._k[indices], self._v[indices]
                 self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+
+        def _unsupported(self, *args, **kwargs):
+            raise NotImplementedError("CachedGenerator's cache supports update and batch_select_indices only")
+
+        crop = batch_repeat_interleave = reorder_cache = offload = prefetch = _unsupported
 
     return GrowingLayer
 
@@ -115,6 +128,9 @@ def _same(a: Context, b: Context) -> bool:
         and len(a.videos) == len(b.videos)
         and all(torch.equal(x[0], y[0]) for x, y in zip(a.videos, b.videos))
     )
+
+
+MIN_PREFIX = 32  # shorter shared parts are not worth an entry
 
 
 def _common(a, b) -> int:
@@ -193,37 +209,43 @@ class CachedGenerator(HFGenerator):
             row_unit.append(shared)
         cache, logits, mask = self._prefill(units, max(max_new_tokens))  # logits [U, V], mask [U, P + S]
         for u, c in fresh:
-            self._keep_prefix(c, units[u], cache, u)
+            self._keep_prefix(c, units[u], cache, mask, u)
         rows = torch.tensor(row_unit, device=self.model.device)
         cache.batch_select_indices(rows)  # the G rows of a group start from one prefill
         nxt = torch.tensor([units[u].next_position for u in row_unit], device=rows.device)  # [B]
         return self._decode(contexts, cache, logits[rows], mask[rows], nxt, max_new_tokens, sampling)
 
+    def _shared_part(self, c: Context) -> int:
+        """Tokens of ``c`` other prompts may share: its first turn (the system prompt) up to and
+        with its ``<|im_end|>``, never past the first image, and at least one token short of all."""
+        n = min(_text_prefix(c), len(c.input_ids) - 1)
+        return next((j + 1 for j, t in enumerate(c.input_ids[:n]) if t == self.end_ids[0]), n)
+
     def _prefix(self, c: Context) -> tuple[int, list | None]:
-        """(tokens, kv) of the longest kept text prefix that ``c`` starts with (0, None: none)."""
-        limit = min(_text_prefix(c), len(c.input_ids) - 1)
+        """(tokens, kv) of the longest kept prefix that ``c`` starts with (0, None: none)."""
+        part = c.input_ids[: self._shared_part(c)]
         best, kv = 0, None
         for ids, entry in self.prefixes.items():
-            n = _common(ids, c.input_ids[:limit])
+            n = _common(ids, part)
             if n > best:
                 best, kv, key = n, entry, ids
         if kv is not None:
             self.prefixes.move_to_end(key)
         return best, kv
 
-    def _keep_prefix(self, c: Context, unit: _Unit, cache, row: int) -> None:
-        """Keep the keys and values of ``c``'s text before its first image (unit ``row`` of the
-        prefill ``cache``, left-padded) for later prompts; the oldest beyond ``max_prefixes`` go."""
-        n = min(_text_prefix(c), len(c.input_ids) - 1)
-        if not self.max_prefixes or n == 0 or unit.reuse:  # started from a kept prefix: enough
+    def _keep_prefix(self, c: Context, unit: _Unit, cache, mask, row: int) -> None:
+        """Keep the keys and values of ``c``'s shared part (unit ``row`` of the prefill ``cache``,
+        whose real positions ``mask`` marks) unless a kept one covers it; the oldest beyond
+        ``max_prefixes`` go."""
+        n = self._shared_part(c)
+        if self.max_prefixes == 0 or n < MIN_PREFIX or unit.reuse >= n:
             return
         key = tuple(c.input_ids[:n])
-        start = cache.layers[0].keys.shape[2] - len(unit.ids)  # where the unit's ids start (left pad)
+        where = torch.nonzero(mask[row]).flatten()[:n]  # the row's first n tokens (past, then new)
         self.prefixes[key] = [
-            (layer.keys[row : row + 1, :, start : start + n].clone(),
-             layer.values[row : row + 1, :, start : start + n].clone())
+            (layer.keys[row : row + 1, :, where], layer.values[row : row + 1, :, where])
             for layer in cache.layers
-        ]  # fmt: skip
+        ]  # advanced indexing copies: later writes to the cache buffers do not reach them
         while len(self.prefixes) > self.max_prefixes:
             self.prefixes.popitem(last=False)
 
@@ -244,7 +266,7 @@ class CachedGenerator(HFGenerator):
             mask[i, P + S - n :] = 1
         # buffers with room for the prefill and every decoding step (in_place off: transformers'
         # DynamicLayer, which concatenates: the baseline of benchmarks/decode_cache.py)
-        grows = _growing_layer(S + new_tokens) if self.in_place else DynamicLayer
+        grows = _growing_layer((S if P else 0) + new_tokens) if self.in_place else DynamicLayer
         cache = Cache(layer_class_to_replicate=grows)
         if P:  # the reused pasts, left-padded to P: [U, heads, P, head_dim] per layer
             ref = next(u.past for u in units if u.past)
@@ -306,7 +328,9 @@ class CachedGenerator(HFGenerator):
             keep = []
             for k, (i, t) in enumerate(zip(active, tokens)):
                 new[i].append(t)
-                if not self._done(new[i], limits[i], stops) and not cancelled(contexts[i].key):
+                if cancelled(contexts[i].key):  # nothing of it is kept
+                    continue
+                if not self._done(new[i], limits[i], stops):
                     keep.append(k)
                 else:
                     self._store(contexts[i], new[i], cache, mask, k, fed=step)

@@ -61,9 +61,10 @@ class EngineConfig:
         factory=list, help="extra stop strings: a turn that writes one ends the conversation"
     )
     generator: Literal["cached", "hf"] = opt(
-        "cached",
-        "cached: one prefill per distinct prompt, KV cache kept across turns; hf: model.generate "
-        "over every full context (the two give the same greedy ids; hf for models with sliding-window layers)",
+        "hf",
+        "cached: one prefill per distinct prompt, KV cache kept across turns (memory: every running "
+        "conversation's cache; the server's and GRPO's default); hf: model.generate over every full "
+        "context, memory per batch_size (the two give the same greedy ids)",
     )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 

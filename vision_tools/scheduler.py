@@ -250,4 +250,5 @@ class Scheduler:
             self.running.remove(job)
         for c in job.convs:
             self.by_key.pop(c.key, None)
+            c.session.clear()  # its KV cache (the cached generator's), at once
         job.resolve(value)

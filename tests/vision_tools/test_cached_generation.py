@@ -202,30 +202,34 @@ def test_a_row_stopped_by_a_string_drops_the_padding_after_it(tiny):
 
 
 def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(tiny):
-    """With ``prefixes`` (the server), the text before the first image of a prompt is kept: later
-    prompts that start with it (the ~900-token tool system prompt) run only the rest, and give
-    the same greedy ids as model.generate over the whole prompt; a text-only prompt reuses the
-    common part."""
+    """With ``prefixes`` (the server), the system turn of a prompt is kept: later prompts that
+    start with it (the ~900-token tool system prompt) run only the rest, and give the same greedy
+    ids as model.generate over the whole prompt; a prompt with another system prompt is kept too."""
     model, processor = tiny
     engine = ToolEngine(model, processor, config=EngineConfig(max_turns=1, max_turn_tokens=8))
     asks = [build_prompt(solid(56 + 28 * i, 84), f"How many shapes in {i}?") for i in range(3)]
     asks.append(asks[0][:1] + [{"role": "user", "content": "How many shapes without an image?"}])
-    ctxs = [c.context() for c in engine.start(asks, keys=[0, 1, 2, 3])]
-    ref = HFGenerator(model, processor).generate(ctxs, [8] * 4, Sampling())
+    other = {"role": "system", "content": "You count shapes in pictures and answer with one number. " * 4}
+    asks += [[other, asks[0][1]], [other, asks[1][1]]]
+    ctxs = [c.context() for c in engine.start(asks, keys=list(range(6)))]
+    ref = HFGenerator(model, processor).generate(ctxs, [8] * 6, Sampling())
+    end = processor.tokenizer.convert_tokens_to_ids(IM_END)
+    system, system2 = (c.input_ids.index(end) + 1 for c in (ctxs[0], ctxs[4]))
+    assert system > 800 and 40 < system2 < 100
     gen = CachedGenerator(model, processor, prefixes=2)
     first, shapes = prefill_shapes(model, gen.generate, ctxs[:1], [8], Sampling())
     assert first == ref[:1] and shapes[0] == (1, len(ctxs[0].input_ids))  # nothing kept yet
-    system = ctxs[0].types.index(1)  # text before the first image
-    assert system > 800 and len(gen.prefixes) == 1
-    rest, shapes = prefill_shapes(model, gen.generate, ctxs[1:], [8] * 3, Sampling())
-    assert rest == ref[1:]
-    common = next(j for j, (a, b) in enumerate(zip(ctxs[0].input_ids, ctxs[3].input_ids)) if a != b)
-    assert common > 800  # the text-only prompt shares the system prompt and its user header
-    assert shapes[0] == (
-        3,
-        max([len(c.input_ids) - system for c in ctxs[1:3]] + [len(ctxs[3].input_ids) - common]),
-    )
-    assert len(gen.prefixes) == 1  # prompts that started from a kept prefix add none
+    assert [len(k) for k in gen.prefixes] == [system]
+    rest, shapes = prefill_shapes(model, gen.generate, ctxs[1:4], [8] * 3, Sampling())
+    assert rest == ref[1:4]
+    assert shapes[0] == (3, max(len(c.input_ids) - system for c in ctxs[1:4]))
+    assert len(gen.prefixes) == 1  # prompts that started from the kept system turn add none
+    # another system prompt: it shares only the turn header, is prefilled and kept; the next
+    # prompt with it runs only its own user turn
+    out, _ = prefill_shapes(model, gen.generate, ctxs[4:5], [8], Sampling())
+    assert out == ref[4:5] and sorted(len(k) for k in gen.prefixes) == [system2, system]
+    out, shapes = prefill_shapes(model, gen.generate, ctxs[5:], [8], Sampling())
+    assert out == ref[5:] and shapes[0] == (1, len(ctxs[5].input_ids) - system2)
 
 
 def test_the_decoding_cache_appends_in_place_and_equals_concatenation():
