@@ -10,7 +10,7 @@ kept across requests), ``hf_generate`` (the same batching over ``model.generate`
 re-prefills every turn, and no prefix cache: the server before both), and ``one_at_a_time``
 (``--max-batch 1``). For each concurrency level, the same requests (greedy, no resampling,
 images of mixed sizes, the tool system prompt) go to each server in turn, alternately for
---rounds rounds. Printed per level: p50 and p95 latency of each server (medians over rounds),
+--rounds rounds, after one warm-up request per server. Printed per level: p50 and p95 latency of each server (medians over rounds),
 p50 relative to one request alone on the same server, and each server's p50 over
 ``continuous``'s.
 """
@@ -114,6 +114,8 @@ def main() -> None:
     limits = ["--max-turn-tokens", str(args.max_tokens), "--max-turns", str(args.max_turns)]
     servers = {name: start(args.model, SERVERS[name], limits) for name in args.servers}
     try:
+        for _, url in servers.values():  # warm: a serving server has its system prompt cached
+            asyncio.run(latencies(url, bodies(1, args.max_tokens, args.max_turns)))
         stats: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for level in args.levels:
