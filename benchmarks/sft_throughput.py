@@ -9,7 +9,8 @@ run from a few hundred to several thousand tokens with a long tail (ViRC-like). 
 with Qwen's real 151,936-token vocabulary ("-151k"), so the LM head and the loss cost what they
 cost in the real model (mmpost computes logits only at supervised positions).
 
-Layouts, all through ``alignment.train`` (one epoch, AdamW, fp32, no gradient checkpointing):
+Layouts, all through ``alignment.train`` (one epoch, AdamW, fp32 on a CPU and bf16 on CUDA, no
+gradient checkpointing):
 * padded: --batch-size samples per step, padded to the longest;
 * packed_dense: rows of at most --max-tokens (default: batch-size x the mean length, so a step
   carries about the padded step's real tokens), one row per step, isolated by the
@@ -19,14 +20,19 @@ Layouts, all through ``alignment.train`` (one epoch, AdamW, fp32, no gradient ch
 * trl_defaults: TRL's SFTTrainer with the same model, data, batch size and lr, everything else
   SFTConfig's defaults (gradient checkpointing on, bf16 autocast) except ``max_length=None``
   (its default 1024 would cut the long trajectories, so it would train on other data);
-* trl_tuned: the same with gradient checkpointing off and fp32 (mmpost's settings).
+* trl_tuned: the same with gradient checkpointing off and mmpost's dtype (fp32 on a CPU, bf16 on
+  CUDA, where mmpost's ``precision: auto`` trains in bf16).
   TRL arms run only if TRL is installed; otherwise printed as not measured. TRL computes the
   loss over every token (its default for conversational data) and logits over the full
   vocabulary at every position; mmpost supervises the assistant turns and computes logits
   only there.
 
 Throughput is real (non-padding) tokens of the epoch over the training-loop time (setup and
-model loading excluded). Runs alternate in order for --rounds rounds; medians and ratios
+model loading excluded). With --peak-tflops (the accelerator's dense peak in the training
+dtype, e.g. 989 for an H100/H200 in bf16) each arm's MFU is printed: 6 x N x tokens/s over the
+peak, N = the language model's matmul weights (per layer 2h^2 + 2h*kv*head_dim + 3h*mlp, plus
+the LM head h x vocab; the vision tower and attention scores left out), the same N for every arm
+(so MFU ratios are throughput ratios). Runs alternate in order for --rounds rounds; medians and ratios
 against padded are printed, with each layout's padding fraction and attention pairs computed
 per pair needed.
 """
@@ -126,6 +132,7 @@ def layout_costs(lengths: list[int], batch: int, max_tokens: int) -> dict:
 def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float, tuned: bool) -> tuple[float, int]:
     """TRL SFTTrainer over the same records (images in order as the messages name them):
     (seconds of ``train``, the non-padding tokens TRL counted)."""
+    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -161,9 +168,9 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float, tuned: bo
         logging_steps=10**6,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
         max_length=None,
-        **({"bf16": False, "gradient_checkpointing": False} if tuned else {}),
+        **({"bf16": torch.cuda.is_available(), "gradient_checkpointing": False} if tuned else {}),
         dataloader_num_workers=0,
         seed=0,
         disable_tqdm=True,
@@ -179,6 +186,16 @@ def trl_epoch(data: str, out: str, preset: str, batch: int, lr: float, tuned: bo
     return result.metrics["train_runtime"], int(tokens)
 
 
+def matmul_params(preset: str) -> int:
+    """The language model's matmul weights of ``preset`` (see the module docstring)."""
+    from mm.tiny import PRESETS, tiny_config, tiny_tokenizer
+
+    p, vocab = PRESETS[preset], tiny_config(tiny_tokenizer(), preset).text_config.vocab_size
+    h, hd = p["hidden"], p["hidden"] // p["heads"]
+    layer = 2 * h * h + 2 * h * p["kv"] * hd + 3 * h * p["mlp"]
+    return p["layers"] * layer + h * vocab
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--one-epoch"]:
         return one_epoch(*sys.argv[2:])
@@ -186,9 +203,8 @@ def main() -> None:
     from mm.tiny import PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--preset", default="small-151k", choices=[p for p in PRESETS if not p.startswith("medium")]
-    )
+    ap.add_argument("--preset", default="small-151k", choices=list(PRESETS))
+    ap.add_argument("--peak-tflops", type=float, default=0, help="print MFU against this peak")
     ap.add_argument("--n", type=int, default=24, help="trajectories in the generated set")
     ap.add_argument("--median-words", type=int, default=200, help="median words of the final reasoning turn")
     ap.add_argument("--batch-size", type=int, default=4, help="samples per padded step (and TRL's)")
@@ -245,6 +261,10 @@ def main() -> None:
             print(f"  {k} vs {t}: {med[k] / med[t]:.2f}x")
     if not trl:
         print("  trl           not measured (TRL is not installed: pip install trl)")
+    if args.peak_tflops:
+        n = matmul_params(args.preset)
+        for k, v in med.items():
+            print(f"  MFU {k:13s} {6 * n * v / (args.peak_tflops * 1e12):6.1%}  (N = {n / 1e6:.0f} M)")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def run(scheme: str, model, processor, checkpoints: list[int], tokens: int) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    ap.add_argument("--preset", choices=["tiny", "small", "medium"], default="tiny")
     ap.add_argument("--checkpoints", default="10,100,1000", help="seconds at which to report")
     ap.add_argument("--tokens", type=int, default=8, help="max new tokens per second (greedy)")
     ap.add_argument("--schemes", default="ours,full,recompute,rerotate")
@@ -161,6 +161,9 @@ def main() -> None:
         print(
             f"  {s:>9}: {r['latency'][last] / r['latency'][first]:6.2f}x   cache {r['memory'][last] / 2**20:.2f} MiB"
         )
+    print("\nreal-time factor (compute per second of video / 1 s; < 1 keeps up with a live stream):")
+    for s, r in res.items():
+        print(f"  {s:>9}: " + "   ".join(f"{c} s: {r['latency'][c] / 1000:.3f}" for c in checkpoints))
     if "ours" in res:
         print(f"\nlatency per second vs ours at {last} s:")
         for s, r in res.items():
