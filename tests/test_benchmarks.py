@@ -24,8 +24,41 @@ QUICK = [
     ("packed_attention.py", ["--lengths", "100,50,80", "--rounds", "1"], "x dense"),
     (
         "sft_throughput.py",
-        ["--preset", "tiny", "--n", "4", "--median-words", "20", "--rounds", "1"],
+        [
+            "--preset",
+            "tiny",
+            "--n",
+            "4",
+            "--median-words",
+            "20",
+            "--rounds",
+            "1",
+            "--arms",
+            "padded",
+            "packed_flex",
+        ],
         "x padded",
+    ),
+    (
+        "decode_cache.py",
+        ["--preset", "tiny", "--rows", "2", "--tokens", "4", "--rounds", "1"],
+        "concatenate / in_place",
+    ),
+    (
+        "serve.py",
+        [
+            "--levels",
+            "1",
+            "2",
+            "--max-tokens",
+            "2",
+            "--max-turns",
+            "1",
+            "--servers",
+            "continuous",
+            "hf_generate",
+        ],
+        "p50 hf_generate / continuous at 2 concurrent",
     ),
 ]
 
