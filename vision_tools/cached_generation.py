@@ -41,12 +41,13 @@ cancelled row leaves the batch at the next token.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
-from mm.image_features import encoder_outputs
-from mm.rope import TEXT, mrope_positions
-from vision_tools.generation import STOP_STRINGS, Context, HFGenerator, Sampling
+from mm.rope import TEXT
+from vision_tools.generation import STOP_STRINGS, Context, HFGenerator, Sampling, context_positions
 
 
 def _grow(x: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
@@ -56,44 +57,44 @@ def _grow(x: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
     return out
 
 
-def _growing_layer(room: int):
-    """A ``DynamicLayer`` class whose keys and values live in buffers with ``room`` spare positions:
-    a decoding step writes its token in place instead of copying the whole cache (``torch.cat``
+class _GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in buffers with ``room`` spare positions: a
+    decoding step writes its token in place instead of copying the whole cache (``torch.cat``
     every step, for every layer, grows with rows x context). ``keys`` / ``values`` are views of
     the filled part, as every user of the cache reads them."""
-    from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):
-        is_croppable = False
+    is_croppable = False
 
-        def lazy_initialization(self, key_states, value_states) -> None:
-            self.device, self.n, self.is_initialized = key_states.device, 0, True
-            self._k = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
-            self._v = value_states.new_empty(*value_states.shape[:2], 0, value_states.shape[-1])
+    def __init__(self, room: int):
+        super().__init__()
+        self.room = room
 
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, m = self.n, key_states.shape[-2]
-            if n + m > self._k.shape[2]:
-                capacity = max(n + m + room, 2 * self._k.shape[2])
-                self._k, self._v = _grow(self._k, n, capacity), _grow(self._v, n, capacity)
-            self._k[:, :, n : n + m], self._v[:, :, n : n + m] = key_states, value_states
-            self.n = n + m
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.device, self.n, self.is_initialized = key_states.device, 0, True
+        self._k = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+        self._v = value_states.new_empty(*value_states.shape[:2], 0, value_states.shape[-1])
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, m = self.n, key_states.shape[-2]
+        if n + m > self._k.shape[2]:
+            capacity = max(n + m + self.room, 2 * self._k.shape[2])
+            self._k, self._v = _grow(self._k, n, capacity), _grow(self._v, n, capacity)
+        self._k[:, :, n : n + m], self._v[:, :, n : n + m] = key_states, value_states
+        self.n = n + m
+        self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
-            return self.keys, self.values
 
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self._k, self._v = self._k[indices], self._v[indices]
-                self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError("CachedGenerator's cache supports update and batch_select_indices only")
 
-        def _unsupported(self, *args, **kwargs):
-            raise NotImplementedError("CachedGenerator's cache supports update and batch_select_indices only")
-
-        crop = batch_repeat_interleave = reorder_cache = offload = prefetch = _unsupported
-
-    return GrowingLayer
+    crop = batch_repeat_interleave = reorder_cache = offload = prefetch = _unsupported
 
 
 class _Unit:
@@ -101,10 +102,7 @@ class _Unit:
 
     def __init__(self, c: Context, reuse: int, kv, spec):
         types = torch.tensor(c.types)
-        grids = torch.stack(c.grids) if c.grids else None
-        v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
-        seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
-        pos, self.next_position = mrope_positions(types, grids, v_grids, seconds, spec)
+        pos, self.next_position = context_positions(c, types, spec)
         self.ids, self.types, self.pos = c.input_ids[reuse:], types[reuse:], pos[:, reuse:]  # [3, S_u]
         self.past = [(k[..., :reuse, :], v[..., :reuse, :]) for k, v in kv] if reuse else None
         self.reuse = reuse
@@ -250,9 +248,6 @@ class CachedGenerator(HFGenerator):
             self.prefixes.popitem(last=False)
 
     def _prefill(self, units: list[_Unit], new_tokens: int):
-        from transformers.cache_utils import Cache, DynamicLayer
-
-        dev = self.model.device
         U, S = len(units), max(len(u.ids) for u in units)
         P = max(u.reuse for u in units)
         ids = torch.full((U, S), self.pad_id, dtype=torch.long)
@@ -266,7 +261,7 @@ class CachedGenerator(HFGenerator):
             mask[i, P + S - n :] = 1
         # buffers with room for the prefill and every decoding step (in_place off: transformers'
         # DynamicLayer, which concatenates: the baseline of benchmarks/decode_cache.py)
-        grows = _growing_layer((S if P else 0) + new_tokens) if self.in_place else DynamicLayer
+        grows = partial(_GrowingLayer, (S if P else 0) + new_tokens) if self.in_place else DynamicLayer
         cache = Cache(layer_class_to_replicate=grows)
         if P:  # the reused pasts, left-padded to P: [U, heads, P, head_dim] per layer
             ref = next(u.past for u in units if u.past)
@@ -284,20 +279,12 @@ class CachedGenerator(HFGenerator):
                 layers[-1].update(k, v)
             cache = Cache(layers=layers)
         batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types, "position_ids": pos}
-        videos = [v for u in units for v in u.videos]
-        if videos:
-            batch["pixel_values_videos"] = torch.cat([v[0] for v in videos])
-            batch["video_grid_thw"] = torch.stack([v[1] for v in videos])
-            batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
-        pixels = [p for u in units for p in u.pixels]
-        grids = [g for u in units for g in u.grids]
-        if pixels:
-            batch["image_grid_thw"] = torch.stack(grids)
-            if self.features is None:
-                batch["pixel_values"] = torch.cat(pixels)
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        if pixels and self.features is not None:
-            batch["mm_encoder_outputs"] = encoder_outputs(torch.cat(self.features(pixels, grids)))
+        batch = self._with_visuals(
+            batch,
+            [v for u in units for v in u.videos],
+            [p for u in units for p in u.pixels],
+            [g for u in units for g in u.grids],
+        )
         out = self.model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
         return out.cache, out.logits[:, -1].float(), batch["attention_mask"]
 

@@ -58,6 +58,14 @@ class Generator(Protocol):
         ...
 
 
+def context_positions(c: Context, types: torch.Tensor, spec: RopeSpec) -> tuple[torch.Tensor, int]:
+    """mm's M-RoPE positions of ``c`` ([3, len]) and the next position (``mm.rope.mrope_positions``)."""
+    grids = torch.stack(c.grids) if c.grids else None
+    v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
+    seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
+    return mrope_positions(types, grids, v_grids, seconds, spec)
+
+
 class _StopCriteria:
     """Per-row stop: a stop string appeared in the new text, or the row's own token limit."""
 
@@ -146,7 +154,6 @@ class HFGenerator:
             if not contexts or (any_image and not has_image):
                 contexts, max_new_tokens = [*contexts, self._dummy(any_image)], [*max_new_tokens, 1]
         B, L = len(contexts), max(len(c.input_ids) for c in contexts)
-        dev = self.model.device
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask = torch.zeros(B, L, dtype=torch.long)
         types = torch.zeros(B, L, dtype=torch.long)
@@ -158,26 +165,15 @@ class HFGenerator:
                 1,
                 torch.tensor(c.types),
             )
-            grids_i = torch.stack(c.grids) if c.grids else None
-            v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
-            seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
-            pos[:, i, L - n :] = mrope_positions(types[i, L - n :], grids_i, v_grids, seconds, self.rope)[0]
+            pos[:, i, L - n :] = context_positions(c, types[i, L - n :], self.rope)[0]
         # given positions, generate goes on from the last one + 1 (the prompt ends with text)
         batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types, "position_ids": pos}
-        videos = [v for c in contexts for v in c.videos]
-        if videos:
-            batch["pixel_values_videos"] = torch.cat([v[0] for v in videos])
-            batch["video_grid_thw"] = torch.stack([v[1] for v in videos])
-            batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
-        pixels = [p for c in contexts for p in c.pixel_values]
-        if pixels:
-            grids = [g for c in contexts for g in c.grids]
-            batch["image_grid_thw"] = torch.stack(grids)
-            if self.features is None:
-                batch["pixel_values"] = torch.cat(pixels)
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        if pixels and self.features is not None:
-            batch["mm_encoder_outputs"] = encoder_outputs(torch.cat(self.features(pixels, grids)))
+        batch = self._with_visuals(
+            batch,
+            [v for c in contexts for v in c.videos],
+            [p for c in contexts for p in c.pixel_values],
+            [g for c in contexts for g in c.grids],
+        )
         kwargs = {"do_sample": sampling.do_sample}
         if sampling.do_sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
@@ -198,6 +194,22 @@ class HFGenerator:
         )
         rows = zip(out.cpu()[:real], max_new_tokens[:real])
         return [self._trim(row[L:].tolist(), limit, stops) for row, limit in rows]
+
+    def _with_visuals(self, batch: dict, videos: list, pixels: list, grids: list) -> dict:
+        """``batch`` with the rows' videos and images (in order) added, on the model's device; the
+        images as cached encoder outputs when the generator has an image-feature cache."""
+        if videos:
+            batch["pixel_values_videos"] = torch.cat([v[0] for v in videos])
+            batch["video_grid_thw"] = torch.stack([v[1] for v in videos])
+            batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
+        if pixels:
+            batch["image_grid_thw"] = torch.stack(grids)
+            if self.features is None:
+                batch["pixel_values"] = torch.cat(pixels)
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        if pixels and self.features is not None:
+            batch["mm_encoder_outputs"] = encoder_outputs(torch.cat(self.features(pixels, grids)))
+        return batch
 
     def _trim(self, new: list[int], limit: int, stops=STOP_STRINGS) -> list[int]:
         """Drop the padding after a finished row: keep up to the first end token or stop string

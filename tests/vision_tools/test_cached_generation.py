@@ -233,9 +233,9 @@ def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(tiny):
 
 
 def test_the_decoding_cache_appends_in_place_and_equals_concatenation():
-    from vision_tools.cached_generation import _growing_layer
+    from vision_tools.cached_generation import _GrowingLayer
 
-    layer = _growing_layer(3)()
+    layer = _GrowingLayer(3)
     parts = [torch.randn(2, 4, n, 8) for n in (5, 1, 1, 1, 2)]
     keys, _ = layer.update(parts[0], -parts[0])
     buffer = layer._k.data_ptr()
