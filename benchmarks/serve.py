@@ -2,13 +2,18 @@
 
     python benchmarks/serve.py                         # tiny model, 8 tokens x 2 turns per request
     python benchmarks/serve.py --levels 1 20 --rounds 3 --max-tokens 32 --max-turns 4
+    python benchmarks/serve.py --defaults --levels 1 20 --servers continuous chunked   # long
 
-``mmpost serve`` processes run side by side: ``continuous`` (the defaults: continuous batching
-with ``--max-batch 16``, a finished conversation freeing its slot for a waiting one; the cached
-generator keeping each conversation's KV cache across turns; the system prompt's keys and values
-kept across requests), ``hf_generate`` (the same batching over ``model.generate``, which
-re-prefills every turn, and no prefix cache: the server before both), and ``one_at_a_time``
-(``--max-batch 1``). For each concurrency level, the same requests (greedy, no resampling,
+``mmpost serve`` processes run side by side: ``continuous`` (the defaults: up to 16
+conversations batched, a round is one turn of each, a finished conversation frees its slot for a
+waiting one; the cached generator keeping each conversation's KV cache across turns; the system
+prompt's keys and values kept across requests), ``chunked`` (``--chunk-tokens 32``: rounds of at
+least 32 tokens that end when a waiting request fits or a quarter of the rows ended their turns,
+so nobody waits for the batch's longest turn), ``hf_generate`` (whole turns over
+``model.generate``, which re-prefills every turn, and no prefix cache: the server before both),
+and ``one_at_a_time`` (``--max-batch 1``). ``--defaults`` sends requests with no generation
+options (the server's defaults: 16 turns of up to 1024 tokens, 4 resamples of a violating turn;
+with the random tiny model a request takes its 16 turns). For each concurrency level, the same requests (greedy, no resampling,
 images of mixed sizes, the tool system prompt) go to each server in turn, alternately for
 --rounds rounds, after one warm-up request per server. Printed per level: p50 and p95 latency of each server (medians over rounds),
 p50 relative to one request alone on the same server, and each server's p50 over
@@ -42,8 +47,18 @@ def free_port() -> int:
 
 
 SERVERS = {  # name -> flags
-    "continuous": ["--max-batch", "16"],
-    "hf_generate": ["--max-batch", "16", "--engine.generator", "hf", "--prefix-cache", "0"],
+    "continuous": [],
+    "chunked": ["--chunk-tokens", "32"],
+    "hf_generate": [
+        "--max-batch",
+        "16",
+        "--chunk-tokens",
+        "0",
+        "--engine.generator",
+        "hf",
+        "--prefix-cache",
+        "0",
+    ],
     "one_at_a_time": ["--max-batch", "1"],
 }
 
@@ -66,7 +81,7 @@ def start(model: str, flags: list[str], limits: list[str]) -> tuple[subprocess.P
     raise SystemExit(f"the server at {url} did not start")
 
 
-def bodies(n: int, max_tokens: int, max_turns: int) -> list[dict]:
+def bodies(n: int, max_tokens: int, max_turns: int, defaults: bool = False) -> list[dict]:
     out = []
     for i in range(n):
         w, h = [(224, 224), (336, 224), (280, 392)][i % 3]
@@ -78,8 +93,10 @@ def bodies(n: int, max_tokens: int, max_turns: int) -> list[dict]:
             {"type": "image_url", "image_url": {"url": url}},
             {"type": "text", "text": f"How many shapes in {i}?"},
         ]
-        out.append({"model": "bench", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-                    "max_turns": max_turns, "max_resamples": 0, "include_images": False})  # fmt: skip
+        body = {"model": "bench", "messages": [{"role": "user", "content": content}], "include_images": False}
+        if not defaults:
+            body.update(max_tokens=max_tokens, max_turns=max_turns, max_resamples=0)
+        out.append(body)
     return out
 
 
@@ -110,16 +127,22 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=8, help="tokens per turn")
     ap.add_argument("--max-turns", type=int, default=2)
     ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
+    ap.add_argument("--defaults", action="store_true", help="requests without generation options")
     args = ap.parse_args()
-    limits = ["--max-turn-tokens", str(args.max_tokens), "--max-turns", str(args.max_turns)]
+    limits = (
+        []
+        if args.defaults
+        else ["--max-turn-tokens", str(args.max_tokens), "--max-turns", str(args.max_turns)]
+    )
+    shape = args.max_tokens, args.max_turns, args.defaults
     servers = {name: start(args.model, SERVERS[name], limits) for name in args.servers}
     try:
         for _, url in servers.values():  # warm: a serving server has its system prompt cached
-            asyncio.run(latencies(url, bodies(1, args.max_tokens, args.max_turns)))
+            asyncio.run(latencies(url, bodies(1, *shape)))
         stats: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for level in args.levels:
-                reqs = bodies(level, args.max_tokens, args.max_turns)
+                reqs = bodies(level, *shape)
                 for name, (
                     _,
                     url,
@@ -130,8 +153,12 @@ def main() -> None:
             k: (statistics.median(p for p, _ in v), statistics.median(q for _, q in v))
             for k, v in stats.items()
         }
-        print(f"{args.model}: {args.max_turns} turns x {args.max_tokens} tokens per request, "
-              f"greedy, {args.rounds} round(s), medians")  # fmt: skip
+        what = (
+            "the server's defaults"
+            if args.defaults
+            else f"{args.max_turns} turns x {args.max_tokens} tokens, greedy"
+        )
+        print(f"{args.model}: {what} per request, {args.rounds} round(s), medians")
         print(f"{'server':<14} {'concurrent':>10} {'p50 s':>8} {'p95 s':>8} {'p50 / alone':>12}")
         for name in servers:
             for level in args.levels:

@@ -35,7 +35,8 @@ Greedy ids equal :class:`HFGenerator`'s (tested in fp32, also over several turns
 uses the same logits processors (suppressed control tokens, temperature, top-k, top-p).
 ZeRO-3 over several ranks (``synced_gpus``) takes :class:`HFGenerator`'s path. Per-request
 stop strings (``Sampling.stop``) and the ``cancelled`` hook work as in :class:`HFGenerator`: a
-cancelled row leaves the batch at the next token.
+cancelled row leaves the batch at the next token. ``generate(..., steps=k)`` may end a call
+midway through the rows' turns, which later calls resume (a server's rounds of tokens).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from mm.rope import TEXT
-from vision_tools.generation import STOP_STRINGS, Context, HFGenerator, Sampling, context_positions
+from vision_tools.generation import STOP_STRINGS, Context, HFGenerator, Sampling, context_positions, turn_over
 
 
 def _grow(x: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
@@ -107,15 +108,16 @@ class _Unit:
         self.past = [(k[..., :reuse, :], v[..., :reuse, :]) for k, v in kv] if reuse else None
         self.reuse = reuse
         # visuals whose placeholders lie in the new part (a reused prefix ends on a text token)
-        first_image = _blocks(c.types[:reuse], 1)
-        first_video = _blocks(c.types[:reuse], 2)
+        first_image = _blocks(types[:reuse], 1)
+        first_video = _blocks(types[:reuse], 2)
         self.pixels, self.grids = c.pixel_values[first_image:], c.grids[first_image:]
         self.videos = c.videos[first_video:]
 
 
-def _blocks(types: list[int], kind: int) -> int:
-    """How many vision blocks of ``kind`` start in ``types``."""
-    return sum(1 for j, t in enumerate(types) if t == kind and (j == 0 or types[j - 1] != kind))
+def _blocks(types: torch.Tensor, kind: int) -> int:
+    """How many vision blocks of ``kind`` start in ``types`` ([L])."""
+    hit = types == kind
+    return int(hit[:1].sum() + (hit[1:] & ~hit[:-1]).sum())
 
 
 def _same(a: Context, b: Context) -> bool:
@@ -131,8 +133,10 @@ def _same(a: Context, b: Context) -> bool:
 MIN_PREFIX = 32  # shorter shared parts are not worth an entry
 
 
-def _common(a, b) -> int:
+def _common(a: list[int], b: list[int]) -> int:
     """Length of the common prefix of two id sequences."""
+    if len(a) <= len(b) and b[: len(a)] == a:  # a conversation goes on from its session: at C speed
+        return len(a)
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -183,11 +187,29 @@ class CachedGenerator(HFGenerator):
         self._suppress = SuppressTokensLogitsProcessor(self.suppress, device=model.device)
         self._warpers = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
+    resumable = True  # ``generate(..., steps=k)`` may stop a turn after k tokens; it goes on later
+    # (rows done, rows) -> bool, asked at every step from the ``steps``-th on of a call made with
+    # ``steps``: True ends the call there (a server ends a round when a waiting request could
+    # join); None: calls end at ``steps``
+    pause = None
+
     @torch.no_grad()
     def generate(
-        self, contexts: list[Context], max_new_tokens: list[int], sampling: Sampling
+        self,
+        contexts: list[Context],
+        max_new_tokens: list[int],
+        sampling: Sampling | list[Sampling],
+        steps: int | None = None,
     ) -> list[list[int]]:
+        """As :meth:`HFGenerator.generate`; with ``steps``, the call ends after that many tokens
+        per row (or, with a ``pause`` hook, at the first later step it says so), and a row whose
+        turn did not end comes back unfinished (its keys and values kept in its session). Handing the context back with those tokens appended and
+        ``Context.resumed`` counting them goes on with the turn: ``max_new_tokens``, stop strings
+        and the returned ids then cover the whole turn (greedy: the ids of one uncut call).
+        ``sampling`` may be one per row (a server's rows at different attempts, greedy or sampled)."""
         if self.synced_gpus:  # every rank must run the same forwards: generate's synced loop
+            if steps is not None or any(c.resumed for c in contexts) or isinstance(sampling, list):
+                raise ValueError("synced generation runs whole turns with one Sampling and no steps")
             return super().generate(contexts, max_new_tokens, sampling)
         if not contexts:
             return []
@@ -209,9 +231,11 @@ class CachedGenerator(HFGenerator):
         for u, c in fresh:
             self._keep_prefix(c, units[u], cache, mask, u)
         rows = torch.tensor(row_unit, device=self.model.device)
-        cache.batch_select_indices(rows)  # the G rows of a group start from one prefill
+        if len(units) < len(contexts):  # the G rows of a group start from one prefill
+            cache.batch_select_indices(rows)
         nxt = torch.tensor([units[u].next_position for u in row_unit], device=rows.device)  # [B]
-        return self._decode(contexts, cache, logits[rows], mask[rows], nxt, max_new_tokens, sampling)
+        per_row = sampling if isinstance(sampling, list) else [sampling] * len(contexts)
+        return self._decode(contexts, cache, logits[rows], mask[rows], nxt, max_new_tokens, per_row, steps)
 
     def _shared_part(self, c: Context) -> int:
         """Tokens of ``c`` other prompts may share: its first turn (the system prompt) up to and
@@ -288,7 +312,18 @@ class CachedGenerator(HFGenerator):
         out = self.model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
         return out.cache, out.logits[:, -1].float(), batch["attention_mask"]
 
-    def _choose(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    def _choose(self, logits: torch.Tensor, samplings: list[Sampling]) -> torch.Tensor:
+        """The next token of each row (``logits`` [B, V]) under its own sampling."""
+        kinds = [s for j, s in enumerate(samplings) if s not in samplings[:j]]
+        if len(kinds) == 1:
+            return self._choose_one(logits, kinds[0])
+        out = torch.empty(len(samplings), dtype=torch.long, device=logits.device)
+        for kind in kinds:
+            rows = torch.tensor([j for j, s in enumerate(samplings) if s == kind], device=logits.device)
+            out[rows] = self._choose_one(logits[rows], kind)
+        return out
+
+    def _choose_one(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         ids = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)  # unused by these
         scores = self._suppress(ids, logits)
         if not sampling.do_sample:
@@ -302,27 +337,37 @@ class CachedGenerator(HFGenerator):
             scores = top_p(sampling.top_p)(ids, scores)
         return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
 
-    def _decode(self, contexts, cache, logits, mask, nxt, limits, sampling) -> list[list[int]]:
+    def _decode(self, contexts, cache, logits, mask, nxt, limits, samplings, steps) -> list[list[int]]:
         dev = self.model.device
         B = len(contexts)
-        stops = STOP_STRINGS + tuple(sampling.stop)
+        stops = [STOP_STRINGS + tuple(s.stop) for s in samplings]
         cancelled = self.cancelled or (lambda key: False)
-        new: list[list[int]] = [[] for _ in range(B)]
+        # a resumed turn's tokens so far start its list: limits and stop strings see the whole turn
+        new: list[list[int]] = [c.input_ids[len(c.input_ids) - c.resumed :] for c in contexts]
         active = list(range(B))  # rows still in the batch, in cache order
         step = 0
         while True:
-            tokens = self._choose(logits, sampling).tolist()
+            tokens = self._choose(logits, [samplings[i] for i in active]).tolist()
             keep = []
             for k, (i, t) in enumerate(zip(active, tokens)):
                 new[i].append(t)
                 if cancelled(contexts[i].key):  # nothing of it is kept
                     continue
-                if not self._done(new[i], limits[i], stops):
+                if not turn_over(self.tok, new[i], limits[i], stops[i], self.end_ids):
                     keep.append(k)
                 else:
                     self._store(contexts[i], new[i], cache, mask, k, fed=step)
+            paused = (
+                steps is not None
+                and step + 1 >= steps
+                and (self.pause is None or self.pause(B - len(keep), B))
+            )
+            if keep and paused:  # the rest go on in a later call
+                for k in keep:
+                    self._store(contexts[active[k]], new[active[k]], cache, mask, k, fed=step)
+                keep = []
             if not keep:
-                return [self._trim(n, limit, stops) for n, limit in zip(new, limits)]
+                return [self._trim(n, limit, stop) for n, limit, stop in zip(new, limits, stops)]
             if len(keep) < len(active):  # finished rows leave the batch
                 sel = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(sel)
@@ -336,16 +381,12 @@ class CachedGenerator(HFGenerator):
             )
             cache, logits, step = out.cache, out.logits[:, -1].float(), step + 1
 
-    def _done(self, new: list[int], limit: int, stops: tuple[str, ...]) -> bool:
-        if len(new) >= limit or new[-1] in self.end_ids:
-            return True
-        return any(s in self.tok.decode(new[-8:]) for s in stops)
-
     def _store(self, c: Context, new: list[int], cache, mask, row: int, fed: int) -> None:
-        """Keep row ``row``'s keys and values (its context and the ``fed`` new tokens that went
-        through the model) in the conversation's session."""
+        """Keep row ``row``'s keys and values (its context and the ``fed`` tokens of this call
+        that went through the model) in the conversation's session."""
         if c.session is None:
             return
+        new = new[c.resumed :]  # a resumed turn's earlier tokens are in the context already
         where = torch.nonzero(mask[row]).flatten()  # the row's real positions: past, prefill, fed
         kv = [
             (layer.keys[row : row + 1, :, where], layer.values[row : row + 1, :, where])

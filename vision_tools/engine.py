@@ -32,7 +32,7 @@ from mm.encode import IGNORE, ConversationEncoder, EncodedSample
 from mm.records import Message, is_visual, parse_message
 from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
-from vision_tools.generation import Context, Generator, Sampling, make_generator
+from vision_tools.generation import STOP_STRINGS, Context, Generator, Sampling, make_generator, turn_over
 from vision_tools.protocol import Turn, Violation, error_text, parse_turn, result_text
 from vision_tools.tools import Tool, ToolContext, ToolError, as_toolset, display_size
 
@@ -153,9 +153,19 @@ class _Conversation:
         self.finish: str | None = None
         self.answer: str | None = None
         self.session: dict = {}  # the generator's cache state between turns
+        # the current turn: its tokens so far (a turn generated in steps), resamples so far, the
+        # violation codes of its discarded attempts, the seconds its attempts took
+        self.partial: list[int] = []
+        self.attempt = 0
+        self.rejected: list[str] = []
+        self.spent = 0.0
 
     def context(self) -> Context:
-        return Context(self.ids, self.types, self.pixels, self.grids, key=self.key, session=self.session)
+        ids, types = self.ids, self.types
+        if self.partial:
+            ids, types = ids + self.partial, types + [TEXT] * len(self.partial)
+        return Context(ids, types, self.pixels, self.grids, self.key, session=self.session,
+                       resumed=len(self.partial))  # fmt: skip
 
     def extend(self, ids: list[int], types: list[int] | None = None, generated: bool = False) -> None:
         self.ids += ids
@@ -233,10 +243,37 @@ class ToolEngine:
         if not self._agree(len(active)):  # synced ranks run a round while any rank has work
             return False
         self._round(active)
-        for c in active:  # a finished conversation's cache is not needed any more
+        self._free(active)
+        return True
+
+    def advance(self, convs: list[_Conversation], steps: int) -> bool:
+        """Decode ``steps`` tokens (more while the generator's ``pause`` hook says so) of every
+        unfinished conversation in ``convs`` in one call, each greedy or sampled as its attempt
+        wants; a conversation whose turn ended moves on at once (its tool runs, the turn is
+        resampled or committed) and its next turn starts in the next call, without waiting for
+        the other conversations' turns. A server calls this in a loop and lets new conversations
+        join between calls. With a generator that is not ``resumable`` a call takes whole turns
+        (:meth:`step`). Greedy conversations end as with :meth:`step`; False when none was active."""
+        if not getattr(self.generator, "resumable", False):
+            return self.step(convs)
+        active = [c for c in convs if c.finish is None and self._room(c)]
+        if active:  # one call: each row greedy or sampled as its attempt wants
+            t0 = time.perf_counter()
+            news = self._generate(active, [self._sampling(c.attempt > 0) for c in active], steps)
+            spent = time.perf_counter() - t0
+            for c, new in zip(active, news):
+                if self._ended(c, new):
+                    self._settle(c, new, spent)
+                else:
+                    c.partial, c.spent = new, c.spent + spent
+        self._free(active)
+        return bool(active)
+
+    @staticmethod
+    def _free(convs: list[_Conversation]) -> None:
+        for c in convs:  # a finished conversation's cache is not needed any more
             if c.finish is not None:
                 c.session.clear()
-        return True
 
     # -- conversation setup ---------------------------------------------------------------
 
@@ -301,47 +338,60 @@ class ToolEngine:
     # -- one round: generate (with resampling), then commit ---------------------------------
 
     def _round(self, convs: list[_Conversation]) -> None:
-        cfg = self.cfg
-        base = Sampling(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop))
-        resample = Sampling(True, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop))
-        pending, rejected, outcome = list(convs), {c.key: [] for c in convs}, {}
-        seconds = dict.fromkeys(rejected, 0.0)
+        pending = list(convs)
         for attempt in range(self.cfg.max_resamples + 1):
             t0 = time.perf_counter()
-            news = self._generate(pending, base if attempt == 0 else resample)
+            news = self._generate(pending, self._sampling(attempt > 0))
             spent = time.perf_counter() - t0
-            retry = []
-            for c, new in zip(pending, news):
-                t1 = time.perf_counter()
-                text, parsed, image = self._evaluate(c, new)
-                seconds[c.key] += spent + time.perf_counter() - t1
-                if not parsed.ok and attempt < self.cfg.max_resamples and not self.stopped(text):
-                    rejected[c.key].append(parsed.code)
-                    retry.append(c)
-                else:
-                    outcome[c.key] = (new, text, parsed, image, attempt + 1)
-            pending = retry
+            pending = [c for c, new in zip(pending, news) if not self._settle(c, new, spent)]
             if not self._agree(len(pending)):
                 break
-        for c in convs:
-            self._commit(c, *outcome[c.key], rejected[c.key], seconds[c.key])
 
-    def _generate(self, convs: list[_Conversation], sampling: Sampling) -> list[list[int]]:
+    def _sampling(self, resampling: bool) -> Sampling:
+        cfg = self.cfg
+        return Sampling(cfg.do_sample or resampling, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop))
+
+    def _limit(self, c: _Conversation) -> int:
+        return min(self.cfg.max_turn_tokens, self.cfg.max_total_tokens - len(c.ids))
+
+    def _generate(
+        self, convs: list[_Conversation], sampling: Sampling | list[Sampling], steps: int | None = None
+    ) -> list[list[int]]:
+        """Each conversation's turn (so far, with ``steps``: see :meth:`advance`); ``sampling``
+        one for all or (a resumable generator) one per conversation."""
         order = sorted(range(len(convs)), key=lambda i: len(convs[i].ids))  # similar lengths together
-        out: list[list[int] | None] = [None] * len(convs)
+        out: list[list[int]] = [[] for _ in convs]
         bs = self.cfg.batch_size
+        more = {} if steps is None else {"steps": steps}
         for k in range(0, self._agree(len(order)), bs):  # synced: as many calls as the busiest rank
             idx = order[k : k + bs]
-            limits = [
-                min(self.cfg.max_turn_tokens, self.cfg.max_total_tokens - len(convs[i].ids)) for i in idx
-            ]
-            news = self.generator.generate([convs[i].context() for i in idx], limits, sampling)
-            for i, new in zip(idx, news):
-                new = list(new)
-                if new and new[-1] == self.eot_id:  # <|endoftext|> ends the turn like <|im_end|> would,
-                    new.pop()  # but the chat template has no place for it: the turn is closed for the model
-                out[i] = new
+            ctxs, limits = [convs[i].context() for i in idx], [self._limit(convs[i]) for i in idx]
+            rows = [sampling[i] for i in idx] if isinstance(sampling, list) else sampling
+            for i, new in zip(idx, self.generator.generate(ctxs, limits, rows, **more)):
+                out[i] = list(new)
         return out
+
+    def _ended(self, c: _Conversation, new: list[int]) -> bool:
+        """Whether ``new`` (a turn so far) is over: an end token, a stop string, its token limit."""
+        stops = STOP_STRINGS + tuple(self.cfg.stop)
+        return turn_over(self.tok, new, self._limit(c), stops, (self.end_id, self.eot_id))
+
+    def _settle(self, c: _Conversation, new: list[int], spent: float) -> bool:
+        """Evaluate the ended attempt ``new`` of ``c``'s turn (``spent``: its generation
+        seconds): commit it, or note a violation for another attempt while resamples are left.
+        True when the turn was committed."""
+        t0 = time.perf_counter()
+        if new and new[-1] == self.eot_id:  # <|endoftext|> ends the turn like <|im_end|> would,
+            new = new[:-1]  # but the chat template has no place for it: the turn is closed for the model
+        text, parsed, image = self._evaluate(c, new)
+        c.partial, c.spent = [], c.spent + spent + time.perf_counter() - t0
+        if not parsed.ok and c.attempt < self.cfg.max_resamples and not self.stopped(text):
+            c.rejected.append(parsed.code)
+            c.attempt += 1
+            return False
+        self._commit(c, new, text, parsed, image, c.attempt + 1, c.rejected, c.spent)
+        c.attempt, c.rejected, c.spent = 0, [], 0.0
+        return True
 
     def _agree(self, n: int) -> int:
         """``n``, or its largest value over ranks when the generator is synced (ZeRO-3 on several

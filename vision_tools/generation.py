@@ -48,6 +48,9 @@ class Context:
     # the conversation's cache state, kept by the engine between turns (CachedGenerator reads
     # and writes it; None: nothing is kept)
     session: dict | None = None
+    # the last ``resumed`` ids are the current turn's tokens so far (a turn a resumable
+    # generator stopped after ``steps`` tokens and goes on with)
+    resumed: int = 0
 
 
 class Generator(Protocol):
@@ -64,6 +67,14 @@ def context_positions(c: Context, types: torch.Tensor, spec: RopeSpec) -> tuple[
     v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
     seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
     return mrope_positions(types, grids, v_grids, seconds, spec)
+
+
+def turn_over(tok, new: list[int], limit: int, stops: tuple[str, ...], end_ids) -> bool:
+    """Whether a turn's ids so far end it: its token limit, an end token, or a stop string in its
+    last 8 tokens (where one just completed)."""
+    if len(new) >= limit or (new and new[-1] in end_ids):
+        return True
+    return bool(new) and any(s in tok.decode(new[-8:]) for s in stops)
 
 
 class _StopCriteria:

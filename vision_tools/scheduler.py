@@ -5,7 +5,11 @@ One worker thread owns the model. It keeps up to ``max_batch`` conversations run
 round it steps each running conversation by one assistant turn (conversations with the same
 options share one batched ``generate``), then a finished conversation answers its request and
 frees its slot for a waiting one at once, so a short request never waits for a long one's
-remaining turns. A request's ``n`` trajectories are ``n`` conversations.
+remaining turns. With ``chunk_tokens`` N a round decodes at least N tokens of each conversation
+(``ToolEngine.advance``) and ends as soon as a waiting request fits or a quarter of the round's
+conversations ended their turns (:meth:`Scheduler._pause`): those run their tools and start
+their next turns without waiting for the batch's longest turn. A request's ``n`` trajectories
+are ``n`` conversations.
 
 A :class:`Job` is cancelled when its client disconnects, when its deadline passes, or when the
 server shuts down; the generator checks at every token, so cancelled work stops within one
@@ -87,6 +91,8 @@ class Scheduler:
         self.model, self.processor, self.tools, self.cfg = model, processor, tools, cfg
         self.generator = make_generator(cfg.engine.generator, model, processor, prefixes=cfg.prefix_cache)
         self.generator.cancelled = self._row_cancelled
+        self.generator.pause = self._pause
+        self.groups = 0  # groups stepped in the current round
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
         self.by_key: dict[int, Job] = {}
@@ -144,6 +150,14 @@ class Scheduler:
         job = self.by_key.get(key)
         return self.stopping or job is None or job.stopped()
 
+    def _pause(self, done: int, rows: int) -> bool:
+        """End the call (after ``chunk_tokens``): other groups of requests (other options) wait
+        for their call, a waiting request fits in the free slots, or a quarter of the call's
+        rows have ended their turns and wait to start the next."""
+        free = self.cfg.max_batch - sum(len(j.convs) for j in self.running)
+        waiting = self.waiting[0].request.n if self.waiting else None
+        return self.groups > 1 or (waiting is not None and waiting <= free) or 4 * done >= rows
+
     def _loop(self) -> None:
         while True:
             with self.cond:
@@ -162,6 +176,7 @@ class Scheduler:
             groups: dict[str, list] = {}
             for job in self.running:
                 groups.setdefault(job.group, []).extend(c for c in job.convs if c.finish is None)
+            self.groups = len(groups)  # other groups wait for this one's call: see _pause
             for group, convs in groups.items():
                 self._step(group, convs)
             self._report()
@@ -207,10 +222,11 @@ class Scheduler:
     def _step(self, group: str, convs: list) -> None:
         engine = self.engines[group]
         seed = self.by_key[convs[0].key].request.seed
-        if seed is not None:  # the same seed gives the same samples: reseed per turn of this job
-            torch.manual_seed((seed + 7919 * len(convs[0].turns)) % 2**63)
+        if seed is not None:  # the same seed gives the same samples: reseed per round of this job
+            c = convs[0]  # where it is: turn, attempt, tokens of the turn so far
+            torch.manual_seed(hash((seed, len(c.turns), c.attempt, len(c.partial))) % 2**63)
         try:
-            engine.step(convs)
+            engine.advance(convs, self.cfg.chunk_tokens) if self.cfg.chunk_tokens else engine.step(convs)
             self.stats["rounds"] += 1
         except Exception as e:  # never let one bad batch kill the worker
             err = ApiError(500, "internal_error", f"{type(e).__name__}: {e}")

@@ -19,7 +19,18 @@ class ServeConfig:
     max_image_bytes: int = opt(16 * 2**20, "largest image file")
     max_image_pixels: int = opt(8192 * 8192, "refuse larger images (decompression bombs)")
     max_json_depth: int = opt(64, "deepest JSON nesting a request may use; deeper is answered 400")
-    max_batch: int = opt(16, "conversations generated together; a finished one frees its slot")
+    max_batch: int = opt(
+        16,
+        "conversations generated together; a finished one frees its slot (memory: each holds its KV "
+        "cache, up to max_total_tokens)",
+    )
+    chunk_tokens: int = opt(
+        0,
+        "0: a round is one whole turn of every running conversation; N: a round decodes at least N "
+        "tokens and ends as soon as a waiting request fits or a quarter of its conversations ended their "
+        "turns, which then move on (their tools run) without waiting for the batch's longest turn "
+        "(cached generator; slower on a 2-core CPU, see docs/performance.md)",
+    )
     prefix_cache: int = opt(
         8,
         "keep the keys and values of the text before the first image (the system prompt) of the last N "
@@ -40,7 +51,17 @@ class ServeConfig:
                 raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_body_bytes <= 0 or self.max_image_bytes <= 0 or self.request_timeout < 0:
             raise ValueError("ServeConfig: max_body_bytes, max_image_bytes must be > 0, request_timeout >= 0")
+        if self.chunk_tokens < 0:
+            raise ValueError(
+                f"ServeConfig.chunk_tokens must be >= 0 (0: whole turns), got {self.chunk_tokens}"
+            )
 
     def base_engine(self) -> EngineConfig:
-        """The engine options a request starts from: ``engine`` with the server's turn limits."""
-        return replace(self.engine, max_turns=self.max_turns, max_turn_tokens=self.max_turn_tokens)
+        """The engine options a request starts from: ``engine`` with the server's turn limits,
+        generating every running conversation in one batch."""
+        return replace(
+            self.engine,
+            max_turns=self.max_turns,
+            max_turn_tokens=self.max_turn_tokens,
+            batch_size=self.max_batch,
+        )

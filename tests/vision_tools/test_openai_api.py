@@ -13,6 +13,7 @@ import json
 import pytest
 
 from tests.conftest import free_port, solid, start_server
+from vision_tools.serve_config import ServeConfig
 
 openai = pytest.importorskip("openai", reason="the openai SDK is in the dev extra")
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
@@ -216,4 +217,4 @@ def test_a_hundred_concurrent_requests_are_all_answered(server):
     assert len({r.id for r in replies}) == 100 and all(r.choices[0].trajectory["turns"] for r in replies)
     health = httpx.get(server + "/health").json()
     assert health["status"] == "ok" and health["queued"] == 0 and health["running"] == 0
-    assert health["peak_batch"] == 16  # slots were refilled as conversations finished
+    assert health["peak_batch"] == ServeConfig().max_batch  # slots were refilled as conversations finished

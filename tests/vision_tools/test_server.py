@@ -264,3 +264,46 @@ def test_the_sdk_examples_in_the_docs_work(server):
     finally:
         os.chdir(cwd)
     assert namespace["reply"].object == "chat.completion"
+
+
+def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server):
+    """``--chunk-tokens``: a short request that arrives while a 600-token turn runs is answered
+    long before that turn ends (whole-turn rounds make it wait for the turn), and greedy answers
+    are the ones the default server gives."""
+    default_url, _ = server
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port),
+           "--max-turns", "4", "--max-turn-tokens", "600", "--chunk-tokens", "4", "--batch-wait-ms", "0"]  # fmt: skip
+    proc = start_server(cmd, url + "/health")
+    greedy = {"max_resamples": 0, "max_turns": 1}
+    long = chat_body(data_url(solid(112, 84)), "Long?", max_tokens=600, **greedy)
+    short = chat_body(data_url(solid(84, 84)), "Short?", max_tokens=4, **greedy)
+
+    async def main():
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            order = []
+
+            async def send(body):
+                r = await client.post("/v1/chat/completions", json=body)
+                order.append(body["messages"][0]["content"][1]["text"])
+                return r
+
+            first = asyncio.create_task(send(long))
+            while (await client.get("/health")).json()["running"] == 0:  # the long turn is running
+                await asyncio.sleep(0.01)
+            second = await send(short)
+            return order, (await first), second
+
+    try:
+        order, first, second = asyncio.run(main())
+        assert first.json()["usage"]["completion_tokens"] == 600  # the premise: a turn of 600 tokens
+        assert order == ["Short?", "Long?"]
+        text = lambda r: r.json()["choices"][0]["trajectory"]["turns"][0]["text"]  # noqa: E731
+        post = lambda body: httpx.post(default_url + "/v1/chat/completions", json=body, timeout=120)  # noqa: E731
+        assert text(second) == text(post(short))
+        head = text(post({**long, "max_tokens": 64}))[:-2]  # its first 64 tokens (a cut character aside)
+        assert text(first).startswith(head) and len(head) > 20
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
