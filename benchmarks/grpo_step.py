@@ -45,7 +45,13 @@ LENGTHS: list[float] = []  # mean completion length of the last run (sampling de
 
 
 def mmpost_run(
-    preset: str, steps: int, out: str, tokens: int, share_prompt: bool = True, generator: str = "cached"
+    preset: str,
+    steps: int,
+    out: str,
+    tokens: int,
+    precision: str,
+    share_prompt: bool = True,
+    generator: str = "cached",
 ) -> tuple[float, float]:
     from alignment.infra.metrics import read_metrics
     from alignment.train import train
@@ -62,7 +68,8 @@ def mmpost_run(
         f"rollout.generator={generator}",
         f"optim.lr={LR}",
         f"data.share_prompt={str(share_prompt).lower()}",
-    ]  # train.precision auto: fp32 on a CPU, bf16 on CUDA
+        f"train.precision={precision}",  # auto: fp32 on a CPU, bf16 on CUDA
+    ]
     summary = train(str(ROOT / "configs" / "quickstart" / "grpo.yaml"), over, output_dir=out)
     rows = read_metrics(out)
     gen = sum(r["generation_s"] for r in rows)
@@ -70,7 +77,7 @@ def mmpost_run(
     return summary["seconds"] / steps, gen / steps
 
 
-def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool) -> float:
+def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool, bf16: bool) -> float:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -104,7 +111,7 @@ def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool) -> floa
         temperature=1.0,
         beta=0.0,
         learning_rate=LR,
-        **({"gradient_checkpointing": False, "bf16": torch.cuda.is_available()} if tuned else {}),
+        **({"gradient_checkpointing": False, "bf16": bf16} if tuned else {}),
         logging_steps=1000,
         save_strategy="no",
         report_to=[],
@@ -131,7 +138,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=12, help="completion length limit")
     ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="mmpost's train.precision and trl-tuned's dtype (auto: fp32 on a CPU, bf16 on CUDA); "
+        "bf16 on a CPU pays off where it has AMX or AVX512-BF16",
+    )
     args = ap.parse_args()
+    import torch
+
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available())
     arms = list(args.arms)
     if importlib.util.find_spec("trl") is None:
         print("trl is not installed (pip install trl): its arms are left out")
@@ -139,6 +156,7 @@ def main() -> None:
     if "mmpost" not in arms:
         arms.insert(0, "mmpost")  # the reference every ratio is taken against
     times: dict[str, list[float]] = {a: [] for a in arms}
+    lengths: dict[str, list[float]] = {a: [] for a in arms}
     gens = []
     tokens = args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,13 +164,16 @@ def main() -> None:
             for who in arms if r % 2 == 0 else arms[::-1]:
                 out = os.path.join(tmp, f"{who}{r}")
                 if who.startswith("trl"):
-                    times[who].append(trl_run(args.preset, args.steps, out, tokens, tuned=who == "trl-tuned"))
+                    times[who].append(trl_run(args.preset, args.steps, out, tokens, who == "trl-tuned", bf16))
                 else:
                     generator = "hf" if who == "mmpost-hf" else "cached"
-                    step, gen = mmpost_run(args.preset, args.steps, out, tokens, who != "padded", generator)
+                    step, gen = mmpost_run(
+                        args.preset, args.steps, out, tokens, args.precision, who != "padded", generator
+                    )
                     times[who].append(step)
                     if who == "mmpost":
                         gens.append(gen)
+                lengths[who].append(LENGTHS[-1])
                 print(
                     f"  round {r}: {who:>9} {times[who][-1]:.3f} s/step, mean completion {LENGTHS[-1]:.1f} tokens",
                     flush=True,
@@ -160,13 +181,17 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     a, g = med["mmpost"], statistics.median(gens)
     print(
-        f"\n{args.preset}: {PROMPTS} prompts x G={G}, <= {tokens} new tokens, {args.steps} steps, {args.rounds} rounds"
+        f"\n{args.preset}: {PROMPTS} prompts x G={G}, <= {tokens} new tokens, {args.steps} steps, "
+        f"{args.rounds} rounds, {'bf16' if bf16 else 'fp32'} (TRL defaults: bf16 autocast)"
     )
     print(
         f"  mmpost generation {g:.3f} s = {g / a:.0%} of the step, scoring + log-probs + update {a - g:.3f} s"
     )
+    # sampling decides the completion lengths, which differ between arms: per generated token too
+    rate = {who: PROMPTS * G * statistics.median(lengths[who]) / t for who, t in med.items()}
     for who, t in med.items():
-        print(f"  {who:>9}: {t:.3f} s/step   {t / a:.2f}x mmpost's time")
+        print(f"  {who:>9}: {t:.3f} s/step   {t / a:.2f}x mmpost's time   "
+              f"{rate[who]:.0f} completion tokens/s   mmpost {rate['mmpost'] / rate[who]:.2f}x per token")  # fmt: skip
 
 
 if __name__ == "__main__":
