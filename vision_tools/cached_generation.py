@@ -135,7 +135,7 @@ MIN_PREFIX = 32  # shorter shared parts are not worth an entry
 
 def _common(a: list[int], b: list[int]) -> int:
     """Length of the common prefix of two id sequences."""
-    if len(a) <= len(b) and b[: len(a)] == a:  # a conversation goes on from its session: at C speed
+    if len(a) <= len(b) and list(b[: len(a)]) == list(a):  # a session or kept prefix: at C speed
         return len(a)
     n = 0
     for x, y in zip(a, b):
@@ -187,7 +187,11 @@ class CachedGenerator(HFGenerator):
         self._suppress = SuppressTokensLogitsProcessor(self.suppress, device=model.device)
         self._warpers = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-    resumable = True  # ``generate(..., steps=k)`` may stop a turn after k tokens; it goes on later
+    @property
+    def resumable(self) -> bool:
+        """``generate(..., steps=k)`` may stop a turn after k tokens; it goes on later (not synced)."""
+        return not self.synced_gpus
+
     # (rows done, rows) -> bool, asked at every step from the ``steps``-th on of a call made with
     # ``steps``: True ends the call there (a server ends a round when a waiting request could
     # join); None: calls end at ``steps``

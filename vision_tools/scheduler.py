@@ -222,11 +222,13 @@ class Scheduler:
     def _step(self, group: str, convs: list) -> None:
         engine = self.engines[group]
         seed = self.by_key[convs[0].key].request.seed
-        if seed is not None:  # the same seed gives the same samples: reseed per round of this job
-            c = convs[0]  # where it is: turn, attempt, tokens of the turn so far
-            torch.manual_seed(hash((seed, len(c.turns), c.attempt, len(c.partial))) % 2**63)
-        try:
-            engine.advance(convs, self.cfg.chunk_tokens) if self.cfg.chunk_tokens else engine.step(convs)
+        if seed is not None:  # the same seed gives the same samples: reseed per turn of this job
+            torch.manual_seed((seed + 7919 * len(convs[0].turns)) % 2**63)
+        try:  # a seeded job takes whole turns: where a round is cut depends on the other traffic
+            if self.cfg.chunk_tokens and seed is None:
+                engine.advance(convs, self.cfg.chunk_tokens)
+            else:
+                engine.step(convs)
             self.stats["rounds"] += 1
         except Exception as e:  # never let one bad batch kill the worker
             err = ApiError(500, "internal_error", f"{type(e).__name__}: {e}")
