@@ -135,7 +135,7 @@ MIN_PREFIX = 32  # shorter shared parts are not worth an entry
 
 def _common(a: list[int], b: list[int]) -> int:
     """Length of the common prefix of two id sequences."""
-    if len(a) <= len(b) and list(b[: len(a)]) == list(a):  # a session or kept prefix: at C speed
+    if len(a) <= len(b) and b[: len(a)] == a:  # a session or kept prefix goes on: at C speed
         return len(a)
     n = 0
     for x, y in zip(a, b):
@@ -207,9 +207,10 @@ class CachedGenerator(HFGenerator):
     ) -> list[list[int]]:
         """As :meth:`HFGenerator.generate`; with ``steps``, the call ends after that many tokens
         per row (or, with a ``pause`` hook, at the first later step it says so), and a row whose
-        turn did not end comes back unfinished (its keys and values kept in its session). Handing the context back with those tokens appended and
-        ``Context.resumed`` counting them goes on with the turn: ``max_new_tokens``, stop strings
-        and the returned ids then cover the whole turn (greedy: the ids of one uncut call).
+        turn did not end comes back unfinished (its keys and values kept in its session).
+        Handing the context back with those tokens appended and ``Context.resumed`` counting them
+        goes on with the turn: ``max_new_tokens``, stop strings and the returned ids then cover
+        the whole turn (greedy: the ids of one uncut call).
         ``sampling`` may be one per row (a server's rows at different attempts, greedy or sampled)."""
         if self.synced_gpus:  # every rank must run the same forwards: generate's synced loop
             if steps is not None or any(c.resumed for c in contexts) or isinstance(sampling, list):
@@ -249,7 +250,7 @@ class CachedGenerator(HFGenerator):
 
     def _prefix(self, c: Context) -> tuple[int, list | None]:
         """(tokens, kv) of the longest kept prefix that ``c`` starts with (0, None: none)."""
-        part = c.input_ids[: self._shared_part(c)]
+        part = tuple(c.input_ids[: self._shared_part(c)])  # the kept prefixes' keys are tuples
         best, kv = 0, None
         for ids, entry in self.prefixes.items():
             n = _common(ids, part)
@@ -316,15 +317,15 @@ class CachedGenerator(HFGenerator):
         out = self.model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
         return out.cache, out.logits[:, -1].float(), batch["attention_mask"]
 
-    def _choose(self, logits: torch.Tensor, samplings: list[Sampling]) -> torch.Tensor:
-        """The next token of each row (``logits`` [B, V]) under its own sampling."""
-        kinds = [s for j, s in enumerate(samplings) if s not in samplings[:j]]
+    def _choose(self, logits: torch.Tensor, kinds: list[Sampling], kind_of: list[int]) -> torch.Tensor:
+        """The next token of each row (``logits`` [B, V]) under its sampling ``kinds[kind_of[row]]``."""
         if len(kinds) == 1:
             return self._choose_one(logits, kinds[0])
-        out = torch.empty(len(samplings), dtype=torch.long, device=logits.device)
-        for kind in kinds:
-            rows = torch.tensor([j for j, s in enumerate(samplings) if s == kind], device=logits.device)
-            out[rows] = self._choose_one(logits[rows], kind)
+        out = torch.empty(len(kind_of), dtype=torch.long, device=logits.device)
+        for k, kind in enumerate(kinds):
+            rows = torch.tensor([j for j, x in enumerate(kind_of) if x == k], device=logits.device)
+            if len(rows):
+                out[rows] = self._choose_one(logits[rows], kind)
         return out
 
     def _choose_one(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -345,13 +346,15 @@ class CachedGenerator(HFGenerator):
         dev = self.model.device
         B = len(contexts)
         stops = [STOP_STRINGS + tuple(s.stop) for s in samplings]
+        kinds = [s for j, s in enumerate(samplings) if s not in samplings[:j]]  # distinct, once
+        kind_of = [kinds.index(s) for s in samplings]
         cancelled = self.cancelled or (lambda key: False)
         # a resumed turn's tokens so far start its list: limits and stop strings see the whole turn
         new: list[list[int]] = [c.input_ids[len(c.input_ids) - c.resumed :] for c in contexts]
         active = list(range(B))  # rows still in the batch, in cache order
         step = 0
         while True:
-            tokens = self._choose(logits, [samplings[i] for i in active]).tolist()
+            tokens = self._choose(logits, kinds, [kind_of[i] for i in active]).tolist()
             keep = []
             for k, (i, t) in enumerate(zip(active, tokens)):
                 new[i].append(t)

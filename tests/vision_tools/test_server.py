@@ -298,14 +298,18 @@ def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server):
 
     seeded = chat_body(data_url(solid(84, 84)), "Seeded?", max_tokens=48, seed=7, temperature=1.0, **greedy)
 
+    def text(reply) -> str:  # the first turn's text
+        return reply.json()["choices"][0]["trajectory"]["turns"][0]["text"]
+
+    def post(body):  # to the default server (whole-turn rounds)
+        return httpx.post(default_url + "/v1/chat/completions", json=body, timeout=120)
+
     try:
         order, first, second, busy = asyncio.run(main())
-        text = lambda r: r.json()["choices"][0]["trajectory"]["turns"][0]["text"]  # noqa: E731
         assert first.json()["usage"]["completion_tokens"] == 600  # the premise: a turn of 600 tokens
         assert order == ["Short?", "Seeded?", "Long?"]
         alone = httpx.post(url + "/v1/chat/completions", json=seeded, timeout=120)
         assert text(busy) == text(alone) and len(text(alone)) > 20
-        post = lambda body: httpx.post(default_url + "/v1/chat/completions", json=body, timeout=120)  # noqa: E731
         assert text(second) == text(post(short))
         head = text(post({**long, "max_tokens": 64}))[:-2]  # its first 64 tokens (a cut character aside)
         assert text(first).startswith(head) and len(head) > 20
