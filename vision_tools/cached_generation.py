@@ -172,7 +172,6 @@ class CachedGenerator(HFGenerator):
         self.max_prefixes = prefixes
         self.prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()  # text ids -> kv, newest last
         from transformers.generation.logits_process import (
-            SuppressTokensLogitsProcessor,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
@@ -184,7 +183,7 @@ class CachedGenerator(HFGenerator):
                 f"CachedGenerator keeps full-attention caches; this model has layers {sorted(kinds)}: "
                 "use rollout generator 'hf'"
             )
-        self._suppress = SuppressTokensLogitsProcessor(self.suppress, device=model.device)
+        self._suppressed = None  # [V] bool: the suppressed ids (built at the first step)
         self._warpers = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
     @property
@@ -330,7 +329,10 @@ class CachedGenerator(HFGenerator):
 
     def _choose_one(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         ids = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)  # unused by these
-        scores = self._suppress(ids, logits)
+        if self._suppressed is None or len(self._suppressed) != logits.shape[-1]:
+            self._suppressed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            self._suppressed[[i for i in self.suppress if i < logits.shape[-1]]] = True
+        scores = logits.masked_fill(self._suppressed, -float("inf"))  # as SuppressTokensLogitsProcessor
         if not sampling.do_sample:
             return scores.argmax(-1)
         temperature, top_k, top_p = self._warpers
@@ -352,6 +354,12 @@ class CachedGenerator(HFGenerator):
         # a resumed turn's tokens so far start its list: limits and stop strings see the whole turn
         new: list[list[int]] = [c.input_ids[len(c.input_ids) - c.resumed :] for c in contexts]
         active = list(range(B))  # rows still in the batch, in cache order
+        # which cached positions each row attends to, with room for every step (a step only
+        # moves the end ``n``); handed to the model as its ready mask (see _step_mask)
+        n = mask.shape[1]
+        attend = torch.ones(B, n + max(limits), dtype=torch.bool, device=dev)
+        attend[:, :n] = mask.bool()
+        padded = not bool(attend[:, :n].all())
         step = 0
         while True:
             tokens = self._choose(logits, kinds, [kind_of[i] for i in active]).tolist()
@@ -363,7 +371,7 @@ class CachedGenerator(HFGenerator):
                 if not turn_over(self.tok, new[i], limits[i], stops[i], self.end_ids):
                     keep.append(k)
                 else:
-                    self._store(contexts[i], new[i], cache, mask, k, fed=step)
+                    self._store(contexts[i], new[i], cache, attend[:, :n], k, fed=step)
             paused = (
                 steps is not None
                 and step + 1 >= steps
@@ -371,22 +379,37 @@ class CachedGenerator(HFGenerator):
             )
             if keep and paused:  # the rest go on in a later call
                 for k in keep:
-                    self._store(contexts[active[k]], new[active[k]], cache, mask, k, fed=step)
+                    self._store(contexts[active[k]], new[active[k]], cache, attend[:, :n], k, fed=step)
                 keep = []
             if not keep:
-                return [self._trim(n, limit, stop) for n, limit, stop in zip(new, limits, stops)]
+                return [self._trim(t, limit, stop) for t, limit, stop in zip(new, limits, stops)]
             if len(keep) < len(active):  # finished rows leave the batch
                 sel = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(sel)
-                mask, nxt = mask[sel], nxt[sel]
+                attend, nxt = attend[sel], nxt[sel]
+                padded = padded and not bool(attend[:, :n].all())
                 active = [active[k] for k in keep]
             ids = torch.tensor([[new[i][-1]] for i in active], device=dev)  # [B', 1]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
             pos = (nxt + step)[None, :, None].expand(3, -1, 1)  # [3, B', 1]
+            n += 1
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+                input_ids=ids,
+                attention_mask=self._step_mask(attend[:, :n], padded),
+                position_ids=pos,
+                cache=cache,
+                use_cache=True,
             )
             cache, logits, step = out.cache, out.logits[:, -1].float(), step + 1
+
+    def _step_mask(self, attend: torch.Tensor, padded: bool):
+        """The attention mask of a one-token step over ``attend`` ([B, n] bool). With SDPA, the
+        model's own mask in its form (``{"full_attention": [B, 1, 1, n]}``, True: attended; None
+        without padding), which the model takes as is: building it from the 2-D mask at every
+        step (transformers' ``create_causal_mask``) cost as much as the attention itself at 16
+        long rows on a CPU. Other attention implementations get the 2-D mask."""
+        if self.model.config._attn_implementation != "sdpa":
+            return attend
+        return {"full_attention": attend[:, None, None, :] if padded else None}
 
     def _store(self, c: Context, new: list[int], cache, mask, row: int, fed: int) -> None:
         """Keep row ``row``'s keys and values (its context and the ``fed`` tokens of this call

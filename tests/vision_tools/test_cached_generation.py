@@ -8,6 +8,7 @@ import torch
 
 from mm.chat_template import ASSISTANT_HEADER, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
 from mm.encode import ConversationEncoder
+from mm.loading import load_model
 from mm.rope import RopeSpec
 from mm.visual import VisualConfig
 from tests.conftest import solid
@@ -78,8 +79,15 @@ def prefill_shapes(model, run, *args):
     return out, seen
 
 
-def test_greedy_ids_equal_generate_over_groups_and_tool_turns_with_less_prefill(tiny):
-    model, processor = tiny
+@pytest.fixture(params=["sdpa", "eager"])
+def attn_model(request, tiny):
+    """The tiny model with SDPA (the decoding steps hand it a ready mask) and with eager
+    attention (the 2-D mask, which transformers expands)."""
+    return tiny if request.param == "sdpa" else (load_model("tiny", attn="eager")[0].eval(), tiny[1])
+
+
+def test_greedy_ids_equal_generate_over_groups_and_tool_turns_with_less_prefill(attn_model):
+    model, processor = attn_model
     encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
     ps = prompts(encoder)
     rows = [0, 0, 0, 1, 1, 2]  # groups of 3, 2 and 1 copies
