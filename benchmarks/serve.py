@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py                         # tiny model, 8 tokens x 2 turns per request
     python benchmarks/serve.py --levels 1 20 --rounds 3 --max-tokens 32 --max-turns 4
-    python benchmarks/serve.py --defaults --levels 1 20 --servers continuous chunked   # long
+    python benchmarks/serve.py --defaults --levels 1 20 --servers continuous no_loop_cut   # long
 
 ``mmpost serve`` processes run side by side: ``continuous`` (the defaults: up to 16
 conversations batched, a round is one turn of each, a finished conversation frees its slot for a
@@ -11,9 +11,11 @@ prompt's keys and values kept across requests), ``chunked`` (``--chunk-tokens 32
 least 32 tokens that end when a waiting request fits or a quarter of the rows ended their turns,
 so nobody waits for the batch's longest turn), ``hf_generate`` (whole turns over
 ``model.generate``, which re-prefills every turn, and no prefix cache: the server before both),
-and ``one_at_a_time`` (``--max-batch 1``). ``--defaults`` sends requests with no generation
-options (the server's defaults: 16 turns of up to 1024 tokens, 4 resamples of a violating turn;
-with the random tiny model a request takes its 16 turns). For each concurrency level, the same requests (greedy, no resampling,
+and ``one_at_a_time`` (``--max-batch 1``); ``no_loop_cut`` (not run unless named: the default
+server but a turn caught in a repetition loop runs to its token limit, as before
+``EngineConfig.cut_loops``). ``--defaults`` sends requests with no generation options (the
+server's defaults: 16 turns of up to 1024 tokens, 4 resamples of a violating turn; with the
+random tiny model a request takes its 16 turns, and every greedy turn loops). For each concurrency level, the same requests (greedy, no resampling,
 images of mixed sizes, the tool system prompt) go to each server in turn, alternately for
 --rounds rounds, after one warm-up request per server. Printed per level: p50 and p95 latency of each server (medians over rounds),
 p50 relative to one request alone on the same server, and each server's p50 over
@@ -58,8 +60,10 @@ SERVERS = {  # name -> flags
         "hf",
         "--prefix-cache",
         "0",
+        "--no-engine.cut-loops",
     ],
     "one_at_a_time": ["--max-batch", "1"],
+    "no_loop_cut": ["--no-engine.cut-loops"],
 }
 
 
@@ -126,7 +130,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=8, help="tokens per turn")
     ap.add_argument("--max-turns", type=int, default=2)
-    ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
+    ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS)[:4])
     ap.add_argument("--defaults", action="store_true", help="requests without generation options")
     args = ap.parse_args()
     limits = (

@@ -368,7 +368,7 @@ class CachedGenerator(HFGenerator):
                 new[i].append(t)
                 if cancelled(contexts[i].key):  # nothing of it is kept
                     continue
-                if not turn_over(self.tok, new[i], limits[i], stops[i], self.end_ids):
+                if not turn_over(self.tok, new[i], limits[i], stops[i], self.end_ids, samplings[i].cut_loops):
                     keep.append(k)
                 else:
                     self._store(contexts[i], new[i], cache, attend[:, :n], k, fed=step)

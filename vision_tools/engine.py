@@ -60,6 +60,12 @@ class EngineConfig:
     stop: list[str] = opt(
         factory=list, help="extra stop strings: a turn that writes one ends the conversation"
     )
+    cut_loops: bool = opt(
+        False,
+        "end a turn as soon as it is caught in a repetition loop (a 'repetition' violation whatever it "
+        "writes next) instead of at max_turn_tokens; cached generator; the server's default, off for "
+        "training rollouts (the trained tokens stay the model's whole turn)",
+    )
     generator: Literal["cached", "hf"] = opt(
         "hf",
         "cached: one prefill per distinct prompt, KV cache kept across turns (memory: every running "
@@ -349,7 +355,9 @@ class ToolEngine:
 
     def _sampling(self, resampling: bool) -> Sampling:
         cfg = self.cfg
-        return Sampling(cfg.do_sample or resampling, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop))
+        return Sampling(
+            cfg.do_sample or resampling, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop), cfg.cut_loops
+        )
 
     def _limit(self, c: _Conversation) -> int:
         return min(self.cfg.max_turn_tokens, self.cfg.max_total_tokens - len(c.ids))
@@ -374,7 +382,7 @@ class ToolEngine:
     def _ended(self, c: _Conversation, new: list[int]) -> bool:
         """Whether ``new`` (a turn so far) is over: an end token, a stop string, its token limit."""
         stops = STOP_STRINGS + tuple(self.cfg.stop)
-        return turn_over(self.tok, new, self._limit(c), stops, (self.end_id, self.eot_id))
+        return turn_over(self.tok, new, self._limit(c), stops, (self.end_id, self.eot_id), self.cfg.cut_loops)
 
     def _settle(self, c: _Conversation, new: list[int], spent: float) -> bool:
         """Evaluate the ended attempt ``new`` of ``c``'s turn (``spent``: its generation

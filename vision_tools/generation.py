@@ -21,6 +21,7 @@ from mm.chat_template import END_OF_TEXT, IM_END, IMAGE_PAD, VISION_END, VISION_
 from mm.image_features import encoder_outputs
 from mm.records import RESERVED
 from mm.rope import RopeSpec, mrope_positions
+from vision_tools.protocol import in_a_loop
 
 STOP_STRINGS = ("</tool_call>", "</answer>")
 
@@ -32,6 +33,8 @@ class Sampling:
     top_p: float = 0.95
     top_k: int = 50
     stop: tuple[str, ...] = ()  # stop strings besides STOP_STRINGS
+    # end a turn once it is caught in a repetition loop (protocol.in_a_loop; CachedGenerator)
+    cut_loops: bool = False
 
 
 @dataclass
@@ -69,10 +72,13 @@ def context_positions(c: Context, types: torch.Tensor, spec: RopeSpec) -> tuple[
     return mrope_positions(types, grids, v_grids, seconds, spec)
 
 
-def turn_over(tok, new: list[int], limit: int, stops: tuple[str, ...], end_ids) -> bool:
-    """Whether a turn's ids so far end it: its token limit, an end token, or a stop string in its
-    last 8 tokens (where one just completed)."""
+def turn_over(tok, new: list[int], limit: int, stops: tuple[str, ...], end_ids, loops: bool = False) -> bool:
+    """Whether a turn's ids so far end it: its token limit, an end token, a stop string in its
+    last 8 tokens (where one just completed), or (``loops``) a repetition loop that makes the
+    turn a ``repetition`` violation whatever follows."""
     if len(new) >= limit or (new and new[-1] in end_ids):
+        return True
+    if loops and in_a_loop(tok, new):
         return True
     return bool(new) and any(s in tok.decode(new[-8:]) for s in stops)
 

@@ -160,10 +160,36 @@ def find_repetition(text: str, min_cycles: int = 4, min_words: int = 20, max_per
             run = run + 1 if words[i] == words[i + p] else 0
             if run + p >= max(min_cycles * p, min_words):
                 return " ".join(words[i + 1 - run : i + 1 - run + p])
+    return _char_loop(text)
+
+
+def _char_loop(text: str) -> str | None:
+    """A short character unit repeated 10+ times over 50+ characters."""
     for m in _CHAR_LOOP.finditer(text):
         if len(m.group(0)) >= 50 and m.group(1).strip():
             return m.group(1)
     return None
+
+
+def in_a_loop(tok, ids: list[int], every: int = 16, span: int = 48, max_period: int = 64) -> bool:
+    """Whether a turn so far (its token ``ids``) already holds a repetition loop, so that the
+    whole turn is a ``repetition`` violation whatever it writes next. Looked at every ``every``
+    tokens: a cheap token test (the last ``span`` or more tokens repeat with a period of up to
+    ``max_period``), then :func:`find_repetition`'s tests: the word loop on the text up to its
+    last whitespace (a word still being written could change; the words before it cannot), the
+    character loop on all of it (more text cannot undo a run of a unit)."""
+    n = len(ids)
+    if n < span or n % every:
+        return False
+    for p in range(1, min(max_period, n // 4) + 1):
+        m = max(4 * p, span)
+        if m <= n and ids[n - m : n - p] == ids[n - m + p :]:
+            break
+    else:
+        return False
+    text = tok.decode(ids)
+    cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+    return find_repetition(text[: max(cut, 0)]) is not None or _char_loop(text) is not None
 
 
 def parse_turn(text: str, tools=None, ctx: ToolContext | None = None) -> Turn | Violation:

@@ -41,7 +41,7 @@ class ServeConfig:
     request_timeout: float = opt(600.0, "seconds a request may take before it is answered 504 (0: none)")
     shutdown_timeout: float = opt(3.0, "seconds SIGTERM/SIGINT wait for in-flight replies to be sent")
     engine: EngineConfig = opt(
-        factory=lambda: EngineConfig(generator="cached"),
+        factory=lambda: EngineConfig(generator="cached", cut_loops=True),
         help="generation defaults of every request (max_turns, max_turn_tokens: the bounds above)",
     )
 

@@ -267,14 +267,15 @@ def test_the_sdk_examples_in_the_docs_work(server):
 
 
 def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server):
-    """``--chunk-tokens``: a short request that arrives while a 600-token turn runs is answered
-    long before that turn ends (whole-turn rounds make it wait for the turn), and greedy answers
-    are the ones the default server gives."""
+    """``--chunk-tokens``: a short request that arrives while a 600-token turn runs (a loop the
+    tiny model writes, not cut here) is answered long before that turn ends (whole-turn rounds
+    make it wait for the turn), and greedy answers are the ones the default server gives."""
     default_url, _ = server
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port),
-           "--max-turns", "4", "--max-turn-tokens", "600", "--chunk-tokens", "4", "--batch-wait-ms", "0"]  # fmt: skip
+           "--max-turns", "4", "--max-turn-tokens", "600", "--chunk-tokens", "4", "--batch-wait-ms", "0",
+           "--no-engine.cut-loops"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
     greedy = {"max_resamples": 0, "max_turns": 1}
     long = chat_body(data_url(solid(112, 84)), "Long?", max_tokens=600, **greedy)
