@@ -329,9 +329,10 @@ class CachedGenerator(HFGenerator):
 
     def _choose_one(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         ids = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)  # unused by these
-        if self._suppressed is None or len(self._suppressed) != logits.shape[-1]:
-            self._suppressed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            self._suppressed[[i for i in self.suppress if i < logits.shape[-1]]] = True
+        V = logits.shape[-1]
+        if self._suppressed is None or len(self._suppressed) != V or self._suppressed.device != logits.device:
+            self._suppressed = torch.zeros(V, dtype=torch.bool, device=logits.device)
+            self._suppressed[[i for i in self.suppress if i < V]] = True
         scores = logits.masked_fill(self._suppressed, -float("inf"))  # as SuppressTokensLogitsProcessor
         if not sampling.do_sample:
             return scores.argmax(-1)
@@ -407,7 +408,7 @@ class CachedGenerator(HFGenerator):
         without padding), which the model takes as is: building it from the 2-D mask at every
         step (transformers' ``create_causal_mask``) cost as much as the attention itself at 16
         long rows on a CPU. Other attention implementations get the 2-D mask."""
-        if self.model.config._attn_implementation != "sdpa":
+        if self.model.config.get_text_config()._attn_implementation != "sdpa":
             return attend
         return {"full_attention": attend[:, None, None, :] if padded else None}
 

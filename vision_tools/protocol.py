@@ -189,7 +189,8 @@ def in_a_loop(tok, ids: list[int], every: int = 16, span: int = 48, max_period: 
         return False
     text = tok.decode(ids)
     cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
-    return find_repetition(text[: max(cut, 0)]) is not None or _char_loop(text) is not None
+    # a trailing U+FFFD may be a character whose bytes are still coming: not part of a loop yet
+    return find_repetition(text[: max(cut, 0)]) is not None or _char_loop(text.rstrip("\ufffd")) is not None
 
 
 def parse_turn(text: str, tools=None, ctx: ToolContext | None = None) -> Turn | Violation:

@@ -214,7 +214,7 @@ def test_serve_and_stream_build_the_configs_the_hand_written_flags_built(monkeyp
         max_turn_tokens=64,
         batch_wait_ms=50.0,
         engine=EngineConfig(
-            max_turns=4, max_turn_tokens=64, generator="cached"
+            max_turns=4, max_turn_tokens=64, generator="cached", cut_loops=True
         ),  # the bounds: requests' defaults
     )
     monkeypatch.setattr(streaming.demo, "run_stream", lambda src, model, cfg, **kw: seen.update(stream=cfg))

@@ -253,3 +253,32 @@ def test_the_decoding_cache_appends_in_place_and_equals_concatenation():
         assert (layer._k.data_ptr() == buffer) == (k <= 4)  # 5 + room 3 = 8 positions, then it grows
     layer.batch_select_indices(torch.tensor([1, 1, 0]))
     assert torch.equal(layer.keys, torch.cat(parts, 2)[[1, 1, 0]]) and layer.get_seq_length() == 10
+
+
+def test_the_ready_decoding_mask_is_the_one_transformers_builds(tiny):
+    """A one-token step over a left-padded cache: the mask ``CachedGenerator`` hands the model
+    (SDPA's, ready) gives the logits of the 2-D mask transformers expands; none at all does not."""
+    import copy
+
+    model, processor = tiny
+    gen = CachedGenerator(model, processor)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, 600, (3, 20), generator=g)
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[0, :7], mask[2, :3] = 0, 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+    with torch.no_grad():
+        cache = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).cache
+        step = dict(input_ids=torch.randint(100, 600, (3, 1), generator=g), position_ids=pos[:, :, -1:] + 1)
+        full = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
+        logits = {
+            name: model(**step, attention_mask=m, cache=copy.deepcopy(cache), use_cache=True).logits
+            for name, m in [
+                ("2-D", full),
+                ("ready", gen._step_mask(full.bool(), padded=True)),
+                ("none", gen._step_mask(full.bool(), padded=False)),
+            ]
+        }
+    assert torch.equal(logits["ready"], logits["2-D"])
+    assert not torch.allclose(logits["none"][0], logits["2-D"][0])  # row 0 would read its padding
+    assert torch.allclose(logits["none"][1], logits["2-D"][1], atol=1e-5)  # row 1 has none

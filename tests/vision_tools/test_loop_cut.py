@@ -27,6 +27,29 @@ def test_a_loop_is_found_once_certain_and_every_continuation_keeps_the_verdict(t
             assert parse_turn(tok.decode(ids[:k] + more)).code == "repetition"
 
 
+def test_a_character_still_being_written_is_not_part_of_a_loop(tiny):
+    """50 bytes that open a 3-byte character decode to 50 U+FFFD, which looks like a character
+    loop; the next two bytes make them 49 U+FFFD and one character, which is not one."""
+    tok = tiny[1].tokenizer
+    zh = tok("中", add_special_tokens=False)["input_ids"]
+    assert len(zh) == 3  # byte by byte
+    heads = (
+        tok("<think>Look" + " at it" * j + ". ", add_special_tokens=False)["input_ids"] for j in range(20)
+    )
+    head = next(h for h in heads if len(h) >= 14)[:14]  # 14 tokens + 50 bytes: a check at 64
+    ids = head + zh[:1] * 50
+    assert tok.decode(ids).endswith("\ufffd" * 50) and not in_a_loop(tok, ids)
+    assert parse_turn(tok.decode(ids + zh[1:])).code != "repetition"
+
+
+def test_tokens_that_repeat_are_cut_only_if_the_text_is_a_loop(tiny):
+    tok = tiny[1].tokenizer  # a 36-character unit without spaces: periodic tokens, no loop by the rule
+    ids = tok("<think>Let me look. " + "abcdefghijklmnopqrstuvwxyz0123456789" * 12, add_special_tokens=False)
+    ids = ids["input_ids"]
+    assert find_repetition(tok.decode(ids)) is None
+    assert not any(in_a_loop(tok, ids[:k]) for k in range(1, len(ids) + 1))
+
+
 def test_varied_text_is_never_cut(tiny):
     tok = tiny[1].tokenizer
     ids = tok("<think>" + VARIED + "</think><answer>1830</answer>", add_special_tokens=False)["input_ids"]
