@@ -177,7 +177,7 @@ def in_a_loop(tok, ids: list[int], every: int = 16, span: int = 48, max_period: 
     tokens: a cheap token test (the last ``span`` or more tokens repeat with a period of up to
     ``max_period``), then :func:`find_repetition`'s tests: the word loop on the text up to its
     last whitespace (a word still being written could change; the words before it cannot), the
-    character loop on all of it (more text cannot undo a run of a unit)."""
+    character loop on all of it but a trailing U+FFFD (more text cannot undo a run of a unit)."""
     n = len(ids)
     if n < span or n % every:
         return False
