@@ -29,7 +29,7 @@ class ServeConfig:
         "0: a round is one whole turn of every running conversation; N: a round decodes at least N "
         "tokens and ends as soon as a waiting request fits or a quarter of its conversations ended their "
         "turns, which then move on (their tools run) without waiting for the batch's longest turn "
-        "(cached generator; slower on a 2-core CPU, see docs/performance.md)",
+        "(cached generator; on a 2-core CPU about as fast as whole turns, see docs/performance.md)",
     )
     prefix_cache: int = opt(
         8,
