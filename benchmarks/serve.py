@@ -51,17 +51,7 @@ def free_port() -> int:
 SERVERS = {  # name -> flags
     "continuous": [],
     "chunked": ["--chunk-tokens", "32"],
-    "hf_generate": [
-        "--max-batch",
-        "16",
-        "--chunk-tokens",
-        "0",
-        "--engine.generator",
-        "hf",
-        "--prefix-cache",
-        "0",
-        "--no-engine.cut-loops",
-    ],
+    "hf_generate": ["--engine.generator", "hf", "--prefix-cache", "0", "--no-engine.cut-loops"],
     "one_at_a_time": ["--max-batch", "1"],
     "no_loop_cut": ["--no-engine.cut-loops"],
 }
@@ -130,7 +120,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=8, help="tokens per turn")
     ap.add_argument("--max-turns", type=int, default=2)
-    ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS)[:4])
+    ap.add_argument(
+        "--servers",
+        nargs="+",
+        choices=list(SERVERS),
+        default=["continuous", "chunked", "hf_generate", "one_at_a_time"],
+    )
     ap.add_argument("--defaults", action="store_true", help="requests without generation options")
     args = ap.parse_args()
     limits = (

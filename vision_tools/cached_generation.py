@@ -184,6 +184,8 @@ class CachedGenerator(HFGenerator):
                 "use rollout generator 'hf'"
             )
         self._suppressed = None  # [V] bool: the suppressed ids (built at the first step)
+        # decoding steps hand SDPA its ready mask (see _step_mask)
+        self._ready_mask = model.config.get_text_config()._attn_implementation == "sdpa"
         self._warpers = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
     @property
@@ -408,7 +410,7 @@ class CachedGenerator(HFGenerator):
         without padding), which the model takes as is: building it from the 2-D mask at every
         step (transformers' ``create_causal_mask``) cost as much as the attention itself at 16
         long rows on a CPU. Other attention implementations get the 2-D mask."""
-        if self.model.config.get_text_config()._attn_implementation != "sdpa":
+        if not self._ready_mask:
             return attend
         return {"full_attention": attend[:, None, None, :] if padded else None}
 

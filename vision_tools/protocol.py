@@ -152,6 +152,12 @@ def find_repetition(text: str, min_cycles: int = 4, min_words: int = 20, max_per
     """The repeated unit if ``text`` holds a loop: a unit of 1..max_period words repeated at
     least ``min_cycles`` times in a row covering ``min_words`` words, or a short character unit
     repeated 10+ times over 50+ characters."""
+    return _word_loop(text, min_cycles, min_words, max_period) or _char_loop(text)
+
+
+def _word_loop(text: str, min_cycles: int = 4, min_words: int = 20, max_period: int = 50) -> str | None:
+    """A unit of 1..max_period words repeated at least ``min_cycles`` times in a row covering
+    ``min_words`` words."""
     words = text.split()
     n = len(words)
     for p in range(1, min(max_period, n // min_cycles) + 1):
@@ -160,7 +166,7 @@ def find_repetition(text: str, min_cycles: int = 4, min_words: int = 20, max_per
             run = run + 1 if words[i] == words[i + p] else 0
             if run + p >= max(min_cycles * p, min_words):
                 return " ".join(words[i + 1 - run : i + 1 - run + p])
-    return _char_loop(text)
+    return None
 
 
 def _char_loop(text: str) -> str | None:
@@ -175,7 +181,7 @@ def in_a_loop(tok, ids: list[int], every: int = 16, span: int = 48, max_period: 
     """Whether a turn so far (its token ``ids``) already holds a repetition loop, so that the
     whole turn is a ``repetition`` violation whatever it writes next. Looked at every ``every``
     tokens: a cheap token test (the last ``span`` or more tokens repeat with a period of up to
-    ``max_period``), then :func:`find_repetition`'s tests: the word loop on the text up to its
+    ``max_period``), then :func:`find_repetition`'s two tests: the word loop on the text up to its
     last whitespace (a word still being written could change; the words before it cannot), the
     character loop on all of it but a trailing U+FFFD (more text cannot undo a run of a unit)."""
     n = len(ids)
@@ -190,7 +196,7 @@ def in_a_loop(tok, ids: list[int], every: int = 16, span: int = 48, max_period: 
     text = tok.decode(ids)
     cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
     # a trailing U+FFFD may be a character whose bytes are still coming: not part of a loop yet
-    return find_repetition(text[: max(cut, 0)]) is not None or _char_loop(text.rstrip("\ufffd")) is not None
+    return _word_loop(text[: max(cut, 0)]) is not None or _char_loop(text.rstrip("\ufffd")) is not None
 
 
 def parse_turn(text: str, tools=None, ctx: ToolContext | None = None) -> Turn | Violation:
