@@ -37,6 +37,7 @@ from alignment import units
 from alignment.data import MicroBatches, StepPlanner, check_lengths, loader
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, collate_pair_plan
+from alignment.evaluator import HeldOut, shard_plan
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer, TrainState
 from alignment.losses import dpo_loss
@@ -96,12 +97,12 @@ class DPOModule(torch.nn.Module):
         total, count = policy_logps(self.model, batch)
         logps = total / count if lc.normalized() else total
         loss, m = dpo_loss(
-            logps[0::2],
-            logps[1::2],
-            ref_logps[0::2],
-            ref_logps[1::2],
-            lc.beta,
-            lc.kind,
+            policy_chosen_logps=logps[0::2],
+            policy_rejected_logps=logps[1::2],
+            ref_chosen_logps=ref_logps[0::2],
+            ref_rejected_logps=ref_logps[1::2],
+            beta=lc.beta,
+            kind=lc.kind,
             chosen_nll=-total[0::2] / count[0::2],
             sft_weight=lc.sft_weight,
         )
@@ -239,6 +240,9 @@ class DPOTrainer(Trainer):
         )
         return loader(plan, collate, self.cfg.data.num_workers)
 
+    def held_out(self, path: str, limit: int, device: str) -> DPOHeldOut:
+        return DPOHeldOut(self, path, limit, device)
+
     def score(self, batch: dict, device: str) -> dict:
         """Reference log-probs of a micro-batch when they were not precomputed."""
         if "ref_logps" in batch:
@@ -246,6 +250,50 @@ class DPOTrainer(Trainer):
         b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         b["ref_logps"] = reference_logps(self.state.ref_model or self.model, b, self.cfg.loss.normalized())
         return b
+
+
+class DPOHeldOut(HeldOut):
+    """Held-out preference pairs: DPO loss, reward margin and preference accuracy."""
+
+    def __init__(self, trainer, path: str, limit: int, device: str):
+        data = trainer.cfg.data
+        self.ds = PairDataset(path, trainer.dataset.encoder, on_error=data.on_error, format=data.format)
+        self.n = min(len(self.ds), limit) if limit else len(self.ds)
+        self.mb = data.micro_batch_size
+        pad_id, attn = trainer.processor.tokenizer.pad_token_id, trainer.state.attn
+        self.make = lambda plan, ref=None: MicroBatches(  # noqa: E731
+            plan, partial(collate_pair_plan, self.ds, "pad", pad_id, attn, ref)
+        )
+        # the reference: the model as it is now (the Evaluator is built before any step or resume)
+        model, normalized = trainer.model, trainer.cfg.loss.normalized()
+        ref = torch.zeros(len(self.ds), 2)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            plan = shard_plan(self.n, self.mb)
+            for batch, (_, weight) in zip(self.make([p for p, _ in plan]), plan):
+                if batch is None:
+                    continue
+                b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                total, count = policy_logps(model, b)  # weight-0 repeats run too (ZeRO-3 keeps step)
+                if weight:
+                    lp = total / count if normalized else total
+                    ref[batch["pair_index"]] = lp.view(-1, 2).float().cpu()
+        model.train(was)
+        self.ref = sum(dist.all_gather_object(ref))  # each pair was scored on one rank, 0 elsewhere
+
+    def batches(self):
+        plan = shard_plan(self.n, self.mb)
+        for batch, (_, weight) in zip(self.make([p for p, _ in plan], self.ref), plan):
+            if batch is not None:
+                yield batch, weight
+
+    def sums(self, module, batch: dict) -> dict:
+        loss, pairs, stats = module(**batch)
+        out = {"loss": (loss, pairs)}
+        for k in ("margin", "accuracy", "chosen_reward", "rejected_reward"):
+            out[k] = (stats[k], pairs)
+        return out
 
 
 def weights_fingerprint(model, samples: int = 8) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignment.data import DataConfig
-from alignment.loop import OptimConfig, TrainConfig
+from alignment.loop_config import OptimConfig, TrainConfig
 from mm.config import opt
 from mm.loading import ModelConfig
 

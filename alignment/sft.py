@@ -10,10 +10,13 @@ from functools import partial
 import torch
 
 from alignment.data import StepPlanner, check_lengths, collate_samples, loader
+from alignment.evaluator import HeldOut, shard_plan
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer, TrainState
 from alignment.sft_config import SFTConfig
 from mm.attention import choose_backend
+from mm.collate import pad_batch
+from mm.config import ConfigError
 from mm.dataset import RecordDataset
 from mm.encode import ConversationEncoder
 from mm.loading import load_for_training, unwrap
@@ -70,3 +73,61 @@ class SFTTrainer(Trainer):
         pad_id = self.processor.tokenizer.pad_token_id
         collate = partial(collate_samples, self.dataset, self.cfg.data.layout, pad_id, self.state.attn)
         return loader(plan, collate, self.cfg.data.num_workers)
+
+    def held_out(self, path: str, limit: int, device: str) -> SFTHeldOut:
+        return SFTHeldOut(self, path, limit)
+
+
+class SFTHeldOut(HeldOut):
+    """Held-out conversations: the next-token loss on their supervised tokens."""
+
+    def __init__(self, trainer, path: str, limit: int):
+        train = trainer.dataset
+        self.ds = RecordDataset(
+            path,
+            train.encoder,
+            on_error=train.on_error,
+            transform=train.transform,
+            format=trainer.cfg.data.format,
+        )
+        self.n = min(len(self.ds), limit) if limit else len(self.ds)
+        self.mb = trainer.cfg.data.micro_batch_size
+        self.pad_id = trainer.processor.tokenizer.pad_token_id
+        self.processor, tc = trainer.processor, trainer.train_cfg
+        self.max_new_tokens = tc.eval_max_new_tokens if tc.eval_generate else 0
+        if self.max_new_tokens and tc.deepspeed == "zero3" and dist.world() > 1:
+            raise ConfigError("train.eval_generate is not supported under ZeRO-3 on several ranks; use zero2")
+
+    def batches(self):
+        for indices, weight in shard_plan(self.n, self.mb):
+            samples = [s for s in (self.ds[i] for i in indices) if s is not None]
+            if samples:
+                yield {**pad_batch(samples, self.pad_id), "indices": indices}, weight
+
+    def sums(self, module, batch: dict) -> dict:
+        indices = batch.pop("indices")
+        nll, count, _ = module(**batch)
+        out = {"loss": (nll, count)}
+        if self.max_new_tokens:
+            correct, n = self.answers(module.model, [self.ds.records[i] for i in indices])
+            out["accuracy"] = (correct, n)
+        return out
+
+    def answers(self, model, records: list) -> tuple[int, int]:
+        """Greedy answers to the prompts of ``records`` that carry an ``answer`` (the turns before
+        the first assistant turn; through the tool engine when the system prompt declares tools),
+        matched as ``mmpost eval`` matches them: (correct, records with an answer)."""
+        from evaluation.answers import answers_match
+        from evaluation.evaluate import answer_prompts
+
+        recs = [r for r in records if r.answer is not None]
+        prompts = [
+            r.messages[: next(i for i, m in enumerate(r.messages) if m.role == "assistant")] for r in recs
+        ]
+        model, correct = unwrap(model), 0
+        for rec, p in zip(recs, prompts):
+            ((_, pred, _),) = answer_prompts(
+                model, self.processor, self.ds.encoder, [p], self.ds.base_dir, self.max_new_tokens, 8
+            )
+            correct += answers_match(pred, rec.answer)
+        return correct, len(recs)

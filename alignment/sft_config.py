@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignment.data import DataConfig
-from alignment.loop import OptimConfig, TrainConfig
+from alignment.loop_config import OptimConfig, TrainConfig
 from mm.config import opt
 from mm.loading import ModelConfig
 

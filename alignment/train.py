@@ -12,27 +12,21 @@ when they were not. Overrides given on the command line win over the pipeline's 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mm.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
-from mm.plugins import config_dir
+from mm.config import ConfigError, apply_overrides, config_dir, from_dict, load_yaml, opt
+from mm.plugins import import_ref
 
 # algorithm -> (config class, trainer class)
 ALGORITHMS = {
     "sft": ("alignment.sft_config:SFTConfig", "alignment.sft:SFTTrainer"),
-    "grpo": ("alignment.grpo_config:GRPOConfig", "alignment.grpo:GRPOTrainer"),
-    "vla": ("alignment.vla.config:VLAConfig", "alignment.vla.trainer:VLATrainer"),
+    "grpo": ("alignment.grpo.config:GRPOConfig", "alignment.grpo.trainer:GRPOTrainer"),
+    "vla": ("alignment.vla_config:VLAConfig", "alignment.vla:VLATrainer"),
     "dpo": ("alignment.dpo_config:DPOConfig", "alignment.dpo:DPOTrainer"),
 }
-
-
-def _load(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def build_config(
@@ -51,7 +45,7 @@ def build_config(
     if algo not in ALGORITHMS:
         raise ConfigError(f"algorithm {algo!r} is not known; choose from {', '.join(sorted(ALGORITHMS))}")
     with config_dir(path):  # users' plug-in files (rewards, tools) are found next to the config
-        return from_dict(_load(ALGORITHMS[algo][0]), data)
+        return from_dict(import_ref(ALGORITHMS[algo][0]), data)
 
 
 def train(
@@ -61,7 +55,7 @@ def train(
     resume: str | None = None,
 ) -> dict:
     cfg = build_config(path, overrides, output_dir, resume)
-    return _load(ALGORITHMS[cfg.algorithm][1])(cfg).run()
+    return import_ref(ALGORITHMS[cfg.algorithm][1])(cfg).run()
 
 
 @dataclass

@@ -32,9 +32,9 @@ def main() -> None:
     from mm.loading import load_model
     from mm.synthetic import shapes_image
     from vision_tools.api import build_prompt
-    from vision_tools.cached_generation import CachedGenerator
     from vision_tools.engine import EngineConfig, ToolEngine
     from vision_tools.generation import Sampling
+    from vision_tools.generation.cached import CachedGenerator
 
     model, processor = load_model(args.preset)
     engine = ToolEngine(model, processor, config=EngineConfig(max_turns=1, max_turn_tokens=args.tokens))

@@ -83,7 +83,7 @@ def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool, bf16: b
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from alignment.rewards import contains_answer
+    from alignment.rewards.builtin import contains_answer
     from mm.loading import load_model
 
     model, processor = load_model(preset)

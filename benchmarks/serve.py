@@ -61,7 +61,7 @@ def start(model: str, flags: list[str], limits: list[str]) -> tuple[subprocess.P
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", model, "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", model, "--port", str(port),
            *flags, "--max-queue", "1000", *limits]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

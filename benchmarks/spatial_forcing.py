@@ -74,8 +74,8 @@ SIM_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "spatial_forc
 
 def closed_loop(args, tmp: str) -> None:
     from alignment.train import train
-    from alignment.vla.closed_loop import ClosedLoopConfig, evaluate_policy, summarize
-    from alignment.vla.demos import write_metaworld_demos
+    from vla.closed_loop import ClosedLoopConfig, evaluate_policy, summarize
+    from vla.demos import write_metaworld_demos
 
     views = ("corner", "gripperPOV")
     data = os.path.join(tmp, "sim-demos")
@@ -174,9 +174,9 @@ def main() -> None:
     if args.quick:
         args.n, args.steps, args.seeds, args.time_steps, args.rounds, args.batch_size = 8, 4, 1, 3, 1, 4
         args.sim_demos, args.sim_epochs, args.sim_episodes, args.sim_steps, args.sim_size = 1, 1, 1, 8, 32
-    from alignment.spatial.features import write_features
-    from alignment.spatial.teacher import build_teacher
-    from alignment.vla.synth import write_vla_synth
+    from vla.spatial.features import write_features
+    from vla.spatial.teacher import build_teacher
+    from vla.synth import write_vla_synth
 
     tmp = tempfile.mkdtemp(prefix="sf-bench-")
     data = write_vla_synth(os.path.join(tmp, "data"), n=args.n, n_test=0, seed=0)["train"]

@@ -11,8 +11,11 @@ Configs are nested dataclasses whose fields all have defaults and a one-line hel
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from typing import Any
@@ -173,10 +176,27 @@ def load_yaml(path: str) -> dict:
     return data
 
 
+_CONFIG_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("config_dir", default=None)
+
+
+@contextlib.contextmanager
+def config_dir(path: str | None):
+    """In this block, relative plug-in files (``mm.plugins``) resolve against the folder of the
+    config file ``path`` first."""
+    token = _CONFIG_DIR.set(os.path.dirname(os.path.abspath(path)) if path else None)
+    try:
+        yield
+    finally:
+        _CONFIG_DIR.reset(token)
+
+
+def current_config_dir() -> str | None:
+    """The folder of the config file being loaded (see :func:`config_dir`), or None."""
+    return _CONFIG_DIR.get()
+
+
 def load_config(cls, path: str | None = None, overrides: list[str] | None = None):
     """Load ``cls`` from a YAML file (optional) plus dotted overrides."""
-    from mm.plugins import config_dir
-
     data = load_yaml(path) if path else {}
     with config_dir(path):  # users' plug-in files are found next to the config file
         return from_dict(cls, apply_overrides(data, overrides or []))

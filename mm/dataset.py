@@ -1,6 +1,5 @@
-"""JSONL datasets of the one data format, with per-line error reporting.
+"""Datasets of the one data format, with per-line error reporting.
 
-``iter_jsonl`` yields (line number, record or problem) for every non-blank line.
 ``RecordDataset`` parses a file of any format ``mm.formats`` reads up front (cheap: no pixels
 decoded) and encodes samples lazily. With ``on_error="raise"`` the first bad record raises ``DataError`` naming
 ``file:line``; with ``"skip"`` bad records are dropped, counted in ``skipped`` and reported.
@@ -8,87 +7,18 @@ decoded) and encodes samples lazily. With ``on_error="raise"`` the first bad rec
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
 from mm.encode import ConversationEncoder, EncodedSample
-from mm.records import Record, RecordError, SFTRecord, parse_record
+from mm.formats import data_root, open_records
+from mm.jsonl import DataError, Problem, iter_jsonl, json_lines
+from mm.records import Record, RecordError, SFTRecord
 from mm.visual import VisualError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Problem:
-    """One thing wrong with one line of a JSONL file."""
-
-    path: str
-    line: int
-    code: str
-    message: str
-    hint: str = ""
-
-    @property
-    def where(self) -> str:
-        """``file:line`` (1-based) for JSONL; ``file row N`` (0-based, as ``dataset[N]``) for other files."""
-        return f"{self.path}:{self.line}" if self.path.endswith(".jsonl") else f"{self.path} row {self.line}"
-
-    def __str__(self) -> str:
-        return f"{self.where}: [{self.code}] {self.message}" + (
-            f"\n    fix: {self.hint}" if self.hint else ""
-        )
-
-
-class DataError(ValueError):
-    def __init__(self, problem: Problem):
-        super().__init__(str(problem))
-        self.problem = problem
-
-
-def json_lines(path: str) -> Iterator[tuple[int, dict | Problem]]:
-    """Decode each non-blank line (numbered from 1), or a ``Problem`` saying why it is not JSON."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line.strip())
-                except json.JSONDecodeError as e:
-                    yield (
-                        n,
-                        Problem(
-                            path,
-                            n,
-                            "bad_json",
-                            f"invalid JSON: {e.msg} at column {e.colno}",
-                            "each line must be one complete JSON object",
-                        ),
-                    )
-        except UnicodeDecodeError as e:
-            yield (
-                -1,
-                Problem(path, -1, "bad_encoding", f"file is not UTF-8: {e}", "re-save the file as UTF-8"),
-            )
-
-
-def iter_jsonl(path: str) -> Iterator[tuple[int, Record | Problem]]:
-    """Parse each non-blank line into a typed record, or a ``Problem`` saying what is wrong."""
-    for n, obj in json_lines(path):
-        if isinstance(obj, Problem):
-            yield n, obj
-            continue
-        try:
-            yield n, parse_record(obj)
-        except RecordError as e:
-            yield n, Problem(path, n, e.code, e.message, e.hint)
 
 
 class RecordDataset(Dataset):
@@ -108,8 +38,6 @@ class RecordDataset(Dataset):
     ):
         """``transform(messages) -> messages`` (optional) rewrites each conversation before encoding;
         ``format`` names the file's format (``mm.formats``; "auto" tells it from the columns)."""
-        from mm.formats import data_root, open_records
-
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.path, self.encoder, self.on_error, self.transform = path, encoder, on_error, transform
@@ -201,3 +129,6 @@ def rebase_images(messages: list[dict], src: str, dst: str) -> list[dict]:
             m = {**m, "content": items}
         out.append(m)
     return out
+
+
+__all__ = ["DataError", "Problem", "RecordDataset", "iter_jsonl", "json_lines"]

@@ -6,35 +6,23 @@ A training config may name a reward or a tool that lives in the user's own Pytho
     rollout: {tools: [crop_image, my_tools.py:depth_probe]}
 
 :func:`load_function` imports the file (once per path) and returns the function. A relative path
-is looked up next to the config file first (set by :func:`config_dir` while a config loads), then
+is looked up next to the config file first (``mm.config.config_dir``, set while a config loads), then
 in the working directory. Every failure is a :class:`~mm.config.ConfigError` naming the config key
 and the fix; the callers (the reward and tool resolvers) check the signature they need.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import importlib
 import importlib.util
 import inspect
 import os
 import sys
 from collections.abc import Callable
 
-from mm.config import ConfigError
+from mm.config import ConfigError, current_config_dir
 
-_CONFIG_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("config_dir", default=None)
 _MODULES: dict[tuple[str, int], object] = {}
-
-
-@contextlib.contextmanager
-def config_dir(path: str | None):
-    """Resolve relative plug-in files against the folder of config file ``path`` in this block."""
-    token = _CONFIG_DIR.set(os.path.dirname(os.path.abspath(path)) if path else None)
-    try:
-        yield
-    finally:
-        _CONFIG_DIR.reset(token)
 
 
 def is_ref(name: str) -> bool:
@@ -50,7 +38,7 @@ def locate(ref: str, key: str) -> str:
     if os.path.isabs(file):
         places = [file]
     else:
-        places = [os.path.join(d, file) for d in (_CONFIG_DIR.get(), os.getcwd()) if d]
+        places = [os.path.join(d, file) for d in (current_config_dir(), os.getcwd()) if d]
     for p in places:
         if os.path.isfile(p):
             return f"{os.path.abspath(p)}:{name}"
@@ -83,3 +71,21 @@ def load_function(ref: str, key: str) -> Callable:
             f"{key}: {path} has no function {name!r} (its functions: {', '.join(found) or 'none'})"
         )
     return fn
+
+
+def registered(registry: dict, name: str, what: str):
+    """The object registered as ``name`` in one of mmpost's registries (a dict from a name to
+    ``"package.module:object"``, imported here when first asked for, or to the object itself);
+    an unknown name is a config error naming ``what`` and the registered names."""
+    if name not in registry:
+        raise ConfigError(f"{what}={name!r}: use one of {', '.join(registry)}")
+    entry = registry[name]
+    if isinstance(entry, str):
+        entry = registry[name] = import_ref(entry)
+    return entry
+
+
+def import_ref(ref: str):
+    """``"package.module:name"`` -> the object (imports the module)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)

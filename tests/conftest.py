@@ -19,6 +19,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """A small generated CRU data set (train and test files)."""
+    from vision_tools.crux import write_synth
+
+    return write_synth(str(tmp_path_factory.mktemp("synth")), n_train=24, n_test=6, seed=1)
+
+
+@pytest.fixture(scope="session")
 def encoder(tiny):
     model, processor = tiny
     return ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))

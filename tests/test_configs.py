@@ -9,8 +9,8 @@ import yaml
 
 from alignment.infra.deepspeed_setup import BUILTIN
 from alignment.train import Pipeline, build_config
-from mm.cli import main
 from mm.config import ConfigError, from_dict
+from mmpost import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAMLS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))

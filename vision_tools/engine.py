@@ -27,12 +27,21 @@ import torch
 from PIL import Image
 
 from mm.chat_template import ASSISTANT_HEADER, END_OF_TEXT, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
-from mm.config import opt
+from mm.config import ConfigError, opt
 from mm.encode import IGNORE, ConversationEncoder, EncodedSample
 from mm.records import Message, is_visual, parse_message
 from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
-from vision_tools.generation import STOP_STRINGS, Context, Generator, Sampling, make_generator, turn_over
+from vision_tools.generation import (
+    DEFAULT,
+    GENERATORS,
+    STOP_STRINGS,
+    Context,
+    Generator,
+    Sampling,
+    make_generator,
+    turn_over,
+)
 from vision_tools.protocol import Turn, Violation, error_text, parse_turn, result_text
 from vision_tools.tools import Tool, ToolContext, ToolError, as_toolset, display_size
 
@@ -66,17 +75,19 @@ class EngineConfig:
         "writes next) instead of at max_turn_tokens; cached generator; the server's default, off for "
         "training rollouts (the trained tokens stay the model's whole turn)",
     )
-    generator: Literal["cached", "hf"] = opt(
-        "hf",
-        "cached: one prefill per distinct prompt, KV cache kept across turns (memory: every running "
-        "conversation's cache; the server's and GRPO's default); hf: model.generate over every full "
-        "context, memory per batch_size (the two give the same greedy ids)",
+    generator: str = opt(
+        DEFAULT,
+        "decoding backend (vision_tools.generation.GENERATORS): cached: one prefill per distinct "
+        "prompt, KV cache kept across turns (memory: the caches of the batch_size conversations "
+        "running); hf: model.generate over every full context (the same greedy ids)",
     )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 
     def __post_init__(self):
         if self.max_turns < 1 or self.max_turn_tokens < 1 or self.batch_size < 1 or self.max_resamples < 0:
             raise ValueError("max_turns, max_turn_tokens and batch_size must be >= 1, max_resamples >= 0")
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"generator={self.generator!r}: use one of {', '.join(GENERATORS)}")
 
 
 @dataclass
@@ -216,13 +227,18 @@ class ToolEngine:
         """Run every prompt (messages in the one data format, ending with a user turn).
 
         ``questions`` (repeated after ``scale_image``) default to the ``Question: ...`` line of
-        each prompt's last user turn."""
+        each prompt's last user turn. At most ``batch_size`` conversations run at once (a
+        finished one's place goes to the next prompt), so the kept caches stay bounded however
+        many prompts there are."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
         convs = self.start(prompts, base_dir, questions)
-        for _ in range(self.cfg.max_turns):  # every round commits one turn of each active conversation
-            if not self.step(convs):
-                break
+        waiting, running = convs[::-1], []
+        while self._agree(len(waiting) + len(running)):  # synced ranks go on while any has work
+            while waiting and len(running) < self.cfg.batch_size:
+                running.append(waiting.pop())
+            self.step(running)  # one turn of each running conversation
+            running = [c for c in running if c.finish is None]
         return [self.trajectory(c) for c in convs]
 
     # -- step-wise use (the HTTP server's continuous batching) ------------------------------
@@ -260,7 +276,7 @@ class ToolEngine:
         the other conversations' turns. A server calls this in a loop and lets new conversations
         join between calls. With a generator that is not ``resumable`` a call takes whole turns
         (:meth:`step`). Greedy conversations end as with :meth:`step`; False when none was active."""
-        if not getattr(self.generator, "resumable", False):
+        if not self.generator.resumable:
             return self.step(convs)
         active = [c for c in convs if c.finish is None and self._room(c)]
         if active:  # one call: each row greedy or sampled as its attempt wants
@@ -293,7 +309,7 @@ class ToolEngine:
         if not msgs or msgs[-1].role != "user":
             raise ValueError(f"prompt {key}: must end with a user turn")
         try:  # G copies of one prompt (GRPO) load and encode their images once and share them
-            ident = json.dumps(prompt, sort_keys=True)
+            ident = json.dumps([m.to_dict() if isinstance(m, Message) else m for m in prompt], sort_keys=True)
         except TypeError:  # images in memory
             ident = None
         encoded = memo.get(ident) if ident is not None else None
@@ -370,12 +386,11 @@ class ToolEngine:
         order = sorted(range(len(convs)), key=lambda i: len(convs[i].ids))  # similar lengths together
         out: list[list[int]] = [[] for _ in convs]
         bs = self.cfg.batch_size
-        more = {} if steps is None else {"steps": steps}
         for k in range(0, self._agree(len(order)), bs):  # synced: as many calls as the busiest rank
             idx = order[k : k + bs]
             ctxs, limits = [convs[i].context() for i in idx], [self._limit(convs[i]) for i in idx]
             rows = [sampling[i] for i in idx] if isinstance(sampling, list) else sampling
-            for i, new in zip(idx, self.generator.generate(ctxs, limits, rows, **more)):
+            for i, new in zip(idx, self.generator.generate(ctxs, limits, rows, steps=steps)):
                 out[i] = list(new)
         return out
 
@@ -404,8 +419,7 @@ class ToolEngine:
     def _agree(self, n: int) -> int:
         """``n``, or its largest value over ranks when the generator is synced (ZeRO-3 on several
         ranks: every rank must make the same generate calls, with empty ones where it has none)."""
-        agree = getattr(self.generator, "agree", None)
-        return agree(n) if agree is not None else n
+        return self.generator.agree(n)
 
     def _evaluate(self, c: _Conversation, new: list[int]):
         """(text, parsed turn or violation, tool result image or None); never raises."""

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mm.records import Message, parse_message
 from vision_tools.tools import Tool, ToolContext, ToolError, as_toolset
 
 CODES = (
@@ -77,18 +78,22 @@ def system_prompt(tools=None, preamble: str = SYSTEM) -> str:
     return preamble + TOOLS_PREAMBLE.format(schemas=schemas)
 
 
-def declare_tools(messages: list[dict], tools) -> list[dict]:
-    """``messages`` whose system turn declares exactly ``tools``: a ``# Tools`` section already
-    there is replaced, other system text is kept before it; without a system turn, one is added."""
-    out = [dict(m) for m in messages]
-    if out and out[0]["role"] == "system":
-        text = out[0]["content"]
-        if not isinstance(text, str):
-            text = "".join(it.get("text", "") for it in text)
-        out[0]["content"] = system_prompt(tools, preamble=text.split(TOOLS_PREAMBLE[:11])[0])
+def declare_tools(messages: list[dict] | list[Message], tools) -> list[dict] | list[Message]:
+    """``messages`` (dicts or ``Message``s; the same kind comes back) whose system turn declares
+    exactly ``tools``: a ``# Tools`` section already there is replaced, other system text is kept
+    before it; without a system turn, one is added."""
+    as_messages = bool(messages) and isinstance(messages[0], Message)
+    first = messages[0] if messages else None
+    role = (first.role if as_messages else first["role"]) if first is not None else None
+    rest = list(messages[1:] if role == "system" else messages)
+    if role == "system":
+        text = first.text() if as_messages else parse_message(first, "messages[0]").text()
+        content = system_prompt(tools, preamble=text.split(TOOLS_PREAMBLE[:11])[0])
     else:
-        out.insert(0, {"role": "system", "content": system_prompt(tools)})
-    return out
+        content = system_prompt(tools)
+    if as_messages:
+        return [Message("system", content), *rest]
+    return [{"role": "system", "content": content}, *(dict(m) for m in rest)]
 
 
 def question_text(question: str, size: tuple[int, int] | list[tuple[int, int]]) -> str:

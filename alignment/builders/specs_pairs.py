@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from alignment.evaluation.answers import answers_match, extract_answer
-from alignment.rewards import JudgeUnavailable
+from evaluation.answers import answers_match, extract_answer
+from evaluation.judge import JudgeUnavailable
 from mm.config import opt
 from mm.dataset import Problem, iter_jsonl, rebase_images
 from vision_tools.protocol import parse_turn
@@ -135,7 +135,7 @@ def http_judge(url: str, model: str, api_key: str = ""):
     """The consistency judge of specs-pairs: an OpenAI-compatible endpoint asked
     ``CONSISTENCY_PROMPT``; when it fails the response is counted (``zero_judge_failed``), never
     scored by a fallback rule."""
-    from alignment.rewards import HTTPJudge
+    from evaluation.judge import HTTPJudge
 
     return HTTPJudge(url, model, api_key, prompt=CONSISTENCY_PROMPT, fallback=False)
 

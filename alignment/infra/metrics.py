@@ -1,7 +1,7 @@
 """Training logs (rank 0): ``OUTPUT/metrics.jsonl`` always, the trackers of ``train.report_to``
 (``alignment.infra.trackers``: TensorBoard when installed by default), a progress bar.
 
-Held-out metrics (``eval_*``, see ``alignment.evaluation.during_training``) are lines of their
+Held-out metrics (``eval_*``, see ``alignment.evaluator``) are lines of their
 own with the step; they go to the trackers too (``eval/*`` scalars in TensorBoard).
 """
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-from mm.dataset import Problem
 from mm.formats import openai, rl, sharegpt, trl
 from mm.formats.common import Context
+from mm.jsonl import Problem
 from mm.records import Record, RecordError, parse_record
 
 ADAPTERS: dict[str, Callable[[dict, Context], dict]] = {

@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from mm.dataset import Problem
 from mm.formats import data_root, open_records
 from mm.formats.tables import EmbeddedImage
+from mm.jsonl import Problem
 from mm.records import Message, Record
 
 

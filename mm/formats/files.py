@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 
-from mm.dataset import Problem, json_lines
+from mm.jsonl import Problem, json_lines
 
 
 def json_rows(path: str) -> Iterator[tuple[int, dict | Problem]]:

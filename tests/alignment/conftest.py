@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
-from vision_tools.crux import write_synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart", "sft.yaml")
-
-
-@pytest.fixture(scope="session")
-def synth(tmp_path_factory):
-    return write_synth(str(tmp_path_factory.mktemp("synth")), n_train=24, n_test=6, seed=1)
 
 
 def base_overrides(synth: dict) -> list[str]:

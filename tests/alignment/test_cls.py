@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-import alignment.evaluation.evaluate as ev
+import evaluation.evaluate as ev
 from alignment.builders.cls_fewshot import build_fewshot, candidates, write_shape_classes
-from alignment.evaluation.answers import class_answer, class_matches
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
+from evaluation.answers import class_answer, class_matches
 from tests.alignment.conftest import ROOT
 from tests.testing_utils import require_deepspeed
 

@@ -1,4 +1,4 @@
-"""Evaluation during training (alignment.evaluation.during_training): held-out metrics every N
+"""Evaluation during training (alignment.evaluator): held-out metrics every N
 steps, checked against independent computations with the saved weights, and the best model."""
 
 import json
@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from alignment.evaluation.during_training import BestCheckpoint, best_mode
+from alignment.evaluator import BestCheckpoint, best_mode
 from alignment.infra.metrics import read_metrics
 from mm.collate import pad_batch, per_sample_nll
 from mm.dataset import RecordDataset
@@ -131,7 +131,7 @@ def test_two_ranks_evaluate_like_one(split, tmp_path):
     _, single = run_sft(split, str(tmp_path / "one"), *common, "train.gradient_accumulation_steps=2")
     out = str(tmp_path / "two")
     overrides = base_overrides(split) + common + ["train.gradient_accumulation_steps=1"]
-    cmd = [*torchrun(), "-m", "mm.cli", "train", QUICKSTART, *overrides, "--output-dir", out]
+    cmd = [*torchrun(), "-m", "mmpost", "train", QUICKSTART, *overrides, "--output-dir", out]
     env = subprocess_env(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -201,10 +201,10 @@ def test_vla_eval_action_l1_equals_the_policy_on_each_record(tmp_path):
     import numpy as np
 
     from alignment.train import build_config
-    from alignment.vla.data import VLASample, collate
-    from alignment.vla.policy import PREDICT_INPUTS
-    from alignment.vla.synth import write_vla_synth
-    from alignment.vla.trainer import VLATrainer
+    from alignment.vla import VLATrainer
+    from vla.data import VLASample, collate
+    from vla.policy import PREDICT_INPUTS
+    from vla.synth import write_vla_synth
 
     data = write_vla_synth(str(tmp_path / "vla"), n=16, n_test=5, seed=0)
     out = str(tmp_path / "run")
@@ -238,9 +238,9 @@ def test_vla_eval_action_l1_equals_the_policy_on_each_record(tmp_path):
 def test_grpo_eval_greedy_rewards_equal_generation_with_the_saved_model(tmp_path):
     """Held-out prompts: the logged mean rewards equal one greedy generation per prompt by the
     exported model (step 2), scored by each reward function on its own."""
-    from alignment.evaluation.evaluate import generate
-    from alignment.rewards import REWARDS
+    from alignment.rewards import get_reward
     from alignment.train import train
+    from evaluation.evaluate import generate
     from mm.dataset import iter_jsonl
 
     prompts = str(tmp_path / "held.jsonl")  # answers that random text holds or lacks: mixed rewards
@@ -260,7 +260,7 @@ def test_grpo_eval_greedy_rewards_equal_generation_with_the_saved_model(tmp_path
     enc = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
     texts = generate(model, processor, enc, [r.prompt for r in recs], os.path.dirname(prompts), 12)
     per = {
-        name: [REWARDS[name]([t], answer=r.answer, meta={})[0] for t, r in zip(texts, recs)]
+        name: [get_reward(name)([t], answer=r.answer, meta={})[0] for t, r in zip(texts, recs)]
         for name in ("contains_answer", "accuracy")
     }
     mean = {k: sum(v) / len(v) for k, v in per.items()}
@@ -271,10 +271,10 @@ def test_grpo_eval_greedy_rewards_equal_generation_with_the_saved_model(tmp_path
 
 
 def test_sft_eval_generate_accuracy_equals_mmpost_eval(tmp_path):
-    """train.eval_generate: the logged accuracy equals ``mmpost eval`` (alignment.evaluation.evaluate)
+    """train.eval_generate: the logged accuracy equals ``mmpost eval`` (evaluation.evaluate)
     on the exported model; the model learns to answer x, so the y-records are wrong (0 < acc < 1)."""
-    from alignment.evaluation.evaluate import evaluate
     from alignment.train import train
+    from evaluation.evaluate import evaluate
 
     def rec(i, answer):
         msgs = [

@@ -5,12 +5,13 @@ processor), sees the same tokens and pixels as mmpost and generates the same tex
 import torch
 from PIL import Image
 
-from alignment.evaluation.evaluate import generate
 from alignment.infra.export import export_hf
+from evaluation.evaluate import generate
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
 from mm.records import Message
 from mm.rope import RopeSpec
+from vision_tools.generation import STOP_STRINGS
 
 
 def test_export_loads_with_auto_classes_and_renders_the_same_chat(tmp_path):
@@ -44,4 +45,9 @@ def test_export_loads_with_auto_classes_and_renders_the_same_chat(tmp_path):
     assert torch.equal(batch["image_grid_thw"], sample.image_grid_thw)
     with torch.no_grad():
         new = hf_model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
-    assert hf_proc.batch_decode(new, skip_special_tokens=True)[0] == ours
+    # the same greedy text, up to where mmpost's decoding stops (a stop string, as rollouts stop)
+    theirs = hf_proc.batch_decode(new, skip_special_tokens=True)[0]
+    assert theirs.startswith(ours) and (ours == theirs or any(s in ours for s in STOP_STRINGS)), (
+        ours,
+        theirs,
+    )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignment.grpo import GRPOModule
-from alignment.grpo_config import GRPOConfig
+from alignment.grpo.config import GRPOConfig
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from mm.collate import pad_batch
@@ -145,7 +145,7 @@ def test_two_process_zero3_rollouts_do_not_hang(tmp_path):
     cmd = [
         *torchrun(),
         "-m",
-        "mm.cli",
+        "mmpost",
         "train",
         os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"),
         "train.deepspeed=zero3",

@@ -32,6 +32,12 @@ def inputs():
     return logp, old, adv, mask
 
 
+def loss_of(logp, old, adv, mask, clip_low=0.2, clip_high=0.2, **kw):
+    return grpo_loss(
+        logp=logp, old_logp=old, advantages=adv, mask=mask, clip_low=clip_low, clip_high=clip_high, **kw
+    )
+
+
 @pytest.mark.parametrize(
     "aggregation, kw, want",
     [
@@ -44,20 +50,20 @@ def inputs():
 )
 def test_clipped_loss_aggregations(aggregation, kw, want):
     logp, old, adv, mask = inputs()
-    loss, m = grpo_loss(logp, old, adv, mask, 0.2, 0.28, aggregation, **kw)
+    loss, m = loss_of(logp, old, adv, mask, 0.2, 0.28, aggregation=aggregation, **kw)
     assert loss.item() == pytest.approx(want, abs=1e-6)
     assert m["clip_fraction"] == pytest.approx(2 / 5)  # 1.5 with A > 0, 0.7 with A < 0
 
 
 def test_clip_higher_differs_from_symmetric_clipping():
     logp, old, adv, mask = inputs()
-    sym, _ = grpo_loss(logp, old, adv, mask, 0.2, 0.2)
+    sym, _ = loss_of(logp, old, adv, mask, 0.2, 0.2)
     assert sym.item() == pytest.approx((-1 - 1.2 - 0.5 + 2.6 + 1.6) / 5, abs=1e-6)
 
 
 def test_clipped_tokens_get_no_gradient():
     logp, old, adv, mask = inputs()
-    loss, _ = grpo_loss(logp, old, adv, mask, 0.2, 0.28)
+    loss, _ = loss_of(logp, old, adv, mask, 0.2, 0.28)
     loss.backward()
     g = logp.grad
     assert g[0, 1] == 0 and g[1, 1] == 0 and g[1, 2] == 0  # clipped, clipped, masked
@@ -70,8 +76,8 @@ def test_kl_k3_and_the_kl_term():
     assert torch.allclose(kl_k3(lp, ref), torch.tensor([0.5 + math.log(2) - 1, 0.0]))
     logp, old, adv, mask = inputs()
     ref_logp = logp.detach() + math.log(0.5)  # reference half as likely on every token
-    base, _ = grpo_loss(logp, old, adv, mask, 0.2, 0.28)
-    with_kl, m = grpo_loss(logp, old, adv, mask, 0.2, 0.28, ref_logp=ref_logp, beta=0.04)
+    base, _ = loss_of(logp, old, adv, mask, 0.2, 0.28)
+    with_kl, m = loss_of(logp, old, adv, mask, 0.2, 0.28, ref_logp=ref_logp, beta=0.04)
     k = 0.5 + math.log(2) - 1
     assert with_kl.item() == pytest.approx(base.item() + 0.04 * k, abs=1e-6)
     assert m["kl"] == pytest.approx(k, abs=1e-6)
@@ -80,6 +86,6 @@ def test_kl_k3_and_the_kl_term():
 def test_bad_options():
     logp, old, adv, mask = inputs()
     with pytest.raises(ValueError, match="max_tokens"):
-        grpo_loss(logp, old, adv, mask, aggregation="fixed_length")
+        loss_of(logp, old, adv, mask, aggregation="fixed_length")
     with pytest.raises(ValueError, match="unknown aggregation"):
-        grpo_loss(logp, old, adv, mask, aggregation="sum")
+        loss_of(logp, old, adv, mask, aggregation="sum")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignment.grpo import GRPOState, GRPOTrainer, PromptPlanner, RolloutBatch
+from alignment.grpo import GRPOState, GRPOTrainer, PromptPlanner, Rollouts, Sequence, read_rl_records
 from alignment.losses import group_advantages
 from alignment.train import build_config
 from mm.config import ConfigError
@@ -43,11 +43,10 @@ def test_an_epoch_with_mu_2_scores_every_prompt_once():
 
     def rollout(indices):
         seen.append(list(indices))
-        n = len(indices) * G
-        return RolloutBatch([None] * n, [0] * n, [i // G for i in range(n)], None)
+        return [Sequence(None, 0, i // G, 0.0) for i in range(len(indices) * G)]
 
     trainer.rollout = rollout
-    trainer._batch = lambda rollout, lo, hi: {"sequences": (lo, hi)}
+    trainer.collate = lambda seqs: {"sequences": len(seqs)}
     per_epoch = trainer.state.planner.steps_per_epoch()
     assert per_epoch == 8
     steps = list(trainer.steps(0, per_epoch, per_epoch))
@@ -80,12 +79,13 @@ def rl_trainer(*overrides: str, trajectories=None):
     """A GRPO trainer on the letters prompts whose engine returns ``trajectories(prompts)``."""
     cfg = build_config(QS_GRPO, ["rollout.num_generations=4", *overrides])
     trainer = GRPOTrainer(cfg)
-    records = trainer._read(os.path.join(ROOT, cfg.data.train))
+    records = read_rl_records(os.path.join(ROOT, cfg.data.train))
     engine = SimpleNamespace(
         run=lambda prompts, base_dir: trajectories(prompts), encoder=SimpleNamespace(rope=None)
     )
     planner = PromptPlanner(len(records), cfg.data.prompts_per_step, 1, 0)
-    trainer.state = GRPOState(Policy(1, 1), None, planner, 1, records, engine=engine)
+    rollouts = Rollouts(cfg, engine, records, ROOT, trainer.judge, Policy(1, 1))
+    trainer.state = GRPOState(Policy(1, 1), None, planner, 1, records, rollouts=rollouts)
     return trainer
 
 
@@ -98,7 +98,7 @@ def test_soft_overlong_punishment_is_added_to_the_reward():
         "loss.overlong_cache=4",
         trajectories=lambda prompts: [traj("an x", next(lengths)) for _ in prompts],
     )
-    (group,) = trainer._roll([0])
+    (group,) = trainer.state.rollouts.roll([0])
     assert group.rewards.tolist() == [1.0, 0.75, 0.0, 0.0]
     assert group.parts["overlong_penalty"] == [0.0, -0.25, -1.0, -1.0]
 
@@ -112,10 +112,10 @@ def test_overlong_filtering_drops_truncated_completions_from_the_loss():
         return [traj(text, finish=finish) for (text, finish), _ in zip(outs, prompts)]
 
     trainer = rl_trainer("loss.overlong_filter=true", "data.prompts_per_step=1", trajectories=trajectories)
-    batch = trainer.rollout([0])
+    seqs = trainer.rollout([0])
     full = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4)
-    assert [s[0] for s in batch.samples] == ["x", "no", "no"]
-    assert torch.allclose(batch.advantages, full[:3])
+    assert [s.sample[0] for s in seqs] == ["x", "no", "no"]
+    assert torch.allclose(torch.tensor([s.advantage for s in seqs]), full[:3])
     assert trainer.rollout_stats["overlong"] == 0.25
 
 
@@ -126,9 +126,7 @@ def test_dynamic_sampling_never_pads_with_zero_advantage_groups():
     spread = set()
 
     def trajectories(prompts):  # G copies of each prompt in a row: the first of a group says x
-        return [
-            traj("x" if p[0]["content"] in spread and k % 4 == 0 else "no") for k, p in enumerate(prompts)
-        ]
+        return [traj("x" if p[0].content in spread and k % 4 == 0 else "no") for k, p in enumerate(prompts)]
 
     trainer = rl_trainer(
         "loss.dynamic_sampling=true",
@@ -139,7 +137,7 @@ def test_dynamic_sampling_never_pads_with_zero_advantage_groups():
     )
     spread.update(trainer.state.dataset[i].prompt[0].content for i in (0, 1))
     trainer.state.grad_accum = 4
-    trainer._batch = lambda rollout, lo, hi: {"adv": rollout.advantages[lo:hi]}
+    trainer.collate = lambda seqs: {"adv": torch.tensor([s.advantage for s in seqs])}
     it = iter(trainer.micro_batches(0, 0))
     batches = [next(it) for _ in range(4)]
     stats = trainer.rollout_stats
@@ -202,7 +200,7 @@ def test_rewards_by_source_score_each_row_with_its_own_rewards():
     )
     for i, source in [(0, "geo"), (1, "chart")]:
         trainer.state.dataset[i].meta = {"data_source": source}
-    geo, chart, plain = trainer._roll([0, 1, 2])
+    geo, chart, plain = trainer.state.rollouts.roll([0, 1, 2])
     assert geo.rewards.tolist() == [1.5, 1.0, 0.0, 0.0]
     assert set(geo.parts) == {"accuracy", "format_think_answer"}
     assert chart.rewards.tolist() == [2.0, 0.0, 0.0, 0.0] and set(chart.parts) == {"format_think_answer"}
@@ -226,7 +224,7 @@ def test_held_out_rewards_follow_the_data_source():
     """The held-out GRPO scores use the same choice: one greedy rollout per prompt ("<answer>x</answer>":
     accuracy 1, format 0, contains 1); reward/NAME sums come with the count of rows that used it,
     and a reward no row of the batch used still reports (0, 0) so every rank has the same keys."""
-    from alignment.evaluation.held_out import GRPOHeldOut
+    from alignment.grpo.held_out import GRPOHeldOut
 
     trainer = rl_trainer(
         "rewards_by_source.geo.accuracy=1.0",
@@ -235,7 +233,12 @@ def test_held_out_rewards_follow_the_data_source():
         trajectories=None,
     )
     held = object.__new__(GRPOHeldOut)
-    held.trainer, held.records, held.base_dir = trainer, trainer.state.dataset, ROOT
+    held.cfg, held.judge, held.records, held.base_dir = (
+        trainer.cfg,
+        trainer.judge,
+        trainer.state.dataset,
+        ROOT,
+    )
     held.engine = SimpleNamespace(run=lambda prompts, base_dir: [traj("<answer>x</answer>") for _ in prompts])
     held.records[0].meta = {"data_source": "geo"}
     out = held.sums(None, {"indices": [0, 1, 2]})

@@ -5,9 +5,9 @@ import os
 
 import torch
 
-from alignment.evaluation.evaluate import generate, prompts_of, run_eval
 from alignment.infra.metrics import read_metrics
 from alignment.train import run_pipeline
+from evaluation.evaluate import generate, prompts_of, run_eval
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
 from mm.rope import RopeSpec

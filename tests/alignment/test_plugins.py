@@ -105,7 +105,7 @@ def test_user_tool_is_declared_and_executed(tmp_path):
     )
     turns = [[call, "<think>ok</think><answer>3</answer>"], ["<think>ok</think><answer>4</answer>"]]
     trainer.state.engine.generator = ScriptedGenerator(trainer.processor, turns)
-    (group,) = trainer._roll([0])
+    (group,) = trainer.state.rollouts.roll([0])
     trajs = group.trajectories
     system = trajs[0].messages[0]
     assert system["role"] == "system"

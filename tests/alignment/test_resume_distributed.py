@@ -22,7 +22,7 @@ def cli(synth, out, *overrides, launcher=()):
     cmd = [
         *launcher,
         "-m",
-        "mm.cli",
+        "mmpost",
         "train",
         QUICKSTART,
         *base_overrides(synth),

@@ -7,18 +7,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from PIL import Image
 
-from alignment.rewards import (
-    HTTPJudge,
-    RuleJudge,
-    accuracy,
-    cls_accuracy,
-    cls_equality,
-    cls_format,
-    combine,
-    crop_score,
-    format_think_answer,
-    virc_turn,
-)
+from alignment.rewards import combine
+from alignment.rewards.builtin import accuracy, cls_accuracy, cls_equality, cls_format, format_think_answer
+from alignment.rewards.virc import crop_score, virc_turn
+from evaluation.judge import HTTPJudge, RuleJudge
 from tests.conftest import reply_chat
 
 FORMAT = [
@@ -210,7 +202,7 @@ def test_http_judge_cache_file_survives_the_run(tmp_path):
 def test_soft_overlong_penalty_hand_worked():
     """DAPO eq. 13 with L_max = 20, L_cache = 4: free up to 16 tokens, then (16 - |y|) / 4 down to
     -1 at 20, and -1 beyond; DAPO's own numbers (20,480 with a 4,096 cache): free to 16,384."""
-    from alignment.rewards import soft_overlong_penalty
+    from alignment.rewards.builtin import soft_overlong_penalty
 
     assert [soft_overlong_penalty(n, 20, 4) for n in (10, 16, 17, 18, 19, 20, 25)] == [
         0.0,

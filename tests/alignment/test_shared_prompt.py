@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from alignment.grpo import sequence_logprobs
+from alignment.grpo import GRPOBatch, sequence_logprobs
+from alignment.grpo.shared_prompt import group_rows, shared_prompt_batch, worth_sharing
 from alignment.infra.metrics import read_metrics
-from alignment.shared_prompt import group_rows, shared_prompt_batch, worth_sharing
 from alignment.train import train
 from mm.collate import pad_batch
 from tests.alignment.conftest import ROOT
@@ -60,11 +60,10 @@ def test_shared_rows_give_the_padded_log_probs(tiny):
     assert shared["input_ids"].shape[1] < n_tokens(samples) / 2 - plens[0]
     assert shared["pixel_values"].shape[0] < padded["pixel_values"].shape[0]
     with torch.no_grad():
-        labels = padded.pop("labels")
-        padded.pop("mm_token_type_ids")
-        want, ent_want = sequence_logprobs(model, labels, padded)
-        inputs = {k: v for k, v in shared.items() if k not in ("labels", "mm_token_type_ids")}
-        got, ent_got = sequence_logprobs(model, shared["labels"], inputs)
+        labels = padded["labels"]
+        no_advantages = torch.zeros(len(samples))
+        want, ent_want = sequence_logprobs(model, GRPOBatch(**padded, advantages=no_advantages))
+        got, ent_got = sequence_logprobs(model, GRPOBatch(**shared, advantages=no_advantages))
     mask = labels[:, 1:] != -100
     assert got.shape == want.shape and bool((got[~mask] == 0).all())
     assert (got - want).abs().max() < 2e-5, (got - want).abs().max()

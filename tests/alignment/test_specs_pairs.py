@@ -21,9 +21,9 @@ from alignment.builders.specs_pairs import (
     make_pairs,
     well_formed,
 )
-from alignment.evaluation.answers import answers_match, extract_answer
-from alignment.evaluation.gf import format_table, generalization_factor, gf_rows
-from alignment.rewards import accuracy, format_think_answer
+from alignment.rewards.builtin import accuracy, format_think_answer
+from evaluation.answers import answers_match, extract_answer
+from evaluation.gf import format_table, generalization_factor, gf_rows
 from mm.records import parse_record
 from tests.alignment.conftest import ROOT
 
@@ -151,7 +151,7 @@ def test_generalization_factor_by_hand():
 
 
 def test_eval_reports_the_generalization_factor_table(tmp_path, capsys):
-    from mm.cli import main
+    from mmpost import main
 
     data = os.path.join(ROOT, "data", "specs")
     args = ["eval", "tiny", "tiny", "--base", "tiny", "--data", os.path.join(data, "eval_id.jsonl")]
@@ -201,7 +201,7 @@ def test_specs_judge_asks_about_consistency_and_counts_failures(monkeypatch):
 
 def test_cli_specs_pairs_passes_every_option_and_the_consistency_judge(monkeypatch, tmp_path):
     import alignment.builders.specs_pairs as sp
-    from mm.cli import main
+    from mmpost import main
 
     seen = {}
     monkeypatch.setattr(

@@ -11,7 +11,7 @@ import yaml
 
 from alignment.builders.specs_pairs import CORRUPTIONS, PairsConfig, well_formed
 from alignment.infra.metrics import read_metrics
-from alignment.rewards import accuracy
+from alignment.rewards.builtin import accuracy
 from alignment.train import run_pipeline
 from mm.config import ConfigError
 from mm.records import parse_record

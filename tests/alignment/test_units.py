@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from alignment.data import DataConfig, StepPlanner
-from alignment.evaluation.answers import answers_match, extract_answer
 from alignment.infra.schedule import lr_multiplier, warmup_steps
+from evaluation.answers import answers_match, extract_answer
 
 
 def test_schedules_hand_computed():

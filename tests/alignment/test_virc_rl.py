@@ -98,7 +98,7 @@ def _rolled(overrides: list[str], turn: str) -> list[float]:
     trainer = GRPOTrainer(build_config(STAGE3, over + overrides))
     trainer.state = trainer.setup("cpu")
     trainer.state.engine.generator = ScriptedGenerator(trainer.processor, [[turn], [turn]])
-    (group,) = trainer._roll([0])
+    (group,) = trainer.state.rollouts.roll([0])
     return group.rewards.tolist()
 
 

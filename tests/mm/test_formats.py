@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from mm.data_cli import run_convert, run_validate
 from mm.dataset import DataError, RecordDataset
 from mm.formats import open_records
 from mm.formats.common import TOOLS_BLOCK
 from mm.formats.tables import EmbeddedImage, TableRows
 from mm.visual import VisualConfig, open_image
+from mmpost.data.checks import run_convert, run_validate
 from tests.conftest import solid
 from tests.format_rows import (  # noqa: F401 (datasets_cache: a fixture)
     datasets_cache,

@@ -4,7 +4,8 @@ import torch
 
 from mm.image_features import ImageFeatures, encode_visuals, encoder_outputs
 from tests.conftest import solid
-from vision_tools.generation import Context, HFGenerator, Sampling
+from vision_tools.generation import Context, Sampling
+from vision_tools.generation.hf import HFGenerator
 
 
 def encode(encoder, image):

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from mm.cli import main
-from mm.data_cli import run_validate
 from mm.dataset import DataError, RecordDataset
 from mm.visual import VisualConfig
+from mmpost import main
+from mmpost.data.checks import run_validate
 from tests.conftest import solid
 
 

@@ -19,7 +19,7 @@ def test_captions_arrive_in_order_while_their_second_plays(tmp_path):
     clip = write_video(str(tmp_path / "clip.webm"), moving_dot_frames(48, size=112), fps=8)  # 6 s
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mm.cli", "stream", clip, "--web", "--port", str(port), "--seed", "0",
+    cmd = [sys.executable, "-m", "mmpost", "stream", clip, "--web", "--port", str(port), "--seed", "0",
            "--max-new-tokens", "4"]  # fmt: skip
     server = start_server(cmd, url + "/")
     browser = None

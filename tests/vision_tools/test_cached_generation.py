@@ -13,9 +13,10 @@ from mm.rope import RopeSpec
 from mm.visual import VisualConfig
 from tests.conftest import solid
 from vision_tools.api import build_prompt
-from vision_tools.cached_generation import CachedGenerator
 from vision_tools.engine import EngineConfig, ToolEngine
-from vision_tools.generation import Context, HFGenerator, Sampling, make_generator
+from vision_tools.generation import Context, Sampling, make_generator
+from vision_tools.generation.cached import CachedGenerator
+from vision_tools.generation.hf import HFGenerator
 
 SIZES = [(56, 84), (112, 56), (84, 84)]
 
@@ -241,7 +242,7 @@ def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(tiny):
 
 
 def test_the_decoding_cache_appends_in_place_and_equals_concatenation():
-    from vision_tools.cached_generation import _GrowingLayer
+    from vision_tools.generation.cached import _GrowingLayer
 
     layer = _GrowingLayer(3)
     parts = [torch.randn(2, 4, n, 8) for n in (5, 1, 1, 1, 2)]

@@ -6,9 +6,9 @@ import torch
 
 from tests.conftest import solid
 from vision_tools.api import build_prompt
-from vision_tools.cached_generation import CachedGenerator
 from vision_tools.engine import EngineConfig, ToolEngine
 from vision_tools.generation import STOP_STRINGS, Context, Sampling, turn_over
+from vision_tools.generation.cached import CachedGenerator
 
 
 def prompt(i: int) -> list[dict]:

@@ -74,7 +74,7 @@ def fitted(tmp_path_factory):
 def server(fitted):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", fitted, "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", fitted, "--port", str(port),
            "--max-turns", "3", "--max-turn-tokens", "128"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
     yield url

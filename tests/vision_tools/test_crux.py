@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mm.data_cli import run_validate
 from mm.visual import VisualConfig
+from mmpost.data.checks import run_validate
 from tests.conftest import solid
 from vision_tools.crux import build_crux, cru_turns
 from vision_tools.protocol import parse_turn

@@ -13,7 +13,8 @@ from mm.visual import VisualConfig
 from tests.conftest import solid
 from vision_tools.api import build_prompt, reason, reason_batch
 from vision_tools.engine import EngineConfig, ToolEngine
-from vision_tools.generation import HFGenerator, ScriptedGenerator
+from vision_tools.generation import ScriptedGenerator
+from vision_tools.generation.hf import HFGenerator
 from vision_tools.protocol import error_text, parse_turn, question_text, result_text, system_prompt
 from vision_tools.tools import ToolContext
 

@@ -7,7 +7,8 @@ from mm.encode import ConversationEncoder
 from mm.rope import RopeSpec, mrope_positions
 from mm.visual import VisualConfig
 from tests.conftest import solid
-from vision_tools.generation import Context, HFGenerator, Sampling
+from vision_tools.generation import Context, Sampling
+from vision_tools.generation.hf import HFGenerator
 
 
 def video_prompt():
@@ -84,10 +85,10 @@ def test_greedy_generation_uses_the_training_positions_after_a_long_video(tiny):
 
 
 def test_eval_generation_uses_the_training_positions_after_a_long_video(tiny):
-    """``mmpost eval``'s one-turn generation (alignment.evaluation.evaluate.generate) prefills at the
+    """``mmpost eval``'s one-turn generation (evaluation.evaluate.generate) prefills at the
     encoder's positions too, then decodes from the last + 1 (it used to drop them, so generate
     fell back to transformers' rule after a long video)."""
-    from alignment.evaluation.evaluate import generate
+    from evaluation.evaluate import generate
 
     model, processor = tiny
     enc = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))

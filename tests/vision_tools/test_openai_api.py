@@ -44,7 +44,7 @@ def server():
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
            "--max-turns", "3", "--max-turn-tokens", "16"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
     yield url

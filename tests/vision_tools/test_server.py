@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     solid(56, 56).save(secret)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
            "--image-dir", str(images), "--max-turns", "4", "--max-turn-tokens", "64",
            "--max-image-mb", "0.25", "--batch-wait-ms", "50"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
@@ -273,7 +273,7 @@ def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server):
     default_url, _ = server
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
            "--max-turns", "4", "--max-turn-tokens", "600", "--chunk-tokens", "4", "--batch-wait-ms", "0",
            "--no-engine.cut-loops"]  # fmt: skip
     proc = start_server(cmd, url + "/health")

@@ -21,7 +21,7 @@ LONG = {"messages": [{"role": "user", "content": "Count to a million."}], "max_t
 def launch(*flags: str):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mm.cli", "serve", "--model", "tiny", "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port), *flags]
     return start_server(cmd, url + "/health"), url
 
 

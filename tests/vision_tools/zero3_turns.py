@@ -16,7 +16,7 @@ from mm.loading import load_model
 from tests.conftest import solid
 from vision_tools.api import build_prompt
 from vision_tools.engine import EngineConfig, ToolEngine
-from vision_tools.generation import HFGenerator
+from vision_tools.generation.hf import HFGenerator
 
 CROP = '<think>look</think><tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [0, 0, 56, 56], "image_index": 0}}</tool_call>'
 ANSWER = "<think>done</think><answer>1</answer>"
@@ -31,8 +31,8 @@ class Forced(HFGenerator):
         self.turn: dict[int, int] = {}
         self.sampled: list[list[int]] = []
 
-    def generate(self, contexts, max_new_tokens, sampling):
-        news = super().generate(contexts, max_new_tokens, sampling)
+    def generate(self, contexts, max_new_tokens, sampling, steps=None):
+        news = super().generate(contexts, max_new_tokens, sampling, steps)
         self.sampled += news
         out = []
         for c in contexts:
