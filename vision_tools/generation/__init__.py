@@ -57,6 +57,7 @@ __all__ = [
     "Generator",
     "Sampling",
     "ScriptedGenerator",
+    "TurnIds",
     "context_positions",
     "generator_class",
     "make_generator",

@@ -31,6 +31,23 @@ class Sampling:
     stop: tuple[str, ...] = ()  # stop strings besides STOP_STRINGS
     # end a turn once it is caught in a repetition loop (protocol.in_a_loop; CachedGenerator)
     cut_loops: bool = False
+    # hand back each token's log-prob (TurnIds.logprobs), where the backend supports_logprobs
+    logprobs: bool = False
+
+
+class TurnIds(list):
+    """One turn's new ids as a backend returns them (a plain list of ints to every reader), with
+    ``logprobs``: each id's log-prob under the model's own distribution (log-softmax of its raw
+    logits: temperature 1, no top-k/top-p, no suppressed tokens), i.e. what the trainer computes
+    for the same ids; None unless asked for (``Sampling.logprobs``) and supported."""
+
+    logprobs: list[float] | None = None
+
+    @classmethod
+    def of(cls, ids, logprobs: list[float] | None = None) -> TurnIds:
+        out = cls(ids)
+        out.logprobs = logprobs
+        return out
 
 
 @dataclass
@@ -84,6 +101,8 @@ class Generator:
     # (rows done, rows) -> True ends a call made with ``steps`` at this step (a server ends a round
     # when a waiting request could join); asked from the ``steps``-th token on; None: at ``steps``
     pause: Callable[[int, int], bool] | None = None
+    # whether ``Sampling.logprobs`` is honoured (the returned turns are TurnIds with logprobs)
+    supports_logprobs: bool = False
 
     def agree(self, n: int) -> int:
         """How many generate calls (or rows) to make when this rank has ``n``: the largest over
