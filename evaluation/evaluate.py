@@ -48,6 +48,11 @@ def prompts_of(path: str, format: str = "auto") -> tuple[list[tuple[str, list, s
     return items, skipped
 
 
+def backend(generator: str | Generator, model, processor) -> Generator:
+    """``generator`` itself, or the decoding backend it names (``vision_tools.generation``)."""
+    return generator if isinstance(generator, Generator) else make_generator(generator, model, processor)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -61,7 +66,7 @@ def generate(
     """One greedy turn per prompt (ids up to a stop string or the end of turn, decoded without
     special tokens), through a decoding backend of ``vision_tools.generation`` as rollouts are:
     the same suppressed control tokens, stop strings and M-RoPE positions (the encoder's)."""
-    gen = generator if isinstance(generator, Generator) else make_generator(generator, model, processor)
+    gen = backend(generator, model, processor)
     contexts = [
         Context.of(encoder.encode(p, base_dir, add_generation_prompt=True), key=i)
         for i, p in enumerate(prompts)
@@ -87,7 +92,7 @@ def tool_rollouts(
     cfg = EngineConfig(
         max_turns=max_turns, max_turn_tokens=max_new_tokens, max_resamples=0, batch_size=len(prompts)
     )
-    gen = generator if isinstance(generator, Generator) else make_generator(generator, model, processor)
+    gen = backend(generator, model, processor)
     out = []
     for t in ToolEngine(model, processor, config=cfg, generator=gen).run(
         [[m.to_dict() for m in p] for p in prompts], base_dir
@@ -113,7 +118,7 @@ def answer_prompts(
 ) -> list[tuple[str, str | None, dict]]:
     """(completion, answer, extras) per prompt, greedy: prompts whose system turn declares tools
     run the tool loop (the engine's parsed answer), the others one turn (``extract_answer``)."""
-    gen = generator if isinstance(generator, Generator) else make_generator(generator, model, processor)
+    gen = backend(generator, model, processor)
     out: list = [None] * len(prompts)
     tools = [i for i, p in enumerate(prompts) if uses_tools(p)]
     plain = [i for i in range(len(prompts)) if i not in tools]
