@@ -235,3 +235,33 @@ def test_plan_packs_is_first_fit_decreasing():
         m = rng.randint(5, 50)
         lengths = [rng.randint(1, m) for _ in range(rng.randint(0, 60))]
         assert plan_packs(lengths, m) == scan(lengths, m)
+
+
+def test_qwen3vl_moe_packed_equals_one_by_one():
+    """Qwen3-VL-MoE (4 experts, top 2; routing per token): packed rows under the block mask and
+    the varlen layout give each sample's logits alone."""
+    from mm.encode import ConversationEncoder
+    from mm.rope import RopeSpec
+
+    model, processor = load_model("tiny-qwen3vl-moe")
+    enc = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
+    samples = [
+        enc.encode(
+            user_assistant(
+                [{"type": "image", "image": solid(140, 84)}, {"type": "text", "text": "Q?"}], "Red."
+            )
+        ),
+        enc.encode(user_assistant("Text only: what is 6 x 7?", "42")),
+        enc.encode(
+            user_assistant(
+                [{"type": "image", "image": solid(64, 200)}, {"type": "text", "text": "And?"}], "Tall."
+            )
+        ),
+    ]
+    ref_logits, ref_loss = one_by_one(model, samples)
+    for layout in ("sdpa", "flash_attention_2"):
+        logits, seq, loss, _ = packed(model, [samples[:2], samples[2:]], layout)
+        for i in range(len(samples)):
+            where = (seq == i).nonzero()
+            assert (logits[where[0, 0], where[:, 1]] - ref_logits[i]).abs().max() <= 1e-5, (layout, i)
+        assert torch.allclose(loss, ref_loss, atol=1e-5, rtol=0)
