@@ -5,8 +5,10 @@ Padding: rows are right-padded to the longest sample (a 2-D attention mask).
 Packing: several samples are concatenated into rows of at most ``max_tokens``. Each sample
 keeps its own M-RoPE positions (starting at 0) and attends only to itself:
 
-* SDPA / eager: a block-diagonal causal 4-D boolean mask ``[B, 1, L, L]`` (True = attend).
-  Position resets alone do not isolate samples under SDPA.
+* SDPA / eager: a block-diagonal causal 4-D mask ``[B, 1, L, L]``: boolean for SDPA (True =
+  attend), additive float (0 or the dtype's minimum) for eager, which adds the mask to its scores
+  (transformers passes a 4-D mask through as it is). Position resets alone do not isolate samples
+  under SDPA.
 * flash-attn, flex, segments (``mm.attention.uses_varlen``): one flat row (no padding at all)
   and 4-row position ids ``[text; t; h; w]`` whose text row restarts at 0 for every sample;
   transformers derives ``cu_seqlens`` from it for flash-attn's varlen kernels, and
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from mm.attention import uses_varlen
+from mm.attention import EAGER, uses_varlen
 from mm.encode import IGNORE, VISUAL_KEYS, EncodedSample
 from mm.logprobs import labelled_logprobs
 
@@ -131,7 +133,10 @@ def pack_batch(rows: list[list[EncodedSample]], pad_id: int, attn_implementation
         batch["position_ids"] = torch.cat([text_pos[None], pos])  # [4, 1, L]
     else:
         batch["position_ids"] = pos
-        batch["attention_mask"] = block_causal_mask(seq)
+        mask = block_causal_mask(seq)
+        if attn_implementation == EAGER:  # eager adds the mask to its scores: a bool mask would add 0 / 1
+            mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        batch["attention_mask"] = mask
     return batch
 
 

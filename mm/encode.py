@@ -8,6 +8,12 @@ turns plus their ``<|im_end|>``; system, user and tool turns, the ``<|im_start|>
 header and turns marked ``"train": false`` are ignored (-100). (A reply that opens with a newline
 merges it into the header's newline token with Qwen's tokenizer, ``\\n\\n``: that token is the
 header's, as in StreamingVLM's released training code.)
+
+The model family (``mm.models``, found from the processor's class) decides the visual-token
+arithmetic (28 or 32 pixels per token), the default M-RoPE rule, and how a video is written:
+one placeholder (Qwen2/2.5-VL) or, for Qwen3-VL, ``<t seconds>`` plus a placeholder per frame
+group, inserted in the rendered text before tokenisation exactly where Qwen3-VL's processor
+puts them (so the timestamps tokenise in context as there).
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mm.chat_template import ASSISTANT_HEADER, IM_END, IMAGE_PAD, VIDEO_PAD
+from mm.chat_template import (
+    ASSISTANT_HEADER,
+    IM_END,
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VIDEO_PLACEHOLDER,
+    timestamped_video,
+)
+from mm.models import family_of_processor
 from mm.records import Message, RecordError, parse_message
 from mm.rope import IMAGE, TEXT, VIDEO, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, VisualPlan, load_visuals, plan_visuals
@@ -40,7 +54,7 @@ class EncodedSample:
     labels: torch.Tensor  # [L], IGNORE where not trained
     mm_token_type_ids: torch.Tensor  # [L] 0 text, 1 image, 2 video
     position_ids: torch.Tensor  # [3, L]
-    pixel_values: torch.Tensor | None = None  # [n_patches, 3*2*14*14]
+    pixel_values: torch.Tensor | None = None  # [n_patches, 3*2*patch*patch]
     image_grid_thw: torch.Tensor | None = None  # [n_images, 3]
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None  # [n_videos, 3]
@@ -70,7 +84,8 @@ class EncodedSample:
 
 
 class ConversationEncoder:
-    """Encodes conversations for one processor under one visual config."""
+    """Encodes conversations for one processor under one visual config (``rope``: the model's
+    rule, ``RopeSpec.from_config(model.config)``; None: the processor's family default)."""
 
     def __init__(
         self,
@@ -82,7 +97,8 @@ class ConversationEncoder:
         self.processor = processor
         self.tok = processor.tokenizer
         self.visual = visual or VisualConfig()
-        self.rope = rope or RopeSpec()
+        self.family = family_of_processor(processor)
+        self.rope = rope or self.family.rope_spec()
         self.max_length = max_length
         ids = self.tok.convert_tokens_to_ids
         self.image_id, self.video_id, self.end_id = (
@@ -100,16 +116,17 @@ class ConversationEncoder:
 
     def plan(self, messages: list[Message], base_dir: str | None = None) -> list[VisualPlan]:
         """Visual plans (sizes and token counts) without decoding pixels."""
-        return plan_visuals([it for m in messages for it in m.visual_items()], self.visual, base_dir)
+        items = [it for m in messages for it in m.visual_items()]
+        return plan_visuals(items, self.visual, base_dir, self.family.factor)
 
     def count_tokens(
         self, messages: list[Message], base_dir: str | None = None, add_generation_prompt: bool = False
     ) -> tuple[int, int]:
         """(total tokens, visual tokens) of a conversation, from headers only."""
         plans = self.plan(messages, base_dir)
-        ids = self._render_ids(messages, add_generation_prompt)
+        ids = self._render_ids(messages, add_generation_prompt, plans)
         visual = sum(p.tokens for p in plans)
-        n_pads = len(plans)
+        n_pads = int(np.isin(ids, (self.image_id, self.video_id)).sum())
         return len(ids) - n_pads + visual, visual
 
     def encode(
@@ -127,7 +144,7 @@ class ConversationEncoder:
         images, videos = load_visuals(plans, self.visual)
         vis = self._visual_tensors(images, videos, plans)
 
-        ids = self._render_ids(messages, add_generation_prompt)
+        ids = self._render_ids(messages, add_generation_prompt, plans)
         labels = self._labels(ids, messages, add_generation_prompt)
         ids, labels, types = self._expand(ids, labels, vis)
         if self.max_length is not None and len(ids) > self.max_length:
@@ -152,9 +169,26 @@ class ConversationEncoder:
             [m.to_dict() for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def _render_ids(self, messages: list[Message], add_generation_prompt: bool) -> np.ndarray:
+    def _render_ids(self, messages: list[Message], add_generation_prompt: bool, plans) -> np.ndarray:
         text = self.render(messages, add_generation_prompt)
+        if self.family.video_time == "timestamps":
+            text = self._timestamped(text, [p for p in plans if p.kind == "video"])
         return np.asarray(self.tok(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+    def _timestamped(self, text: str, videos: list[VisualPlan]) -> str:
+        """Each rendered video placeholder -> its frame groups with their timestamps (Qwen3-VL)."""
+        parts = text.split(VIDEO_PLACEHOLDER)
+        if len(parts) - 1 != len(videos):
+            raise RecordError(
+                "visual_mismatch",
+                f"{len(parts) - 1} video placeholders for {len(videos)} videos",
+                "every video content item must be rendered by the chat template",
+            )
+        tp = self.family.temporal_patch_size
+        out = [parts[0]]
+        for video, rest in zip(videos, parts[1:]):
+            out += [timestamped_video(video.seconds, tp), rest]
+        return "".join(out)
 
     def _labels(self, ids: np.ndarray, messages: list[Message], add_generation_prompt: bool) -> np.ndarray:
         labels = np.full_like(ids, IGNORE)
@@ -193,9 +227,10 @@ class ConversationEncoder:
                 videos=videos, do_resize=False, do_sample_frames=False, return_tensors="pt"
             )
             out["pixel_values_videos"], out["video_grid_thw"] = r["pixel_values_videos"], r["video_grid_thw"]
-            tp = self.processor.video_processor.temporal_patch_size
-            fps = [p.fps for p in plans if p.kind == "video"]
-            out["second_per_grid_ts"] = torch.tensor([tp / f for f in fps], dtype=torch.float32)
+            if self.family.video_time != "timestamps":  # Qwen3-VL's time is in the text, not the positions
+                tp = self.processor.video_processor.temporal_patch_size
+                fps = [p.fps for p in plans if p.kind == "video"]
+                out["second_per_grid_ts"] = torch.tensor([tp / f for f in fps], dtype=torch.float32)
         # the processors must produce exactly the planned sizes (else pads and features would disagree)
         merge = self.rope.spatial_merge_size**2
         got = [
@@ -212,15 +247,19 @@ class ConversationEncoder:
         for pad, key in ((self.image_id, "image_grid_thw"), (self.video_id, "video_grid_thw")):
             where = np.flatnonzero(ids == pad)
             grids = vis.get(key)
-            n = 0 if grids is None else len(grids)
-            if len(where) != n:
+            sizes = [] if grids is None else (grids.prod(-1) // merge).tolist()
+            if grids is not None and pad == self.video_id and self.family.video_time == "timestamps":
+                sizes = [
+                    int(h * w) // merge for t, h, w in grids.tolist() for _ in range(t)
+                ]  # per frame group
+            if len(where) != len(sizes):
                 raise RecordError(
                     "visual_mismatch",
-                    f"{len(where)} placeholders for {n} visual inputs",
+                    f"{len(where)} placeholders for {len(sizes)} visual inputs",
                     "every image/video content item must be rendered by the chat template",
                 )
-            if n:
-                counts[where] = (grids.prod(-1) // merge).numpy()
+            if sizes:
+                counts[where] = sizes
         ids = np.repeat(ids, counts)
         labels = np.repeat(labels, counts)
         types = np.where(ids == self.image_id, IMAGE, np.where(ids == self.video_id, VIDEO, TEXT))

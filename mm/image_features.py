@@ -10,6 +10,11 @@ back the merged visual tokens, which Qwen2.5-VL's forward and ``generate`` take 
 
 The features are valid only while the vision tower and merger do not change: a trainer clears
 the cache when it updates them, and keeps it across updates only when both are frozen.
+
+DeepStack families (Qwen3-VL) also inject features of early vision blocks into early LM layers,
+so their visual tokens are ``[tokens, 1 + k, D]``: the merger's output, then the k DeepStack
+mergers' outputs of the same tokens. They split, concatenate and cache like the ``[tokens, D]``
+of other families, and ``encoder_outputs`` hands both parts to the model.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from mm.loading import unwrap
+from mm.models import family_of
 
 
 def fingerprint(pixels: torch.Tensor, grid: torch.Tensor, samples: int = 4096) -> tuple:
@@ -28,30 +34,48 @@ def fingerprint(pixels: torch.Tensor, grid: torch.Tensor, samples: int = 4096) -
 
 
 def encode_visuals(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor, kind: str = "image") -> tuple:
-    """Merged visual tokens ``[tokens_i, D]`` of each image (or video, ``kind="video"``) of a batch,
-    from one call of the model's own ``get_image_features`` / ``get_video_features``. Gradients
-    flow unless the caller runs under ``no_grad``."""
+    """Merged visual tokens of each image (or video, ``kind="video"``) of a batch, from one call
+    of the model's own ``get_image_features`` / ``get_video_features``: ``[tokens_i, D]`` each, or
+    ``[tokens_i, 1 + k, D]`` with the k DeepStack levels. Gradients flow unless the caller runs
+    under ``no_grad``."""
     inner = unwrap(model).model
     encode = inner.get_video_features if kind == "video" else inner.get_image_features
-    return tuple(encode(pixel_values, grid_thw, return_dict=True).pooler_output)
+    out = encode(pixel_values, grid_thw, return_dict=True)
+    deepstack = getattr(out, "deepstack_features", None)
+    if not deepstack:
+        return tuple(out.pooler_output)
+    levels = zip(out.pooler_output, *deepstack)  # per item: (merged, level 1, ..., level k)
+    return tuple(torch.stack(item, dim=1) for item in levels)  # [tokens, 1 + k, D] each
 
 
 def encoder_outputs(image=None, video=None) -> dict:
-    """The ``mm_encoder_outputs`` argument of Qwen2.5-VL's forward and ``generate``: per kind, the
-    features of its placeholders in order, as one concatenated tensor or one tensor per item."""
+    """The ``mm_encoder_outputs`` argument of the model's forward and ``generate``: per kind, the
+    features of its placeholders in order, as one concatenated tensor or one tensor per item
+    (``[tokens, 1 + k, D]`` ones carry DeepStack levels 1..k after the merged tokens)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     out = {}
     for kind, feats in (("image", image), ("video", video)):
-        if feats is not None:
-            pooled = (feats,) if torch.is_tensor(feats) else tuple(feats)
-            out[kind] = BaseModelOutputWithPooling(pooler_output=pooled)
+        if feats is None:
+            continue
+        items = (feats,) if torch.is_tensor(feats) else tuple(feats)
+        if items and items[0].dim() == 3:
+            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+            out[kind] = BaseModelOutputWithDeepstackFeatures(
+                pooler_output=tuple(f[:, 0] for f in items),
+                deepstack_features=[tuple(f[:, j] for f in items) for j in range(1, items[0].shape[1])],
+            )
+        else:
+            out[kind] = BaseModelOutputWithPooling(pooler_output=items)
     return out
 
 
 def vision_frozen(model) -> bool:
-    """True when no parameter of the vision tower or merger trains (so features stay valid)."""
-    return not any(p.requires_grad for p in unwrap(model).model.visual.parameters())
+    """True when no parameter of the vision tower or its mergers trains (so features stay valid)."""
+    base = unwrap(model)
+    family = family_of(base.config)
+    return not any(p.requires_grad for p in family.submodule(base, family.vision).parameters())
 
 
 class ImageFeatures:
@@ -75,7 +99,8 @@ class ImageFeatures:
 
     @torch.no_grad()
     def __call__(self, pixels: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Features ``[tokens_i, D]`` of each image (``pixels[i]``: its ``[patches, dim]`` rows)."""
+        """Features ``[tokens_i, D]`` (DeepStack: ``[tokens_i, 1 + k, D]``) of each image
+        (``pixels[i]``: its ``[patches, dim]`` rows)."""
         keys = [fingerprint(p, g) for p, g in zip(pixels, grids)]
         found = [self._find(k, p) for k, p in zip(keys, pixels)]
         todo: list[int] = []  # first occurrences of the images not stored yet
@@ -83,7 +108,9 @@ class ImageFeatures:
             if f is None and not any(keys[j] == keys[i] and torch.equal(pixels[j], pixels[i]) for j in todo):
                 todo.append(i)
         if todo:
-            dev = next(unwrap(self.model).model.visual.parameters()).device
+            base = unwrap(self.model)
+            family = family_of(base.config)
+            dev = next(family.submodule(base, family.vision).parameters()).device
             out = encode_visuals(
                 self.model,
                 torch.cat([pixels[i] for i in todo]).to(dev),

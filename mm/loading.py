@@ -1,10 +1,12 @@
-"""``load_model``: a model and its processor, from "tiny"/"small" (built offline) or a local path;
-``load_for_training``: the same from a training config's ``ModelConfig`` and ``init_from``.
+"""``load_model``: a model and its processor, from a preset ("tiny", "tiny-qwen3vl", ...: built
+offline) or a local path; ``load_for_training``: the same from a training config's
+``ModelConfig`` and ``init_from``.
 
 Nothing is downloaded: a path must be a local checkpoint directory (``local_files_only``).
-Qwen2.5-VL and Qwen2-VL checkpoints are recognised from their config. Options cover dtype,
-attention backend (``mm.attention`` decides), gradient checkpointing, freezing by part and
-LoRA adapters on the language model.
+The checkpoint's family (``mm.models``: Qwen2-VL, Qwen2.5-VL, Qwen3-VL dense and MoE, Qwen3.5)
+is recognised from its ``model_type`` and gives the model class, the parts to freeze and the
+LoRA targets. Options cover dtype, attention backend (``mm.attention`` decides), gradient
+checkpointing, freezing by part and LoRA adapters on the language model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from mm.attention import choose_backend
 from mm.config import opt
 from mm.imports import require
-from mm.tiny import PRESETS
+from mm.models import family_of
+from mm.tiny import preset_names
 
 PARTS = ("vision_tower", "merger", "language_model")
 
@@ -27,7 +30,8 @@ class ModelConfig:
     """How to load the model (also the ``model:`` section of training configs)."""
 
     name_or_path: str = opt(
-        "tiny", "'tiny', 'small', 'medium' (offline presets) or a local checkpoint directory"
+        "tiny",
+        "'tiny', 'small', 'medium', 'tiny-qwen3vl', 'tiny-qwen3vl-moe' (offline presets) or a local checkpoint directory",
     )
     dtype: str = opt("auto", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     attn: str = opt(
@@ -79,11 +83,10 @@ def load_model(
     """Return ``(model, processor)``. See ``ModelConfig`` for the options."""
     torch_dtype = resolve_dtype(dtype, device)
     attn_impl = choose_backend(attn, device)
-    if name_or_path in PRESETS:
-        from mm.tiny import tiny_model, tiny_processor
+    if name_or_path in preset_names():
+        from mm.tiny import load_preset
 
-        processor = tiny_processor()
-        model = tiny_model(processor.tokenizer, preset=name_or_path, attn_implementation=attn_impl, seed=seed)
+        model, processor = load_preset(name_or_path, attn_implementation=attn_impl, seed=seed)
         model = model.to(torch_dtype)
     else:
         model, processor = _load_local(name_or_path, torch_dtype, attn_impl)
@@ -140,27 +143,19 @@ def _load_local(path: str, dtype: torch.dtype, attn_impl: str):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(
-            f"model {path!r} is neither a built-in preset ({', '.join(PRESETS)}) nor a local checkpoint directory; "
-            "mmpost never downloads weights: download the checkpoint first and pass its folder"
+            f"model {path!r} is neither a built-in preset ({', '.join(preset_names())}) nor a local checkpoint "
+            "directory; mmpost never downloads weights: download the checkpoint first and pass its folder"
         )
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    classes = _model_classes()
-    if config.model_type not in classes:
-        raise ValueError(
-            f"{path}: model_type {config.model_type!r} is not supported; "
-            f"supported: {', '.join(sorted(classes))}"
-        )
-    model = classes[config.model_type].from_pretrained(
+    try:
+        family = family_of(config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    model = family.model_class(config.model_type).from_pretrained(
         path, dtype=dtype, attn_implementation=attn_impl, local_files_only=True
     )
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     return model, processor
-
-
-def _model_classes() -> dict:
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-
-    return {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
 
 
 def unwrap(model):
@@ -169,15 +164,19 @@ def unwrap(model):
 
 
 def model_parts(model) -> dict[str, list[torch.nn.Parameter]]:
-    """Parameters by part: the vision tower (without merger), the merger, the language model (+ head)."""
+    """Parameters by part: the vision tower (without mergers), the mergers (the merger and, for
+    DeepStack families, the DeepStack mergers: what projects vision into the LM), the language
+    model (+ head)."""
     base = unwrap(model)
-    visual = base.model.visual
-    merger = list(visual.merger.parameters())
+    family = family_of(base.config)
+    visual = family.submodule(base, family.vision)
+    merger = [p for name in family.mergers for p in getattr(visual, name).parameters()]
     merger_ids = {id(p) for p in merger}
     return {
         "vision_tower": [p for p in visual.parameters() if id(p) not in merger_ids],
         "merger": merger,
-        "language_model": list(base.model.language_model.parameters()) + list(base.lm_head.parameters()),
+        "language_model": list(family.submodule(base, family.language_model).parameters())
+        + list(base.lm_head.parameters()),
     }
 
 
@@ -193,12 +192,10 @@ def set_frozen(model, parts: list[str] | tuple) -> None:
 
 
 def add_lora(model, r: int, alpha: int, dropout: float):
-    """LoRA adapters on every linear layer of the language model (the vision tower is untouched)."""
+    """LoRA adapters on the language model's linear layers (the family's ``lora_targets``; the
+    vision tower is untouched)."""
     peft = require("peft", "LoRA")
     config = peft.LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=family_of(model.config).lora_targets
     )
     return peft.get_peft_model(model, config)

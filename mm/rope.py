@@ -4,7 +4,10 @@ Text tokens get the same 1-D position on all three axes. A vision block of an im
 video) with merged grid t x h x w gets, starting at the current position p:
 temporal ``p + floor(i * interval)``, height ``p + row``, width ``p + col``. ``interval`` is 1
 for images and for Qwen2-VL videos; for Qwen2.5-VL videos it is
-``tokens_per_second * seconds_per_temporal_patch`` (absolute time alignment).
+``tokens_per_second * seconds_per_temporal_patch`` (absolute time alignment). Qwen3-VL
+(``frame_blocks``) keeps time out of the positions: each temporal patch of a video is its own
+t = 1 block, with its ``<t seconds>`` timestamp as text before it, as ``get_rope_index`` of
+Qwen3-VL splits ``video_grid_thw`` per frame group.
 
 Where the text after a block continues is the ``rule``:
 
@@ -14,7 +17,7 @@ Where the text after a block continues is the ``rule``:
   ignores the temporal extent, so after a video whose ``(t - 1) * interval >= max(h, w)`` (e.g.
   60 s at 2 fps) the text positions fall inside the video's temporal positions.
 
-The two agree for images (t = 1). Tests check ``"transformers"`` against the installed
+The two agree for images and Qwen3-VL's frame groups (t = 1). Tests check ``"transformers"`` against the installed
 ``get_rope_index`` and both rules against hand-computed positions. Computing positions here
 needs no model instance, runs per sample in the data pipeline, and lets packed rows, rollouts
 (``vision_tools.generation``) and streaming carry the same positions.
@@ -42,6 +45,7 @@ class RopeSpec:
     rule: Literal["qwen", "transformers"] = opt(
         "qwen", "text after a vision block: 'qwen' = block max + 1, 'transformers' = start + max(h, w)"
     )
+    frame_blocks: bool = opt(False, "each temporal patch of a video is its own t = 1 block (Qwen3-VL)")
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -49,9 +53,10 @@ class RopeSpec:
 
     @classmethod
     def from_config(cls, config, rule: str = "qwen") -> RopeSpec:
-        vision = config.vision_config
-        tps = getattr(vision, "tokens_per_second", None) if config.model_type == "qwen2_5_vl" else None
-        return cls(vision.spatial_merge_size, tps, rule)
+        """The rule of ``config``'s model family (``mm.models``)."""
+        from mm.models import family_of
+
+        return family_of(config).rope_spec(config, rule)
 
 
 def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -73,7 +78,10 @@ def mrope_positions(
 ) -> tuple[torch.Tensor, int]:
     """Positions [3, L] of one sample, and the next free position (for decoding after it)."""
     images = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
-    videos = iter(video_grid_thw.tolist() if video_grid_thw is not None else [])
+    video_grids = video_grid_thw.tolist() if video_grid_thw is not None else []
+    if spec.frame_blocks:  # one block per frame group: [t, h, w] -> t x [1, h, w]
+        video_grids = [[1, h, w] for t, h, w in video_grids for _ in range(t)]
+    videos = iter(video_grids)
     seconds = iter(second_per_grid_ts if second_per_grid_ts is not None else [])
     m = spec.spatial_merge_size
     parts, cur = [], start
@@ -85,7 +93,7 @@ def mrope_positions(
         t, h, w = next(images) if kind == IMAGE else next(videos)
         h, w = h // m, w // m
         interval = 1
-        if kind == VIDEO and spec.tokens_per_second is not None:
+        if kind == VIDEO and spec.tokens_per_second is not None and not spec.frame_blocks:
             sec = next(seconds, 1.0)
             interval = spec.tokens_per_second * (sec if torch.is_tensor(sec) else torch.tensor(sec))
         tt = (torch.arange(t) * interval).long() + cur

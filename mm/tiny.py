@@ -1,14 +1,17 @@
-"""A tiny, fully offline Qwen2.5-VL: real architecture at toy width, for tests and the quickstart.
+"""Tiny, fully offline models of each family: real architecture at toy width, for tests and the quickstart.
 
 ``tiny_processor()`` builds a byte-level BPE tokenizer (merges learned here from a built-in
-corpus, so nothing is downloaded) that carries the real Qwen2.5-VL special tokens and chat
-template, plus the real Qwen2.5-VL image and video processors. ``tiny_model()`` builds a
-``Qwen2_5_VLForConditionalGeneration`` with 2 decoder layers of width 64 and a 2-block vision
-tower, with deterministic weights; its special-token ids are the tokenizer's. The "small"
-preset is wider and deeper (tens of millions of parameters) for benchmarks where compute,
-not Python overhead, decides on a CPU; "medium" (0.8 B parameters, head dim 128 as in the real
-models) is for GPU benchmarks. "tiny-151k", "small-151k" and "medium-151k" are the same with
-Qwen's real 151,936-token vocabulary (embedding and LM head at real width).
+corpus, so nothing is downloaded) that carries the family's real special tokens and chat
+template, plus its real image and video processors. ``tiny_model()`` builds the family's
+``...ForConditionalGeneration`` with 2 decoder layers of width 64 and a small vision tower,
+with deterministic weights; its special-token ids are the tokenizer's.
+
+Presets (``load_model(name)``): "tiny" is Qwen2.5-VL; "small" is wider and deeper (tens of
+millions of parameters) for benchmarks where compute, not Python overhead, decides on a CPU;
+"medium" (0.8 B parameters, head dim 128 as in the real models) is for GPU benchmarks;
+"tiny-151k", "small-151k" and "medium-151k" are the same with Qwen's real 151,936-token
+vocabulary (embedding and LM head at real width). "tiny-qwen3vl", "small-qwen3vl" and
+"tiny-qwen3vl-moe" are Qwen3-VL (dense, and MoE with 4 experts) at the same widths.
 """
 
 from __future__ import annotations
@@ -18,11 +21,8 @@ from functools import cache
 
 import torch
 
-from mm.chat_template import NON_SPECIAL, QWEN2_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
-
-# Real Qwen2.5-VL preprocessor defaults.
-MIN_PIXELS = 56 * 56
-MAX_PIXELS = 28 * 28 * 16384
+from mm.chat_template import QWEN_SPECIAL_TOKENS
+from mm.models import ModelFamily, family_named, family_of
 
 _CORPUS = """
 You are a helpful assistant. The user asks a question about the image and the assistant answers.
@@ -74,7 +74,9 @@ def _learn_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
 
 
 @cache
-def _vocab_and_merges(num_merges: int = 400) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+def _vocab_and_merges(
+    num_merges: int = 400, special: tuple[str, ...] = tuple(QWEN_SPECIAL_TOKENS)
+) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     from tokenizers import pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -82,17 +84,18 @@ def _vocab_and_merges(num_merges: int = 400) -> tuple[dict[str, int], tuple[tupl
     merges = _learn_bpe(_CORPUS, num_merges)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
-    for t in QWEN_SPECIAL_TOKENS:  # after the BPE vocabulary, in the real relative order
+    for t in special:  # after the BPE vocabulary, in the real relative order
         vocab[t] = len(vocab)
     return vocab, tuple(merges)
 
 
-def tiny_tokenizer():
-    """Byte-level BPE Qwen2Tokenizer with the real Qwen2.5-VL special tokens and chat template."""
+def tiny_tokenizer(family: str | ModelFamily = "qwen2_5_vl"):
+    """Byte-level BPE Qwen2Tokenizer with ``family``'s real special tokens and chat template."""
     from tokenizers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    vocab, merges = _vocab_and_merges()
+    spec = family_named(family) if isinstance(family, str) else family
+    vocab, merges = _vocab_and_merges(special=spec.special_tokens)
     tok = Qwen2Tokenizer(
         vocab=dict(vocab),
         merges=list(merges),  # tuples: strings fail with "failed to extract enum PyMerges"
@@ -101,29 +104,18 @@ def tiny_tokenizer():
         pad_token="<|endoftext|>",
         errors="replace",
         model_max_length=131072,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        chat_template=spec.chat_template,
     )
     tok.add_tokens(
-        [AddedToken(t, special=t not in NON_SPECIAL, normalized=False) for t in QWEN_SPECIAL_TOKENS]
+        [AddedToken(t, special=t not in spec.non_special, normalized=False) for t in spec.special_tokens]
     )
     return tok
 
 
-def tiny_processor():
-    """The Qwen2.5-VL processor around the tiny tokenizer (real image/video processors)."""
-    from transformers import Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    tok = tiny_tokenizer()
-    image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=MIN_PIXELS * 32, max_pixels=MAX_PIXELS)
-    return Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=video_processor,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    )
+def tiny_processor(family: str | ModelFamily = "qwen2_5_vl"):
+    """``family``'s processor around the tiny tokenizer (its real image/video processors)."""
+    spec = family_named(family) if isinstance(family, str) else family
+    return spec.tiny_processor(tiny_tokenizer(spec))
 
 
 PRESETS = {
@@ -138,69 +130,51 @@ PRESETS.update(
 )
 
 
-def tiny_config(tokenizer, preset: str = "tiny"):
-    """A Qwen2.5-VL config at toy size whose special-token ids are ``tokenizer``'s."""
-    from transformers import Qwen2_5_VLConfig
+# Qwen3-VL presets: the same widths; a 3-block vision tower so DeepStack injects two levels.
+FAMILY_PRESETS = {
+    "tiny-qwen3vl": ("qwen3_vl", dict(PRESETS["tiny"], v_depth=3)),
+    "small-qwen3vl": ("qwen3_vl", PRESETS["small"]),
+    "tiny-qwen3vl-moe": ("qwen3_vl_moe", dict(PRESETS["tiny"], v_depth=3, experts=4, top_k=2, moe_mlp=64)),
+}
 
-    p = PRESETS[preset]
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    head_dim = p["hidden"] // p["heads"]
-    half = head_dim // 2  # mrope sections split the rotary half-dimension: (t, h, w)
-    t_sec = half // 4
-    section = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
-    vocab_size = p.get("vocab") or (len(tokenizer) + 63) // 64 * 64  # ids past the tokenizer's are never seen
-    text = dict(
-        vocab_size=vocab_size,
-        hidden_size=p["hidden"],
-        intermediate_size=p["mlp"],
-        num_hidden_layers=p["layers"],
-        num_attention_heads=p["heads"],
-        num_key_value_heads=p["kv"],
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        initializer_range=0.05,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    vision = dict(
-        depth=p["v_depth"],
-        hidden_size=p["v_hidden"],
-        intermediate_size=p["v_hidden"] * 2,
-        num_heads=p["v_heads"],
-        out_hidden_size=p["hidden"],
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        tokens_per_second=2,
-        window_size=112,
-        fullatt_block_indexes=[p["v_depth"] - 1],
-        initializer_range=0.05,
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
+
+def preset_names() -> list[str]:
+    """Every name ``load_model`` builds offline."""
+    return [*PRESETS, *FAMILY_PRESETS]
+
+
+def resolve_preset(name: str) -> tuple[ModelFamily, str, dict]:
+    """(family, model_type, sizes) of a preset name; a clear error for any other name."""
+    if name in PRESETS:
+        return family_named("qwen2_5_vl"), "qwen2_5_vl", PRESETS[name]
+    if name in FAMILY_PRESETS:
+        model_type, size = FAMILY_PRESETS[name]
+        return family_of(model_type), model_type, size
+    raise ValueError(f"unknown preset {name!r}; presets: {', '.join(preset_names())}")
+
+
+def tiny_config(tokenizer, preset: str = "tiny"):
+    """The config of ``preset`` whose special-token ids are ``tokenizer``'s."""
+    family, model_type, size = resolve_preset(preset)
+    return family.tiny_config(tokenizer, size, model_type)
 
 
 def tiny_model(tokenizer, preset: str = "tiny", attn_implementation: str = "sdpa", seed: int = 0):
-    """Build the toy Qwen2_5_VLForConditionalGeneration with deterministic weights (fp32)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+    """Build ``preset``'s ``...ForConditionalGeneration`` with deterministic weights (fp32)."""
+    family, model_type, _ = resolve_preset(preset)
     config = tiny_config(tokenizer, preset)
     config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = [config.eos_token_id, config.bos_token_id]
-    model.generation_config.pad_token_id = config.pad_token_id
+        model = family.model_class(model_type)(config)
+    end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.eos_token_id = [end, pad]
+    model.generation_config.pad_token_id = pad
     return model.eval()
+
+
+def load_preset(name: str, attn_implementation: str = "sdpa", seed: int = 0):
+    """``(model, processor)`` of a preset (fp32, on CPU)."""
+    family, _, _ = resolve_preset(name)
+    processor = tiny_processor(family)
+    return tiny_model(processor.tokenizer, name, attn_implementation, seed), processor

@@ -6,8 +6,10 @@ and packing know every sample's token count up front. ``load_visuals`` then deco
 resizes exactly to the planned sizes, so the number of ``<|image_pad|>`` / ``<|video_pad|>``
 tokens always equals the number of features the vision tower produces.
 
-Token arithmetic (Qwen2-VL family, patch 14, 2x2 merge, 2 frames per temporal patch):
-an image resized to H x W gives H*W / 28**2 tokens; a video of F frames gives F/2 times that.
+Token arithmetic: an image resized to H x W gives H*W / factor**2 tokens, a video of F frames
+F/2 times that (2 frames per temporal patch). ``factor`` is the model family's pixels per merged
+token (``mm.models``): 28 for Qwen2-VL / Qwen2.5-VL (patch 14, 2x2 merge), 32 for Qwen3-VL
+(patch 16); planning takes it as an argument (default 28), the pixel limits stay in pixels.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mm.records import is_video
 if TYPE_CHECKING:
     import torch
 
-FACTOR = 28  # patch 14 x spatial merge 2
+FACTOR = 28  # patch 14 x spatial merge 2 (Qwen2.5-VL); other families pass their own factor
 TEMPORAL_PATCH = 2
 
 
@@ -72,21 +74,23 @@ class VisualPlan:
     kind: str  # "image" | "video"
     source: Any  # resolved path, PIL image, data URL, or list of frames
     orig_hw: tuple[int, int]
-    hw: tuple[int, int]  # resized height, width (multiples of 28)
+    hw: tuple[int, int]  # resized height, width (multiples of factor)
     frames: int = 1  # sampled frames (videos: even)
     fps: float = 0.0  # sampling rate of the frames (videos)
     start: float | None = None  # video_start / video_end seconds, if given
     end: float | None = None
     item: dict = field(default_factory=dict)
+    factor: int = FACTOR  # pixels per merged token side of the model family
+    seconds: list[float] = field(default_factory=list)  # videos: time of each sampled frame (timestamps)
 
     @property
     def tokens(self) -> int:
-        return visual_tokens(self.hw, self.frames)
+        return visual_tokens(self.hw, self.frames, self.factor)
 
 
-def visual_tokens(hw: tuple[int, int], frames: int = 1) -> int:
-    """Tokens of an item resized to ``hw`` (multiples of 28) with ``frames`` frames."""
-    return (hw[0] // FACTOR) * (hw[1] // FACTOR) * max(1, frames // TEMPORAL_PATCH)
+def visual_tokens(hw: tuple[int, int], frames: int = 1, factor: int = FACTOR) -> int:
+    """Tokens of an item resized to ``hw`` (multiples of ``factor``) with ``frames`` frames."""
+    return (hw[0] // factor) * (hw[1] // factor) * max(1, frames // TEMPORAL_PATCH)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -253,7 +257,8 @@ def read_video_frames(src: str, indices: list[int]) -> torch.Tensor:
 
 
 def _frame_indices(info: VideoInfo, item: dict, cfg: VisualConfig) -> tuple[list[int], float]:
-    """Which frames to sample (qwen-vl-utils' smart_nframes rule) and at what rate."""
+    """Which frames to sample (qwen-vl-utils' smart_nframes rule) and at what rate (indices into
+    the file: frame i is at i / the file's fps seconds)."""
     from qwen_vl_utils.vision_process import smart_nframes
 
     src_fps = info.fps or float(item.get("sample_fps", cfg.fps))
@@ -284,7 +289,7 @@ def _frame_indices(info: VideoInfo, item: dict, cfg: VisualConfig) -> tuple[list
     return idx, n / (total / src_fps)
 
 
-def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan:
+def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None, factor: int = FACTOR) -> VisualPlan:
     """Resolve one image/video content item and size it under the per-item pixel limits."""
     kind = "video" if is_video(item) else "image"
     if kind == "image":
@@ -294,7 +299,7 @@ def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan
         w, h = open_image(src).size
         lo = int(item.get("min_pixels", cfg.min_pixels))
         hi = int(item.get("max_pixels", cfg.max_pixels))
-        return VisualPlan("image", src, (h, w), smart_size(h, w, lo, hi), item=item)
+        return VisualPlan("image", src, (h, w), smart_size(h, w, lo, hi, factor), item=item, factor=factor)
     src = resolve(item.get("video"), base_dir)
     if isinstance(src, (list, tuple)):
         src = [resolve(f, base_dir) for f in src]
@@ -302,30 +307,36 @@ def plan_item(item: dict, cfg: VisualConfig, base_dir: str | None) -> VisualPlan
     if isinstance(src, (list, tuple)):
         n = len(src) + len(src) % TEMPORAL_PATCH  # the last frame is repeated to fill a temporal patch
         fps = float(item.get("sample_fps", cfg.fps))
+        t0 = float(item.get("video_start", 0.0) or 0.0)
+        seconds = [t0 + i / fps for i in range(len(src))]
     else:
         idx, fps = _frame_indices(info, item, cfg)
         n = len(idx)
+        src_fps = info.fps or float(item.get("sample_fps", cfg.fps))
+        seconds = [i / src_fps for i in idx]
     lo = int(item.get("min_pixels", cfg.video_min_pixels))
     hi = int(item.get("max_pixels", cfg.video_max_pixels))
     return VisualPlan(
         "video",
         src,
         (info.height, info.width),
-        smart_size(info.height, info.width, lo, hi),
+        smart_size(info.height, info.width, lo, hi, factor),
         frames=n,
         fps=fps,
         start=item.get("video_start"),
         end=item.get("video_end"),
         item=item,
+        factor=factor,
+        seconds=seconds + seconds[-1:] * (n - len(seconds)),
     )
 
 
-def smart_size(h: int, w: int, lo: int, hi: int) -> tuple[int, int]:
-    """(height, width) by Qwen's smart_resize: sides multiples of 28, area in [lo, hi], aspect kept."""
+def smart_size(h: int, w: int, lo: int, hi: int, factor: int = FACTOR) -> tuple[int, int]:
+    """(height, width) by Qwen's smart_resize: sides multiples of ``factor``, area in [lo, hi], aspect kept."""
     from qwen_vl_utils.vision_process import smart_resize
 
     try:
-        return smart_resize(h, w, factor=FACTOR, min_pixels=lo, max_pixels=max(hi, lo))
+        return smart_resize(h, w, factor=factor, min_pixels=lo, max_pixels=max(hi, lo))
     except (ValueError, AssertionError) as e:
         raise VisualError(
             "bad_image", f"image of {w}x{h} cannot be resized: {e}", "crop extreme aspect ratios below 200:1"
@@ -343,16 +354,16 @@ def apply_budget(plans: list[VisualPlan], cfg: VisualConfig) -> list[VisualPlan]
             f"{total} visual tokens in {len(plans)} item(s) exceed max_visual_tokens={cfg.max_visual_tokens}",
             "raise max_visual_tokens, lower max_pixels, or use budget_policy=shrink",
         )
-    # Scale every item's pixel area by one common factor; smart_resize floors to multiples of 28,
-    # so lower the factor a little until the rounded sizes fit.
+    # Scale every item's pixel area by one common factor; smart_resize floors to multiples of the
+    # token side (28 or 32), so lower the factor a little until the rounded sizes fit.
     areas = [p.hw[0] * p.hw[1] for p in plans]
     scale = cfg.max_visual_tokens / total
     for _ in range(100):
         sizes = []
         for p, area in zip(plans, areas):
             lo = cfg.min_pixels if p.kind == "image" else cfg.video_min_pixels
-            sizes.append(smart_size(p.orig_hw[0], p.orig_hw[1], lo, max(lo, int(area * scale))))
-        if sum(visual_tokens(hw, p.frames) for p, hw in zip(plans, sizes)) <= cfg.max_visual_tokens:
+            sizes.append(smart_size(p.orig_hw[0], p.orig_hw[1], lo, max(lo, int(area * scale)), p.factor))
+        if sum(visual_tokens(hw, p.frames, p.factor) for p, hw in zip(plans, sizes)) <= cfg.max_visual_tokens:
             for p, hw in zip(plans, sizes):
                 p.hw = hw
             return plans
@@ -364,9 +375,12 @@ def apply_budget(plans: list[VisualPlan], cfg: VisualConfig) -> list[VisualPlan]
     )
 
 
-def plan_visuals(items: list[dict], cfg: VisualConfig, base_dir: str | None = None) -> list[VisualPlan]:
-    """Plan every image/video item of a sample, in order of appearance, under the budget."""
-    return apply_budget([plan_item(it, cfg, base_dir) for it in items], cfg)
+def plan_visuals(
+    items: list[dict], cfg: VisualConfig, base_dir: str | None = None, factor: int = FACTOR
+) -> list[VisualPlan]:
+    """Plan every image/video item of a sample, in order of appearance, under the budget
+    (``factor``: the model family's pixels per merged token side)."""
+    return apply_budget([plan_item(it, cfg, base_dir, factor) for it in items], cfg)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,4 +1,5 @@
-"""Visual-token budget: shrink proportionally or reject; counts equal what the processor produces."""
+"""Visual-token budget: shrink proportionally or reject; counts equal what the processor produces
+(28 pixels per token for Qwen2.5-VL, 32 for Qwen3-VL)."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from mm.encode import ConversationEncoder
 from mm.records import parse_message
 from mm.visual import VisualConfig, VisualError, plan_visuals
 from tests.conftest import solid, user_assistant
+from tests.mm.conftest import hf_inputs
 
 SIZES = [(640, 480), (800, 600), (448, 448), (1024, 256)]
 
@@ -17,9 +19,9 @@ def many_images():
     ]
 
 
-def unconstrained_tokens():
-    # per-image tokens with smart_resize at factor 28 and no budget: round(h/28) * round(w/28)
-    return sum(round(h / 28) * round(w / 28) for w, h in SIZES)
+def unconstrained_tokens(factor: int = 28):
+    # per-image tokens with smart_resize at ``factor`` and no budget: round(h/f) * round(w/f)
+    return sum(round(h / factor) * round(w / factor) for w, h in SIZES)
 
 
 def test_plan_without_budget_matches_hand_count():
@@ -27,19 +29,24 @@ def test_plan_without_budget_matches_hand_count():
     assert (
         sum(p.tokens for p in plans) == unconstrained_tokens() == 391 + 609 + 256 + 333
     )  # 23x17, 29x21, 16x16, 37x9
+    qwen3 = plan_visuals(many_images()[:-1], VisualConfig(max_visual_tokens=10**9), factor=32)
+    assert (
+        sum(p.tokens for p in qwen3) == unconstrained_tokens(32) == 300 + 475 + 196 + 256
+    )  # 20x15, 25x19, 14x14, 32x8
 
 
-def test_shrink_fits_budget_and_matches_processor(tiny):
-    _, processor = tiny
+def test_shrink_fits_budget_and_matches_processor(family_model, family):
+    _, processor = family_model
+    f = family.factor
     budget = 600
     cfg = VisualConfig(max_visual_tokens=budget, budget_policy="shrink")
     enc = ConversationEncoder(processor, cfg)
     s = enc.encode(user_assistant(many_images(), "ok"))
     assert s.visual_tokens <= budget
     assert s.visual_tokens > 0.8 * budget  # proportional shrink uses most of the budget
-    # aspect ratios survive the shrink (within one 28-px step)
+    # aspect ratios survive the shrink (within one token step: 28 or 32 px)
     for p, (w, h) in zip(s.plans, SIZES):
-        assert abs(p.hw[1] / p.hw[0] - w / h) < 28 * (1 / p.hw[0] + w / h / p.hw[0]) + 0.35
+        assert abs(p.hw[1] / p.hw[0] - w / h) < f * (1 / p.hw[0] + w / h / p.hw[0]) + 0.35
     # every item shrinks by roughly the same factor
     ratios = [p.hw[0] * p.hw[1] / (h * w) for p, (w, h) in zip(s.plans, SIZES)]
     assert max(ratios) / min(ratios) < 2.5
@@ -47,8 +54,7 @@ def test_shrink_fits_budget_and_matches_processor(tiny):
     from mm.visual import load_visuals
 
     images, _ = load_visuals(s.plans, cfg)
-    text = processor.apply_chat_template(user_assistant(many_images(), "ok"), tokenize=False)
-    ref = processor(text=[text], images=images, return_tensors="pt")
+    ref = hf_inputs(processor, user_assistant(many_images(), "ok"), images)
     assert torch.equal(ref["image_grid_thw"], s.image_grid_thw)
     assert (
         int((ref["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
@@ -57,14 +63,14 @@ def test_shrink_fits_budget_and_matches_processor(tiny):
     assert torch.equal(ref["input_ids"][0], s.input_ids)
 
 
-def test_reject_names_the_reason(tiny):
-    enc = ConversationEncoder(tiny[1], VisualConfig(max_visual_tokens=600, budget_policy="reject"))
+def test_reject_names_the_reason(family_model, family):
+    enc = ConversationEncoder(family_model[1], VisualConfig(max_visual_tokens=600, budget_policy="reject"))
     with pytest.raises(VisualError) as e:
         enc.encode(user_assistant(many_images(), "ok"))
     assert e.value.code == "over_budget"
-    assert f"{unconstrained_tokens()} visual tokens" in str(e.value) and "max_visual_tokens=600" in str(
+    assert f"{unconstrained_tokens(family.factor)} visual tokens" in str(
         e.value
-    )
+    ) and "max_visual_tokens=600" in str(e.value)
 
 
 def test_budget_below_minimum_is_rejected_even_under_shrink():
@@ -73,12 +79,18 @@ def test_budget_below_minimum_is_rejected_even_under_shrink():
         plan_visuals(many_images()[:-1], cfg)
 
 
-def test_video_frames_count_against_the_budget(tiny):
+def test_video_frames_count_against_the_budget(family_model, family):
     frames = [solid(224, 224) for _ in range(8)]
     content = [{"type": "video", "video": frames}, {"type": "image", "image": solid(224, 224)}]
-    full = sum(p.tokens for p in plan_visuals(content, VisualConfig(max_visual_tokens=10**9)))
-    assert full == 4 * 64 + 64  # 8 frames -> 4 temporal patches of 8x8 tokens, plus one 8x8 image
-    enc = ConversationEncoder(tiny[1], VisualConfig(max_visual_tokens=100))
+    full = sum(
+        p.tokens for p in plan_visuals(content, VisualConfig(max_visual_tokens=10**9), factor=family.factor)
+    )
+    side = 224 // family.factor  # 8 (Qwen2.5-VL), 7 (Qwen3-VL)
+    assert (
+        full == 4 * side**2 + side**2
+    )  # 8 frames -> 4 temporal patches of side x side tokens, plus one image
+    assert family.factor != 28 or full == 4 * 64 + 64
+    enc = ConversationEncoder(family_model[1], VisualConfig(max_visual_tokens=100))
     s = enc.encode(
         [
             parse_message({"role": "user", "content": content}, "m"),

@@ -1,4 +1,6 @@
-"""Packing is exact: a packed row gives the logits and loss of its samples run one by one."""
+"""Packing is exact: a packed row gives the logits and loss of its samples run one by one, for
+every attention backend and both families (Qwen3-VL: interleaved M-RoPE, DeepStack features
+injected at the packed row's visual tokens, timestamped video)."""
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from tests.conftest import solid, user_assistant
 
 
 @pytest.fixture(scope="module")
-def samples(encoder):
+def samples(family_encoder):
+    encoder = family_encoder
     video = sample_data_path().replace("sample.jsonl", "dot.mp4")
     convs = [
         user_assistant(
@@ -53,9 +56,9 @@ def packed(model, rows, attn):
 
 
 @pytest.mark.parametrize("layout", ["sdpa", "flash_attention_2"])
-def test_packed_equals_one_by_one(tiny, samples, layout):
+def test_packed_equals_one_by_one(family_model, samples, layout):
     """sdpa: block-diagonal 4-D mask; flash_attention_2: the varlen layout (4-row positions), run here under SDPA."""
-    model, _ = tiny
+    model, _ = family_model
     ref_logits, ref_loss = one_by_one(model, samples)
     rows = [samples[:3], samples[3:]]  # two rows of different lengths -> the second is padded
     logits, seq, loss, batch = packed(model, rows, layout)
@@ -78,6 +81,7 @@ needs_flash = [
 ]
 # flex compiles its CPU kernel once per process: ~40 s on 2 cores with a cold inductor cache
 BACKENDS = [
+    "eager",
     "segments",
     pytest.param("flex", marks=pytest.mark.slow),
     pytest.param("flash_attention_2", marks=needs_flash),
@@ -85,23 +89,35 @@ BACKENDS = [
 
 
 @pytest.mark.parametrize("attn", BACKENDS)
-def test_backend_packed_equals_one_by_one(tiny, samples, attn, monkeypatch):
-    """Each backend that packs without a dense mask, on the model that uses it (same weights).
+def test_backend_packed_equals_one_by_one(family_model, preset, samples, attn, monkeypatch):
+    """Each backend on the model that uses it (same weights).
 
-    segments: SDPA per sample; flex: the FlexAttention kernel itself (forward; CPU has no
-    backward); flash_attention_2: flash-attn varlen on CUDA. The reference is the sdpa model
-    run on each sample alone.
+    eager: the block-diagonal mask as an additive float mask; segments: SDPA per sample; flex:
+    the FlexAttention kernel itself (forward; CPU has no backward); flash_attention_2:
+    flash-attn varlen on CUDA. The reference is the sdpa model run on each sample alone.
     """
+    tiny = family_model
     monkeypatch.setattr(packed_attention, "FLEX_ON_CPU", True)
     calls = []
     kernel = packed_attention.compiled_flex()
     monkeypatch.setattr(packed_attention, "compiled_flex", lambda: calls.append(1) or kernel)
     device = "cuda" if attn == "flash_attention_2" else "cpu"
-    model, _ = load_model("tiny", attn=attn, device=device)
+    model, _ = load_model(preset, attn=attn, device=device)
     ref_logits, ref_loss = one_by_one(tiny[0], samples)
     batch = pack_batch(
         [samples[:3], samples[3:]], pad_id=0, attn_implementation=model.config._attn_implementation
     )
+    if attn == "eager":
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        seq, labels = batch.pop("seq_ids"), batch.pop("labels")
+        assert batch["attention_mask"].dtype == torch.float32 and batch["input_ids"].shape[0] == 2
+        with torch.no_grad():
+            logits = model(**batch).logits
+        for i in range(len(samples)):
+            where = (seq == i).nonzero()
+            assert (logits[where[0, 0], where[:, 1]] - ref_logits[i]).abs().max() <= 1e-5, f"sample {i}"
+        assert torch.allclose(per_sample_nll(logits, labels, seq), ref_loss, atol=1e-5, rtol=0)
+        return
     assert batch["input_ids"].shape == (1, sum(len(s) for s in samples))  # one flat row, no padding
     assert "attention_mask" not in batch
     seq, labels = batch.pop("seq_ids"), batch.pop("labels")
@@ -116,10 +132,10 @@ def test_backend_packed_equals_one_by_one(tiny, samples, attn, monkeypatch):
 
 
 @pytest.mark.parametrize("attn", ["segments", "flex"])
-def test_unpacked_calls_equal_sdpa(tiny, samples, attn):
+def test_unpacked_calls_equal_sdpa(family_model, preset, samples, attn):
     """Padded batches (2-D mask) and cached greedy decoding run exactly as under sdpa."""
-    ref_model = tiny[0]
-    model, _ = load_model("tiny", attn=attn)
+    ref_model = family_model[0]
+    model, _ = load_model(preset, attn=attn)
     batch = pad_batch(samples, pad_id=0)
     batch.pop("labels")
     with torch.no_grad():
@@ -142,9 +158,9 @@ def test_positions_survive_packing(samples):
     assert flat[0, 0, len(samples[0])] == 0  # the text row restarts at every sample (cu_seqlens)
 
 
-def test_without_isolation_samples_leak(tiny, samples):
+def test_without_isolation_samples_leak(family_model, samples):
     """Negative control: the same packed row with positions reset but no mask is NOT exact."""
-    model, _ = tiny
+    model, _ = family_model
     ref_logits, _ = one_by_one(model, samples[:2])
     batch = pack_batch([samples[:2]], pad_id=0)
     batch.pop("attention_mask"), batch.pop("seq_ids"), batch.pop("labels")
@@ -154,8 +170,8 @@ def test_without_isolation_samples_leak(tiny, samples):
     assert (second - ref_logits[1]).abs().max() > 1e-2
 
 
-def test_padded_batch_equals_one_by_one(tiny, samples):
-    model, _ = tiny
+def test_padded_batch_equals_one_by_one(family_model, samples):
+    model, _ = family_model
     ref_logits, ref_loss = one_by_one(model, samples)
     batch = pad_batch(samples, pad_id=0)
     labels = batch.pop("labels")
@@ -167,9 +183,9 @@ def test_padded_batch_equals_one_by_one(tiny, samples):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "segments", "flex"])
-def test_packed_gradients_match(tiny, samples, attn):
+def test_packed_gradients_match(family_model, preset, samples, attn):
     """Summed per-sample losses give the same gradients packed and one by one (flex: segments on CPU)."""
-    model = tiny[0] if attn == "sdpa" else load_model("tiny", attn=attn)[0]
+    model = family_model[0] if attn == "sdpa" else load_model(preset, attn=attn)[0]
     model.zero_grad()
     sum(per_sample_nll(model(**s.model_inputs()).logits, s.labels[None])[0] for s in samples[:3]).backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -219,3 +235,33 @@ def test_plan_packs_is_first_fit_decreasing():
         m = rng.randint(5, 50)
         lengths = [rng.randint(1, m) for _ in range(rng.randint(0, 60))]
         assert plan_packs(lengths, m) == scan(lengths, m)
+
+
+def test_qwen3vl_moe_packed_equals_one_by_one():
+    """Qwen3-VL-MoE (4 experts, top 2; routing per token): packed rows under the block mask and
+    the varlen layout give each sample's logits alone."""
+    from mm.encode import ConversationEncoder
+    from mm.rope import RopeSpec
+
+    model, processor = load_model("tiny-qwen3vl-moe")
+    enc = ConversationEncoder(processor, rope=RopeSpec.from_config(model.config))
+    samples = [
+        enc.encode(
+            user_assistant(
+                [{"type": "image", "image": solid(140, 84)}, {"type": "text", "text": "Q?"}], "Red."
+            )
+        ),
+        enc.encode(user_assistant("Text only: what is 6 x 7?", "42")),
+        enc.encode(
+            user_assistant(
+                [{"type": "image", "image": solid(64, 200)}, {"type": "text", "text": "And?"}], "Tall."
+            )
+        ),
+    ]
+    ref_logits, ref_loss = one_by_one(model, samples)
+    for layout in ("sdpa", "flash_attention_2"):
+        logits, seq, loss, _ = packed(model, [samples[:2], samples[2:]], layout)
+        for i in range(len(samples)):
+            where = (seq == i).nonzero()
+            assert (logits[where[0, 0], where[:, 1]] - ref_logits[i]).abs().max() <= 1e-5, (layout, i)
+        assert torch.allclose(loss, ref_loss, atol=1e-5, rtol=0)

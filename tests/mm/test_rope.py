@@ -1,5 +1,6 @@
-"""M-RoPE positions: the "transformers" rule equals the installed get_rope_index (Qwen2.5-VL and
-Qwen2-VL); both rules equal hand-computed positions, also after a 60-s video where they differ."""
+"""M-RoPE positions: the "transformers" rule equals the installed get_rope_index (Qwen2.5-VL,
+Qwen2-VL and Qwen3-VL, whose videos are one t = 1 block per frame group); both rules equal
+hand-computed positions, also after a 60-s video where they differ (Qwen2.5-VL) or agree (Qwen3-VL)."""
 
 import pytest
 import torch
@@ -39,6 +40,13 @@ def _transformers_encoder(tiny):
     )
 
 
+def frame_blocks(s):
+    """(start, end) of each run of video tokens of a sample."""
+    v = (s.mm_token_type_ids == 2).int()
+    edges = torch.nonzero(torch.diff(torch.cat([torch.tensor([0]), v, torch.tensor([0])]))).flatten()
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
 def rope_index(model, s):
     pos, delta = model.model.get_rope_index(
         s.input_ids[None], s.mm_token_type_ids[None], s.image_grid_thw, s.video_grid_thw, s.second_per_grid_ts
@@ -47,12 +55,13 @@ def rope_index(model, s):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_positions_equal_model_rope_index(tiny, encoder, case):
+def test_positions_equal_model_rope_index(family_model, family_encoder, family, case):
     """The "transformers" rule is get_rope_index's; for prompts without video the default
-    ("qwen") rule gives the same positions."""
+    ("qwen") rule gives the same positions (Qwen3-VL: for every prompt)."""
+    tiny, encoder = family_model, family_encoder
     model, processor = tiny
     msgs = [{"role": "user", "content": CASES[case]}, {"role": "assistant", "content": "ok"}]
-    if not case.startswith("video"):
+    if not case.startswith("video") or family.video_time == "timestamps":
         assert torch.equal(
             encoder.encode(msgs).position_ids, _transformers_encoder(tiny).encode(msgs).position_ids
         )
@@ -63,10 +72,18 @@ def test_positions_equal_model_rope_index(tiny, encoder, case):
     want, delta = rope_index(model, s)
     assert torch.equal(s.position_ids, want)
     assert s.next_position == len(s) + int(delta)
-    if case.startswith("video"):
+    if case.startswith("video") and family.video_time == "absolute":
         t = s.position_ids[0, s.mm_token_type_ids == 2].unique()
         step = 2 * 2 / float(CASES[case][0]["sample_fps"])  # tokens_per_second * seconds per temporal patch
         assert (t[1:] - t[:-1] == step).all()
+    if case.startswith("video") and family.video_time == "timestamps":
+        # one block per frame group, each at t = its start (no absolute time), h / w from there
+        blocks = frame_blocks(s)
+        assert len(blocks) == int(s.video_grid_thw[0, 0])
+        for a, b in blocks:
+            block = s.position_ids[:, a:b]
+            assert block[0].unique().tolist() == [int(s.position_ids[0, a - 1]) + 1]
+            assert int(block[1].min()) == int(block[2].min()) == int(block[0, 0])
 
 
 def test_qwen2_vl_rule(tiny):
@@ -147,3 +164,31 @@ def test_60s_video_through_the_encoder(tiny):
 def test_unknown_rule_names_the_choices():
     with pytest.raises(ValueError, match="qwen, transformers"):
         RopeSpec(rule="vllm")
+
+
+def test_qwen3vl_rules_agree_after_a_60s_video(qwen3vl):
+    """Qwen3-VL: 120 frames at 2 fps are 60 frame groups of t = 1 with "<t seconds>" between them;
+    both rules give get_rope_index's positions and the temporal row never jumps by time."""
+    family_model = qwen3vl
+    model, processor = family_model
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": frames(120, (64, 64)), "sample_fps": 2.0},
+                {"type": "text", "text": "Describe."},
+            ],
+        },
+        {"role": "assistant", "content": "ok"},
+    ]
+    qwen = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config)).encode(msgs)
+    hf = _transformers_encoder(family_model).encode(msgs)
+    assert qwen.video_grid_thw.tolist() == [[60, 4, 4]]
+    assert torch.equal(qwen.position_ids, hf.position_ids)
+    want, delta = rope_index(model, hf)
+    assert torch.equal(hf.position_ids, want) and hf.next_position == len(hf) + int(delta)
+    blocks = frame_blocks(qwen)
+    assert len(blocks) == 60 and all(b - a == 4 for a, b in blocks)
+    for (a, b), (c, _) in zip(blocks, blocks[1:]):  # text between groups continues at block start + 2
+        assert int(qwen.position_ids[0, b]) == int(qwen.position_ids[0, a]) + 2
+        assert int(qwen.position_ids[0, c]) == int(qwen.position_ids[0, c - 1]) + 1

@@ -73,3 +73,17 @@ def test_errors_name_the_problem(tmp_path):
     frames = [solid(56, 56)]
     p = plan_item({"video": frames}, VisualConfig(), None)
     assert p.frames == 2  # a single frame is repeated to fill one temporal patch
+
+
+def test_qwen3vl_sizes_are_multiples_of_32_and_keep_the_frame_times(tmp_path, video):
+    """factor=32 (Qwen3-VL): 100 x 50 -> 96 x 64 (round(100/32) = 3, round(50/32) = 2 tokens a side);
+    a video plan records when each sampled frame was (frame index / the file's fps)."""
+    p = plan_item({"image": solid(100, 50)}, VisualConfig(), None, factor=32)
+    assert p.hw == (64, 96) and p.tokens == 2 * 3
+    v = plan_item({"type": "video", "video": video, "fps": 2.0}, VisualConfig(), None, factor=32)
+    assert v.hw == (64, 64) and v.tokens == 3 * 4  # 56 -> 64: 2 x 2 tokens, 6 frames -> 3 groups
+    assert v.seconds == [0.0, 0.5, 1.0, 1.75, 2.25, 2.75]  # frames 0, 2, 4, 7, 9, 11 of 12 at 4 fps
+    frames = plan_item(
+        {"video": [solid(56, 56)] * 3, "sample_fps": 2.0, "video_start": 10.0}, VisualConfig(), None
+    )
+    assert frames.frames == 4 and frames.seconds == [10.0, 10.5, 11.0, 11.0]  # the last repeats
