@@ -98,7 +98,7 @@ class ConversationEncoder:
         self.tok = processor.tokenizer
         self.visual = visual or VisualConfig()
         self.family = family_of_processor(processor)
-        self.rope = rope or self.family.rope_spec()
+        self.rope = rope or RopeSpec.for_family(self.family)
         self.max_length = max_length
         ids = self.tok.convert_tokens_to_ids
         self.image_id, self.video_id, self.end_id = (

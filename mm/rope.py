@@ -56,7 +56,18 @@ class RopeSpec:
         """The rule of ``config``'s model family (``mm.models``)."""
         from mm.models import family_of
 
-        return family_of(config).rope_spec(config, rule)
+        return cls.for_family(family_of(config), config, rule)
+
+    @classmethod
+    def for_family(cls, family, config=None, rule: str = "qwen") -> RopeSpec:
+        """The M-RoPE rule of a model family (``mm.models.ModelFamily``); ``config`` (a
+        checkpoint's) gives its merge size and time scale."""
+        vision = getattr(config, "vision_config", None)
+        merge = vision.spatial_merge_size if vision is not None else family.merge_size
+        if family.video_time == "absolute":
+            tps = getattr(vision, "tokens_per_second", None) if vision is not None else 2
+            return cls(merge, tps, rule)
+        return cls(merge, None, rule, frame_blocks=family.video_time == "timestamps")
 
 
 def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:

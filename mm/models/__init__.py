@@ -2,7 +2,7 @@
 
 A family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL dense + MoE, Qwen3.5) is one module here holding one
 :class:`ModelFamily`; everything family-specific in mm/ reads it: loading (model classes),
-M-RoPE (``rope_spec``: merge size, video-time rule), the visual-token arithmetic (``factor``
+M-RoPE (merge size, video-time rule: ``mm.rope.RopeSpec.for_family``), the visual-token arithmetic (``factor``
 pixels per merged token), the encoder (timestamped videos), the image-feature cache (DeepStack),
 freezing and LoRA (``vision`` / ``mergers`` / ``lora_targets``), the streaming cache's rotary
 (``rotary``) and the tiny offline model (``tiny_config``, ``tiny_processor``).
@@ -19,10 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from mm.rope import RopeSpec
+from typing import Any, Literal
 
 LM_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -71,17 +68,6 @@ class ModelFamily:
         import transformers
 
         return getattr(transformers, self.model_classes[model_type])
-
-    def rope_spec(self, config=None, rule: str = "qwen") -> RopeSpec:
-        """M-RoPE rule of this family; ``config`` (a checkpoint's) gives its merge size and time scale."""
-        from mm.rope import RopeSpec
-
-        vision = getattr(config, "vision_config", None)
-        merge = vision.spatial_merge_size if vision is not None else self.merge_size
-        if self.video_time == "absolute":
-            tps = getattr(vision, "tokens_per_second", None) if vision is not None else 2
-            return RopeSpec(merge, tps, rule)
-        return RopeSpec(merge, None, rule, frame_blocks=self.video_time == "timestamps")
 
     def submodule(self, model, path: str):
         """``path`` (dotted) of the ``...ForConditionalGeneration`` under ``model`` (PEFT unwrapped)."""

@@ -49,7 +49,7 @@ def test_geometry_is_the_processors_and_the_configs(name):
         assert p.patch_size * p.merge_size == f.factor and p.temporal_patch_size == f.temporal_patch_size
     config = f.tiny_config(processor.tokenizer, PRESETS["tiny"], f.tiny_model_type)
     assert config.vision_config.patch_size * config.vision_config.spatial_merge_size == f.factor
-    assert RopeSpec.from_config(config) == f.rope_spec(config)
+    assert RopeSpec.from_config(config) == RopeSpec.for_family(f, config)
 
 
 def test_rope_specs_per_family():
