@@ -37,7 +37,7 @@ class DataConfig:
     eval: str | None = opt(
         None, "held-out JSONL: scored every train.eval_every steps (and suggested for `mmpost eval`)"
     )
-    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
+    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl", "llamafactory_v1"] = opt(
         "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
     )
     layout: Literal["pack", "pad"] = opt(

@@ -42,6 +42,7 @@ from alignment.infra import distributed as dist
 from alignment.loop import Trainer, TrainState
 from alignment.losses import dpo_loss
 from mm.attention import choose_backend
+from mm.config import ConfigError
 from mm.encode import ConversationEncoder
 from mm.image_features import encode_visuals, encoder_outputs
 from mm.loading import load_for_training, resolve_init, unwrap
@@ -128,7 +129,7 @@ class DPOTrainer(Trainer):
         model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
         model.to(device)
         if not cfg.data.train:
-            raise ValueError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
+            raise ConfigError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
         encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
         dataset = PairDataset(cfg.data.train, encoder, on_error=cfg.data.on_error, format=cfg.data.format)
         # max_tokens bounds one sequence (prompt + one response), as SPECS' max length; a pair

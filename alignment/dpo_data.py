@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from mm.collate import concat_visuals, pack_batch, pad_batch
-from mm.dataset import Problem, RecordDataset
+from mm.dataset import DataError, Problem, RecordDataset
 from mm.encode import VISUAL_KEYS, EncodedSample
 from mm.records import Message, RecordError
 from mm.visual import VisualError
@@ -44,7 +44,7 @@ class PairDataset(RecordDataset):
         self.records = [self.records[i] for i in keep]
         self.lines = [self.lines[i] for i in keep]
         if not self.records:
-            raise ValueError(f"{path}: no preference records (need 'prompt', 'chosen', 'rejected' per line)")
+            raise DataError(f"{path}: no preference records (need 'prompt', 'chosen', 'rejected' per line)")
 
     def _check(self, i: int, rec) -> Problem | None:
         if rec.kind != "preference":

@@ -128,14 +128,20 @@ class Evaluator:
         tc = trainer.train_cfg
         self.trainer, self.device, self.every = trainer, device, tc.eval_every
         path = getattr(trainer.cfg.data, "eval", None)
-        self.best = None
+        self.best, self.held_out = None, None
+        if not path:  # no held-out set: no evaluation, whatever eval_every / save_best say
+            if self.every or tc.save_best:
+                off = [f"train.eval_every={self.every}"] * bool(self.every)
+                off += [f"train.save_best={tc.save_best}"] * bool(tc.save_best)
+                if dist.is_main():
+                    print(f"data.eval is not set: no evaluation during training ({' and '.join(off)} "
+                          "ignored)", flush=True)  # fmt: skip
+            self.every = 0
+            return
         if tc.save_best and not self.every:
             raise ConfigError("train.save_best needs train.eval_every > 0 (and data.eval)")
         if not self.every:
-            self.held_out = None
             return
-        if not path:
-            raise ConfigError("train.eval_every is set but data.eval is empty: set data.eval=FILE.jsonl")
         if tc.save_best:
             if hasattr(trainer.model, "merge_and_unload"):
                 raise ConfigError(

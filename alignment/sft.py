@@ -51,7 +51,7 @@ class SFTTrainer(Trainer):
         model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
         model.train()
         if not cfg.data.train:
-            raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
+            raise ConfigError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
         encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
         transform = drop_tool_result_images if cfg.data.drop_tool_images else None
         dataset = RecordDataset(

@@ -28,6 +28,7 @@ from alignment.infra.export import export_hf
 from alignment.loop import Trainer, TrainState
 from alignment.vla_config import VLAConfig
 from mm.attention import choose_backend
+from mm.config import ConfigError
 from mm.encode import ConversationEncoder
 from mm.loading import load_for_training
 from mm.rope import RopeSpec
@@ -65,7 +66,7 @@ class VLATrainer(Trainer):
         model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
         model.train()
         if not cfg.data.train:
-            raise ValueError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
+            raise ConfigError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
         encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))
         a = cfg.action
         dataset = open_vla_dataset(
@@ -96,7 +97,7 @@ class VLATrainer(Trainer):
         if al.alpha > 0:
             if al.features:
                 if os.path.isdir(cfg.data.train):
-                    raise ValueError(
+                    raise ConfigError(
                         "align.features is read with JSONL data only: write the LeRobot frames as JSONL "
                         "(LeRobotVLADataset.write_jsonl) for teacher-features, or drop align.features"
                     )
@@ -109,7 +110,7 @@ class VLATrainer(Trainer):
                 )
                 state.teacher_dim = state.teacher.dim
             if state.teacher_dim % 4:
-                raise ValueError(
+                raise ConfigError(
                     f"teacher {al.teacher!r} gives {state.teacher_dim}-d features; Spatial Forcing's 2-D "
                     "position embedding needs a width divisible by 4"
                 )

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from evaluation.answers import answers_match, class_answer, class_matches, extract_answer
-from mm.dataset import Problem
+from mm.dataset import DataError, Problem
 from mm.formats import open_records
 from vision_tools.engine import EngineConfig, ToolEngine
 from vision_tools.generation import DEFAULT, Context, Generator, Sampling, make_generator
@@ -179,7 +179,7 @@ def evaluate(
     if limit:
         items = items[:limit]
     if not items:
-        raise ValueError(f"{data}: no records with a prompt and an answer to evaluate")
+        raise DataError(f"{data}: no records with a prompt and an answer to evaluate")
     base_dir = os.path.dirname(os.path.abspath(data))
     if out is None:
         folder = path if os.path.isdir(path) else "."

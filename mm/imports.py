@@ -72,9 +72,12 @@ def _before_mujoco() -> None:
 
 
 def require(name: str, feature: str = "") -> ModuleType:
-    """Import an optional package or raise ``MissingDependency`` naming the extra to install."""
-    if not is_available(name):
-        extra, dist = OPTIONAL.get(name, ("", name))
+    """Import an optional package (or one of its modules: ``require("pyarrow.parquet")``; a
+    package does not import its submodules by itself) or raise ``MissingDependency`` naming the
+    extra to install."""
+    package = name.split(".")[0]
+    if not is_available(package):
+        extra, dist = OPTIONAL.get(package, ("", package))
         what = f" for {feature}" if feature else ""
         hint = f"pip install 'mmpost[{extra}]'" if extra else f"pip install {dist}"
         raise MissingDependency(f"{dist} is needed{what} but is not installed: {hint}")

@@ -37,7 +37,8 @@ def add_serve(p: argparse.ArgumentParser, words) -> None:
         p,
         ServeConfig,
         title="server limits and engine (ServeConfig)",
-        exclude=("max_body_bytes", "max_image_bytes", *(f"engine.{k}" for k in BOUNDED)),
+        # logprobs: asked for per request ("logprobs": true), not a server default
+        exclude=("max_body_bytes", "max_image_bytes", "engine.logprobs", *(f"engine.{k}" for k in BOUNDED)),
         aliases={"image_dirs": ("--image-dir",)},
     )
     p.set_defaults(func=cmd_serve)

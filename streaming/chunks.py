@@ -25,6 +25,8 @@ import json
 import math
 import os
 
+from mm.config import ConfigError
+from mm.dataset import DataError
 from streaming.engine import SILENCE, time_prompt
 
 
@@ -34,16 +36,14 @@ def read_words(path: str) -> list[dict]:
         try:
             obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+            raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
     words = obj.get("words") if isinstance(obj, dict) else obj
     if not isinstance(words, list):
-        raise ValueError(f'{path}: expected {{"words": [{{"word", "start", "end"}}, ...]}}')
+        raise DataError(f'{path}: expected {{"words": [{{"word", "start", "end"}}, ...]}}')
     for i, w in enumerate(words):
         ok = isinstance(w, dict) and isinstance(w.get("word"), str)
         if not ok or not all(isinstance(w.get(k), int | float) for k in ("start", "end")):
-            raise ValueError(
-                f"{path}: words[{i}] needs 'word' (text), 'start' and 'end' (seconds), got {w!r}"
-            )
+            raise DataError(f"{path}: words[{i}] needs 'word' (text), 'start' and 'end' (seconds), got {w!r}")
     return sorted(words, key=lambda w: (w["end"], w["start"]))
 
 
@@ -81,10 +81,10 @@ def build_chunks(
 ) -> list[dict]:
     """SFT records of ``chunk``-second windows every ``chunk - overlap`` seconds."""
     if not 0 <= overlap < chunk:
-        raise ValueError(f"need 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
+        raise ConfigError(f"need 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
     seconds = math.floor(duration)
     if seconds < 1:
-        raise ValueError(f"{video}: {duration:.2f} s is shorter than one second")
+        raise DataError(f"{video}: {duration:.2f} s is shorter than one second")
     ref = video_ref or video
     records = []
     for a in range(0, max(1, seconds - overlap), chunk - overlap):

@@ -94,6 +94,86 @@ def trl_pair_rows(jsonl: str, embed: bool = False) -> list[dict]:
     return rows
 
 
+def lf_ranking_rows(jsonl: str, alpaca: bool = False) -> list[dict]:
+    """mmpost preference records as LLaMA-Factory ranking rows (its ``dpo_en_demo.json`` layout):
+    ``conversations`` (the prompt, ``<image>`` placeholders, a leading ``system`` turn) and one
+    ``{"from": "gpt", "value"}`` turn each in ``chosen`` / ``rejected``; with ``alpaca``, an
+    ``instruction`` and answer strings (its ``ultrafeedback`` layout). Paths relative to the file."""
+    base, rows = os.path.dirname(os.path.abspath(jsonl)), []
+    for rec in read_jsonl(jsonl):
+        images, conv = [], []
+        for m in rec["prompt"]:
+            text = _flatten(m["content"], base, False, images)
+            conv.append({"from": "system" if m["role"] == "system" else ROLE[m["role"]], "value": text})
+        images = [os.path.relpath(p, base) for p in images]
+        (chosen,), (rejected,) = rec["chosen"], rec["rejected"]
+        if alpaca:  # system column, [query, response] history pairs, the last query as instruction
+            system = [t["value"] for t in conv if t["from"] == "system"]
+            turns = [t["value"] for t in conv if t["from"] != "system"]
+            row = {"instruction": turns[-1], "chosen": chosen["content"], "rejected": rejected["content"]}
+            row.update({"system": system[0]} if system else {})
+            row.update(
+                {"history": [turns[k : k + 2] for k in range(0, len(turns) - 1, 2)]} if len(turns) > 1 else {}
+            )
+        else:
+            row = {
+                "conversations": conv,
+                "chosen": {"from": "gpt", "value": chosen["content"]},
+                "rejected": {"from": "gpt", "value": rejected["content"]},
+            }
+        rows.append({**row, "images": images} if images else row)
+    return rows
+
+
+def _v1_content(content, base: str) -> list[dict]:
+    """A content list in LLaMA-Factory v1 items: ``{"type": "text" | "image_url", "value": ...}``."""
+    if isinstance(content, str):
+        return [{"type": "text", "value": content}]
+    return [
+        {"type": "image_url", "value": it["image"]}
+        if it.get("type") == "image"
+        else {"type": "text", "value": it["text"]}
+        for it in content
+    ]
+
+
+def lf_v1_messages(messages: list[dict], base: str) -> list[dict]:
+    """mmpost messages as LLaMA-Factory v1 messages: a ``loss_weight`` on every one (1.0 for trained
+    assistant turns, 0.0 otherwise, as its converters write them)."""
+    return [
+        {
+            "role": m["role"],
+            "content": _v1_content(m["content"], base),
+            "loss_weight": 1.0 if m["role"] == "assistant" and m.get("train", True) else 0.0,
+        }
+        for m in messages
+    ]
+
+
+def lf_v1_rows(jsonl: str) -> list[dict]:
+    """mmpost records as LLaMA-Factory v1 rows (its ``v1_sft_demo.jsonl`` / ``v1_dpo_demo.jsonl``):
+    SFT ``messages``; preference ``chosen_messages`` / ``rejected_messages``, each the whole
+    conversation."""
+    base, rows = os.path.dirname(os.path.abspath(jsonl)), []
+    for rec in read_jsonl(jsonl):
+        if "messages" in rec:
+            rows.append({"messages": lf_v1_messages(rec["messages"], base)})
+        else:
+            rows.append(
+                {
+                    f"{side}_messages": lf_v1_messages(rec["prompt"] + rec[side], base)
+                    for side in ("chosen", "rejected")
+                }
+            )
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str) -> str:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
 def write_json(rows: list[dict], path: str) -> str:
     with open(path, "w") as f:
         json.dump(rows, f)

@@ -39,6 +39,7 @@ from collections import Counter
 
 from PIL import Image
 
+from mm.jsonl import DataError
 from mm.records import drop_tool_result_images, parse_message
 from mm.visual import VisualConfig, VisualError, open_image
 from vision_tools.api import build_prompt, shown_image
@@ -54,24 +55,24 @@ def _check_units(p: dict, where: str, n_images: int) -> None:
     """Each region names a known tool with its arguments (see the module docstring)."""
     for i, r in enumerate(p.get("regions", [])):
         if not isinstance(r, dict):
-            raise ValueError(f"{where}: region {i} must be an object")
+            raise DataError(f"{where}: region {i} must be an object")
         tool = r.get("tool", "crop_image")
         if tool not in UNIT_TOOLS:
-            raise ValueError(f"{where}: region {i} has tool {tool!r}; use one of {', '.join(UNIT_TOOLS)}")
+            raise DataError(f"{where}: region {i} has tool {tool!r}; use one of {', '.join(UNIT_TOOLS)}")
         index = r.get("image", 0)
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"{where}: region {i}: 'image' must be an image index >= 0, got {index!r}")
+            raise DataError(f"{where}: region {i}: 'image' must be an image index >= 0, got {index!r}")
         if tool == "crop_image":
             box = r.get("bbox")
             if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
-                raise ValueError(f"{where}: each crop region needs 'bbox': [x1, y1, x2, y2] (pixels)")
+                raise DataError(f"{where}: each crop region needs 'bbox': [x1, y1, x2, y2] (pixels)")
             if index >= n_images:
-                raise ValueError(
+                raise DataError(
                     f"{where}: region {i} crops image {index}, but the problem has {n_images} image(s); "
                     "a crop's box is in pixels of a problem image"
                 )
         if tool == "scale_image" and not isinstance(r.get("scale_factor"), int | float):
-            raise ValueError(f"{where}: region {i} (scale_image) needs a numeric 'scale_factor'")
+            raise DataError(f"{where}: region {i} (scale_image) needs a numeric 'scale_factor'")
 
 
 def read_problems(path: str) -> list[dict]:
@@ -86,13 +87,13 @@ def read_problems(path: str) -> list[dict]:
             try:
                 p = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from e
             if not isinstance(p, dict):
-                raise ValueError(f"{where}: a problem is a JSON object")
+                raise DataError(f"{where}: a problem is a JSON object")
             refs = p.get("images") or ([p["image"]] if p.get("image") else [])
             missing = [k for k in ("question", "answer") if not p.get(k) and p.get(k) != 0]
             if not refs or not isinstance(refs, list) or missing:
-                raise ValueError(
+                raise DataError(
                     f"{where}: a problem needs 'image' (or 'images'), 'question' and 'answer' "
                     f"(missing {missing or ['image']})"
                 )
@@ -101,7 +102,7 @@ def read_problems(path: str) -> list[dict]:
                 p["_paths"] = [r if os.path.isabs(r) else os.path.join(base, r) for r in refs]
                 p["_images"] = [open_image(path, decode=True) for path in p["_paths"]]
             except VisualError as e:
-                raise ValueError(f"{where}: {e}") from e
+                raise DataError(f"{where}: {e}") from e
             p.setdefault("id", f"problem-{n}")
             out.append(p)
     return out

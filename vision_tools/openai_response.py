@@ -8,6 +8,13 @@ also carries ``trajectory``: every turn, tool call, violation and tool-result im
 Streaming sends, per choice, each committed turn as a chunk whose ``delta.reasoning_content``
 holds the turn's text and whose ``turn`` holds its record; then the answer as ``delta.content``
 (and ``delta.tool_calls``), a chunk with ``finish_reason``, the usage chunk if asked, and ``[DONE]``.
+
+Every choice carries OpenAI's required ``logprobs`` (null unless asked) and ``message.refusal``
+(null). With ``logprobs: true``, ``choices[].logprobs.content`` lists every token the model
+generated in the choice, turn after turn (``{"token", "logprob", "bytes", "top_logprobs": []}``;
+the logprob under the model's own distribution, as the trainer computes it): the answer in
+``content`` is taken out of these turns, not a token sequence of its own. Streamed, each turn's
+chunk carries its tokens' entries.
 """
 
 from __future__ import annotations
@@ -21,12 +28,69 @@ from vision_tools.openai_schema import ChatRequest
 from vision_tools.request_images import data_url
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level BPE alphabet (byte -> the character a token string uses for it)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(keep, map(chr, chars)))
+
+
+class TokenText:
+    """Token ids as OpenAI's log-prob entries: each token's text and UTF-8 bytes (a byte-level BPE
+    token may hold part of a character: its bytes are exact, its text shows U+FFFD; an id the
+    tokenizer has no token for, which a model's padded vocabulary allows, has text "" and bytes
+    null)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        self.special = set(getattr(tokenizer, "added_tokens_decoder", {}))
+        self.seen: dict[int, tuple[str, list[int]]] = {}
+
+    def _piece(self, i: int) -> tuple[str, list[int] | None]:
+        if i not in self.seen:
+            piece = self.tok.convert_ids_to_tokens(i)
+            if piece is None:  # an id of the model's vocabulary the tokenizer has no token for
+                self.seen[i] = ("", None)
+                return self.seen[i]
+            if i in self.special or not all(ch in self.byte_of for ch in piece):
+                raw = piece.encode("utf-8")
+            else:
+                raw = bytes(self.byte_of[ch] for ch in piece)
+            self.seen[i] = (raw.decode("utf-8", errors="replace"), list(raw))
+        return self.seen[i]
+
+    def entries(self, ids: list[int], logprobs: list[float]) -> list[dict]:
+        out = []
+        for i, lp in zip(ids, logprobs):
+            text, raw = self._piece(int(i))
+            out.append({"token": text, "logprob": float(lp), "bytes": raw, "top_logprobs": []})
+        return out
+
+    def turn(self, t: Trajectory, r: TurnRecord) -> list[dict]:
+        """The entries of one committed turn's generated tokens."""
+        return self.entries(t.input_ids[r.span[0] : r.span[1]].tolist(), r.logprobs or [])
+
+
+def choice_logprobs(t: Trajectory, req: ChatRequest, tokens: TokenText | None) -> dict | None:
+    """``choices[].logprobs``: None unless asked; else every generated token's entry, in order."""
+    if not req.logprobs or tokens is None:
+        return None
+    return {"content": [e for r in t.turns for e in tokens.turn(t, r)], "refusal": None}
+
+
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:16]}"
 
 
-def turn_json(r: TurnRecord, image=None) -> dict:
-    """One turn's record; ``image`` (the tool result, PIL) is added as a data URL when given."""
+def turn_json(r: TurnRecord, image=None, ids: list[int] | None = None) -> dict:
+    """One turn's record; ``image`` (the tool result, PIL) is added as a data URL when given, and
+    ``ids`` (its generated token ids, with ``logprobs: true``) as ``token_ids`` with ``logprobs``."""
     call = getattr(r.parsed, "call", None)
     out = {
         "text": r.text,
@@ -41,14 +105,17 @@ def turn_json(r: TurnRecord, image=None) -> dict:
     }
     if image is not None:
         out["image"] = data_url(image)
+    if ids is not None:  # what an RL client scores: the ids as generated, and their log-probs
+        out["token_ids"], out["logprobs"] = list(ids), r.logprobs
     return out
 
 
-def trajectory_json(t: Trajectory, include_images: bool = True) -> dict:
+def trajectory_json(t: Trajectory, include_images: bool = True, token_ids: bool = False) -> dict:
+    ids = [t.input_ids[r.span[0] : r.span[1]].tolist() if token_ids else None for r in t.turns]
     out = {
         "finish_reason": t.finish_reason,
         "answer": t.answer,
-        "turns": [turn_json(r) for r in t.turns],
+        "turns": [turn_json(r, ids=i) for r, i in zip(t.turns, ids)],
         "violations": t.violations,
         "prompt_tokens": t.prompt_length,
         "generated_tokens": t.generated_tokens,
@@ -77,7 +144,7 @@ def message(t: Trajectory, req: ChatRequest, stop: list[str]) -> tuple[dict, str
         content = last.text.split("<tool_call>")[0].strip() or None
         calls = [{"id": call_id, "type": "function",
                   "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}]  # fmt: skip
-        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": content, "refusal": None, "tool_calls": calls}, "tool_calls"
     text = t.answer if t.answer is not None else (last.text if last else "")
     if t.finish_reason == "stop":
         text = min((text.split(s)[0] for s in stop if s in text), key=len, default=text)
@@ -85,7 +152,7 @@ def message(t: Trajectory, req: ChatRequest, stop: list[str]) -> tuple[dict, str
     cut = last is not None and last.span[1] - last.span[0] >= req.engine.max_turn_tokens
     one_turn = req.client_tools and t.finish_reason == "max_turns" and not cut
     finish = "stop" if t.finish_reason in ("answer", "stop") or one_turn else "length"
-    return {"role": "assistant", "content": text}, finish
+    return {"role": "assistant", "content": text, "refusal": None}, finish
 
 
 def usage(trajs: list[Trajectory]) -> dict:
@@ -99,12 +166,22 @@ def usage(trajs: list[Trajectory]) -> dict:
     }
 
 
-def completion(trajs: list[Trajectory], req: ChatRequest, model: str, cid: str | None = None) -> dict:
+def completion(
+    trajs: list[Trajectory],
+    req: ChatRequest,
+    model: str,
+    cid: str | None = None,
+    tokens: TokenText | None = None,
+) -> dict:
+    """The ``chat.completion`` object; ``tokens`` renders log-probs (with ``logprobs: true``)."""
     choices = []
     for i, t in enumerate(trajs):
         msg, finish = message(t, req, list(req.engine.stop))
-        traj = trajectory_json(t, req.include_images)
-        choices.append({"index": i, "message": msg, "finish_reason": finish, "trajectory": traj})
+        traj = trajectory_json(t, req.include_images, token_ids=req.logprobs)
+        lps = choice_logprobs(t, req, tokens)
+        choices.append(
+            {"index": i, "message": msg, "logprobs": lps, "finish_reason": finish, "trajectory": traj}
+        )
     return {
         "id": cid or completion_id(),
         "object": "chat.completion",
@@ -118,23 +195,32 @@ def completion(trajs: list[Trajectory], req: ChatRequest, model: str, cid: str |
 class ChunkWriter:
     """Server-sent events of one streamed completion, in OpenAI's ``chat.completion.chunk`` form."""
 
-    def __init__(self, req: ChatRequest, model: str):
+    def __init__(self, req: ChatRequest, model: str, tokens: TokenText | None = None):
         self.req, self.model, self.id, self.created = req, model, completion_id(), int(time.time())
         self.started: set[int] = set()
+        self.tokens = tokens if req.logprobs else None
 
     def event(self, choices: list[dict], **extra) -> str:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                  "model": self.model, "choices": choices, **extra}  # fmt: skip
         return f"data: {json.dumps(chunk)}\n\n"
 
-    def delta(self, index: int, delta: dict, finish: str | None = None, **extra) -> str:
+    def delta(self, index: int, delta: dict, finish: str | None = None, logprobs=None, **extra) -> str:
         if index not in self.started:  # the first delta of a choice names the role
             self.started.add(index)
             delta = {"role": "assistant", **delta}
-        return self.event([{"index": index, "delta": delta, "finish_reason": finish}], **extra)
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return self.event([choice], **extra)
 
-    def turn(self, index: int, record: dict) -> str:
-        return self.delta(index, {"reasoning_content": record["text"]}, turn=record)
+    def turn(
+        self, index: int, record: dict, ids: list[int] | None = None, logprobs: list[float] | None = None
+    ) -> str:
+        """A committed turn's chunk; its generated ``ids`` and their ``logprobs`` as the chunk's
+        log-prob entries when the request asked for them."""
+        lps = None
+        if self.tokens is not None and ids is not None:
+            lps = {"content": self.tokens.entries(ids, logprobs or []), "refusal": None}
+        return self.delta(index, {"reasoning_content": record["text"]}, logprobs=lps, turn=record)
 
     def finish(self, trajs: list[Trajectory]) -> str:
         out = []
@@ -144,10 +230,11 @@ class ChunkWriter:
             if "tool_calls" in msg:
                 delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(msg["tool_calls"])]
             out.append(self.delta(i, delta))
-            out.append(self.delta(i, {}, finish, trajectory=trajectory_json(t, self.req.include_images)))
+            traj = trajectory_json(t, self.req.include_images, token_ids=self.req.logprobs)
+            out.append(self.delta(i, {}, finish, trajectory=traj))
         if self.req.include_usage:
             out.append(self.event([], usage=usage(trajs)))
         return "".join(out) + "data: [DONE]\n\n"
 
     def error(self, e) -> str:
-        return f"data: {json.dumps({'error': {'code': e.code, 'message': e.message}})}\n\n"
+        return f"data: {json.dumps(e.body())}\n\n"

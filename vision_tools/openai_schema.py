@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from vision_tools.engine import EngineConfig
+from vision_tools.generation import generator_class
 from vision_tools.protocol import QUESTION, result_text, system_prompt
 from vision_tools.request_images import ApiError, load_request_image
 from vision_tools.serve_config import ServeConfig
@@ -45,6 +46,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
     include_images: bool = True  # tool-result images in the trajectory
+    logprobs: bool = False  # each generated token's log-prob in choices[].logprobs
 
 
 class ClientTool(Tool):
@@ -88,7 +90,8 @@ def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool]) -> ChatRequ
         raise ApiError(400, "bad_request", "'messages' must be a non-empty list")
     client = body.get("tools") is not None
     declared = client_tools(body.get("tools"), tools) if client else list(tools.values())
-    econf = replace(engine_options(body, cfg), **({"max_turns": 1} if client else {}))
+    logprobs = sampled_logprobs(body, cfg)
+    econf = replace(engine_options(body, cfg), logprobs=logprobs, **({"max_turns": 1} if client else {}))
     prompt, question = conversation(msgs, declared, econf, cfg)
     stream_opts = body.get("stream_options") or {}
     if not isinstance(stream_opts, dict):
@@ -104,7 +107,34 @@ def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool]) -> ChatRequ
         stream=_flag(body, "stream", False),
         include_usage=_flag(stream_opts, "include_usage", False),
         include_images=_flag(body, "include_images", True),
+        logprobs=logprobs,
     )
+
+
+def sampled_logprobs(body: dict, cfg: ServeConfig) -> bool:
+    """Whether the request asks for its tokens' log-probs (``logprobs: true``); ``top_logprobs``
+    above 0 is refused: the server returns the log-prob of each token it generated, not the
+    other likely tokens at that position."""
+    wanted = _flag(body, "logprobs", False)
+    top = _number(body, "top_logprobs", int, 0, 20)
+    if top is not None and not wanted:
+        raise ApiError(400, "bad_request", "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    if top:
+        raise ApiError(
+            400,
+            "unsupported_parameter",
+            "'top_logprobs' > 0 is not supported: with 'logprobs': true each generated token comes with "
+            "its own log-prob (top_logprobs is []); send top_logprobs 0 or leave it out",
+            param="top_logprobs",
+        )
+    if wanted and not generator_class(cfg.engine.generator).supports_logprobs:
+        raise ApiError(
+            400,
+            "unsupported_parameter",
+            f"'logprobs': this server's decoding backend ({cfg.engine.generator}) does not return log-probs",
+            param="logprobs",
+        )
+    return wanted
 
 
 def client_tools(specs, builtin: dict[str, Tool]) -> list[Tool]:

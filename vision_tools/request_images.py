@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 
 from PIL import Image
 
@@ -17,13 +18,34 @@ from mm.visual import VisualConfig, VisualError, open_image
 from vision_tools.api import shown_image
 from vision_tools.serve_config import ServeConfig
 
+# the "type" of an OpenAI error body, by HTTP status (others: invalid_request_error / server_error)
+ERROR_TYPES = {403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+# where a message starts with the request field it is about: "messages[1].content[0]: ..." or "'n' must ..."
+_PARAM = re.compile(
+    r"^(?:'([\w.\[\]]+)'|([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*):|([A-Za-z_]\w*\[\d+\](?:\[\d+\]|\.[A-Za-z_]\w*)*) )"
+)
+
 
 class ApiError(Exception):
-    """An HTTP error answered as ``{"error": {"code", "message"}}`` with ``status``."""
+    """An HTTP error answered with ``status`` as OpenAI's error body: ``{"error": {"message",
+    "type", "param", "code"}}`` (``code`` stable; ``param`` the request field, given or read from
+    the message's ``field: ...`` / ``'field' ...`` start; ``type`` from the status)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict | None = None, param: str | None = None
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        found = _PARAM.match(message) if param is None and status < 500 else None  # a 5xx names no field
+        self.param = param if found is None else next(g for g in found.groups() if g)
+
+    @property
+    def type(self) -> str:
+        default = "server_error" if self.status >= 500 else "invalid_request_error"
+        return ERROR_TYPES.get(self.status, default)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def data_url(img: Image.Image) -> str:

@@ -44,7 +44,8 @@ class Job:
     request: ChatRequest
     loop: asyncio.AbstractEventLoop
     result: asyncio.Future  # -> list[Trajectory], or an ApiError
-    events: asyncio.Queue | None = None  # streaming: (choice index, turn record) as turns commit
+    # streaming: (choice index, turn record, its ids, their log-probs) as turns commit
+    events: asyncio.Queue | None = None
     deadline: float | None = None  # time.monotonic() after which the job is answered 504
     error: ApiError | None = None  # set once the job is cancelled (why)
     convs: list = field(default_factory=list)
@@ -247,7 +248,8 @@ class Scheduler:
                             if r.image_index is not None and job.request.include_images
                             else None
                         )
-                        job.send(job.events.put_nowait, (i, turn_json(r, image)))
+                        ids = c.ids[r.span[0] : r.span[1]] if job.request.logprobs else None
+                        job.send(job.events.put_nowait, (i, turn_json(r, image, ids), ids, r.logprobs))
                     job.reported[i] = len(c.turns)
             if all(c.finish is not None for c in job.convs):
                 engine = self.engines[job.group]

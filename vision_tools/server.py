@@ -9,7 +9,7 @@ tool loop, direct tool calls, and tool schemas. See docs/api.md.
 
 Requests are parsed into :class:`~vision_tools.openai_schema.ChatRequest` and run by the
 :class:`~vision_tools.scheduler.Scheduler` (continuous batching on one worker thread). Every
-error is JSON ``{"error": {"code", "message"}}`` with a proper status; images come only as data
+error is OpenAI's JSON ``{"error": {"message", "type", "param", "code"}}`` with a proper status; images come only as data
 URLs or from the folders named at start-up, and nothing is fetched from the network. SIGTERM and
 SIGINT answer in-flight requests with 503 and stop the server within ``shutdown_timeout``.
 """
@@ -24,7 +24,7 @@ import threading
 import time
 
 from vision_tools.engine import Trajectory
-from vision_tools.openai_response import ChunkWriter, completion
+from vision_tools.openai_response import ChunkWriter, TokenText, completion
 from vision_tools.openai_schema import parse_chat
 from vision_tools.request_images import ApiError, data_url, load_request_image
 from vision_tools.scheduler import Job, Scheduler
@@ -146,10 +146,9 @@ async def chat(request):
     job = s.scheduler.submit(req, stream=req.stream)
     if req.stream:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(
-            stream(job, ChunkWriter(req, s.model_name)), media_type="text/event-stream", headers=headers
-        )
-    return completion(await wait_for(job, request), req, s.model_name)
+        writer = ChunkWriter(req, s.model_name, s.tokens)
+        return StreamingResponse(stream(job, writer), media_type="text/event-stream", headers=headers)
+    return completion(await wait_for(job, request), req, s.model_name, tokens=s.tokens)
 
 
 async def wait_for(job: Job, request) -> list[Trajectory]:
@@ -190,22 +189,23 @@ async def stream(job: Job, writer: ChunkWriter):
 # ----------------------------------------------------------------------------- the app
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None):
+def error_response(e: ApiError):
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers or None)
 
 
 async def on_api_error(request, e: ApiError):
-    return error_response(e.status, e.code, e.message, e.headers)
+    return error_response(e)
 
 
 async def on_http_error(request, e):
-    return error_response(e.status_code, "not_found" if e.status_code == 404 else "http_error", str(e.detail))
+    code = "not_found" if e.status_code == 404 else "http_error"
+    return error_response(ApiError(e.status_code, code, str(e.detail)))
 
 
 async def on_internal_error(request, e):
-    return error_response(500, "internal_error", f"{type(e).__name__}: {e}")
+    return error_response(ApiError(500, "internal_error", f"{type(e).__name__}: {e}"))
 
 
 def json_endpoint(fn):
@@ -240,6 +240,7 @@ def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, mod
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.cfg, app.state.model_name, app.state.created = cfg, model_name, int(time.time())
     app.state.toolset = as_toolset(tools)
+    app.state.tokens = TokenText(processor.tokenizer)  # token ids -> log-prob entries
     app.state.scheduler = Scheduler(model, processor, list(app.state.toolset.values()), cfg)
     return app
 

@@ -196,7 +196,7 @@ class VLADataset(torch.utils.data.Dataset):
             else:
                 self.problems.append(problem)
         if not self.records:
-            raise ValueError(f"{path}: no usable VLA records")
+            raise DataError(f"{path}: no usable VLA records")
         p_dims = {len(r.proprio or []) for r in self.records}
         if len(p_dims) > 1:
             raise DataError(

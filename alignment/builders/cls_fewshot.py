@@ -18,6 +18,9 @@ import json
 import os
 import random
 
+from mm.config import ConfigError
+from mm.dataset import DataError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SUFFIX = {
     "cls_rl": "Please output the thinking process in <think> </think> and final answer in <answer> </answer> tags.",
@@ -54,7 +57,7 @@ def scan(root: str) -> dict[str, list[str]]:
             if files:
                 classes[d] = [os.path.join(full, f) for f in files]
     if len(classes) < 2:
-        raise ValueError(f"{root}: found {len(classes)} class folder(s) with images; need at least 2")
+        raise DataError(f"{root}: found {len(classes)} class folder(s) with images; need at least 2")
     return classes
 
 
@@ -69,7 +72,7 @@ def build_fewshot(
 ) -> dict[str, int]:
     """Write the few-shot train set and the test set(s); returns record counts per file."""
     if variant not in SUFFIX:
-        raise ValueError(f"variant must be one of {sorted(SUFFIX)}, got {variant!r}")
+        raise ConfigError(f"variant must be one of {sorted(SUFFIX)}, got {variant!r}")
     rng = random.Random(seed)
     folders = scan(root)
     names = {d: d.replace("_", " ") for d in folders}

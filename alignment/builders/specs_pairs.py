@@ -32,8 +32,8 @@ from typing import Literal
 
 from evaluation.answers import answers_match, extract_answer
 from evaluation.judge import JudgeUnavailable
-from mm.config import opt
-from mm.dataset import Problem, iter_jsonl, rebase_images
+from mm.config import ConfigError, opt
+from mm.dataset import DataError, Problem, iter_jsonl, rebase_images
 from vision_tools.protocol import parse_turn
 
 # ----------------------------------------------------------------------------- corruptions
@@ -211,7 +211,7 @@ def make_pairs(
 ) -> tuple[list[dict], Counter]:
     """Preference records from sampled responses (``*_texts[j]``: the N responses to record j)."""
     if cfg.mode not in ("decoupled", "coupled"):
-        raise ValueError(f"mode must be 'decoupled' or 'coupled', got {cfg.mode!r}")
+        raise ConfigError(f"mode must be 'decoupled' or 'coupled', got {cfg.mode!r}")
     rng = random.Random(cfg.seed)
     out, counts = [], Counter()
     for rec, zs, bs in zip(records, zero_texts, base_texts):
@@ -265,15 +265,15 @@ def read_prompts(path: str) -> list:
     recs = []
     for line, rec in iter_jsonl(path):
         if isinstance(rec, Problem):
-            raise ValueError(str(rec))
+            raise DataError(rec)
         if rec.kind != "rl":
-            raise ValueError(
+            raise DataError(
                 f"{path}:{line}: specs-pairs needs verifiable prompts (RL records: prompt + answer), "
                 f"got a {rec.kind} record"
             )
         recs.append(rec)
     if not recs:
-        raise ValueError(f"{path}: no prompts")
+        raise DataError(f"{path}: no prompts")
     return recs
 
 
@@ -320,7 +320,7 @@ def build_pairs(cfg: PairsConfig, out: str, judge=None) -> Counter:
     """Sample, select and write the pairs; returns the counts (also in ``OUT.counts.json``)."""
     zero, base, prompts = cfg.zero, cfg.base, cfg.prompts
     if not (zero and base and prompts):
-        raise ValueError("specs-pairs needs the zero model, the base model and the prompts file")
+        raise ConfigError("specs-pairs needs the zero model, the base model and the prompts file")
     records = read_prompts(prompts)
     base_dir = os.path.dirname(os.path.abspath(prompts))
     zero_texts = sample_responses(zero, records, base_dir, cfg, "sampling zero model")

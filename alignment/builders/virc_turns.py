@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 
-from mm.dataset import Problem, iter_jsonl, rebase_images
+from mm.config import ConfigError
+from mm.dataset import DataError, Problem, iter_jsonl, rebase_images
 
 
 def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tuple[list[dict], int]:
@@ -23,7 +24,7 @@ def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tupl
     from vision_tools.protocol import parse_turn
 
     if cuts not in ("all", "hard"):
-        raise ValueError(f"cuts must be 'all' or 'hard', got {cuts!r}")
+        raise ConfigError(f"cuts must be 'all' or 'hard', got {cuts!r}")
     out, skipped = [], 0
     for line, rec in iter_jsonl(path):
         if isinstance(rec, Problem) or rec.kind != "sft" or rec.answer is None:
@@ -62,7 +63,7 @@ def next_turn_records(path: str, cuts: str = "all", min_turns: int = 15) -> tupl
 def write_next_turn_records(path: str, out: str, cuts: str = "all", min_turns: int = 15) -> int:
     recs, _ = next_turn_records(path, cuts, min_turns)
     if not recs:
-        raise ValueError(f"{path}: no trajectories with assistant turns to cut (SFT records with an answer)")
+        raise DataError(f"{path}: no trajectories with assistant turns to cut (SFT records with an answer)")
     for r in recs:
         r["prompt"] = rebase_images(r["prompt"], path, out)
     with open(out, "w") as f:

@@ -20,7 +20,7 @@ class RLDataConfig:
     eval: str | None = opt(
         None, "held-out RL prompts: greedy rollouts every train.eval_every steps (and for `mmpost eval`)"
     )
-    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl"] = opt(
+    format: Literal["auto", "mmpost", "sharegpt", "alpaca", "openai", "trl", "rl", "llamafactory_v1"] = opt(
         "auto", "format of data.train / data.eval (auto: told by the columns; docs/data.md lists them)"
     )
     prompts_per_step: int = opt(

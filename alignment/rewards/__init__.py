@@ -101,7 +101,7 @@ def combine(
     """Weighted sum of the named rewards, and each reward's own scores (for the metrics)."""
     unknown = sorted(set(weights) - set(REWARDS))
     if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; registered: {sorted(REWARDS)}")
+        raise ConfigError(f"unknown reward(s) {unknown}; registered: {sorted(REWARDS)}")
     parts = {name: list(get_reward(name)(completions, **sample)) for name in weights}
     for name, scores in parts.items():
         if len(scores) != len(completions):

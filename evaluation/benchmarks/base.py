@@ -82,7 +82,7 @@ def read_rows(path: str) -> list[dict]:
     if path.endswith(".parquet"):
         from mm.imports import require
 
-        return require("pyarrow", "reading parquet benchmark files").parquet.read_table(path).to_pylist()
+        return require("pyarrow.parquet", "reading parquet benchmark files").read_table(path).to_pylist()
     with open(path, encoding="utf-8") as f:
         if path.endswith(".jsonl"):
             return [json.loads(line) for line in f if line.strip()]

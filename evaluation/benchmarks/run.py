@@ -19,6 +19,7 @@ import warnings
 
 from evaluation.benchmarks import get_benchmark
 from evaluation.benchmarks.base import Benchmark, Sample, markdown_table, summarize
+from mm.dataset import DataError
 from mm.records import Message
 from vision_tools.generation import DEFAULT
 
@@ -114,7 +115,7 @@ def evaluate_benchmark(
     if limit:
         samples = samples[:limit]
     if not samples:
-        raise ValueError(f"{data}: no {benchmark} samples found")
+        raise DataError(f"{data}: no {benchmark} samples found")
     path = model_name
     model, processor = load_model(path, device="cuda" if torch.cuda.is_available() else None)
     model.eval()

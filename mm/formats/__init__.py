@@ -16,7 +16,14 @@ alpaca     ``instruction`` / ``input`` / ``output`` (LLaMA-Factory)             
 openai     ``messages`` with ``image_url`` parts, ``tool_calls``, ``weight``    openai
 trl        ``prompt``/``completion``, ``prompt``/``chosen``/``rejected`` (str)   trl
 rl         ``problem`` or ``prompt`` + ``answer``/``ground_truth`` + ``images``  rl
+llamafactory_v1  ``messages`` of ``{"type", "value"}`` items + ``loss_weight``;   llamafactory_v1
+           ``chosen_messages`` / ``rejected_messages`` (LLaMA-Factory v1)
 =========  ==================================================================  ===============
+
+ShareGPT and alpaca rows with ``chosen`` / ``rejected`` (LLaMA-Factory's ``"ranking": true``) are
+preference records. Audio (a column or an ``<audio>`` placeholder), KTO labels (``kto_tag``, or
+a boolean ``label`` beside a conversation) and a media placeholder left in the text that no item
+fills are problems with their own codes, never silently dropped (``common.check_row``).
 
 Locations are JSONL line numbers (from 1) or row indices (from 0) for every other file.
 Relative media paths of foreign formats resolve against the data root (the file's folder, or
@@ -28,8 +35,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-from mm.formats import openai, rl, sharegpt, trl
-from mm.formats.common import Context
+from mm.formats import llamafactory_v1, openai, rl, sharegpt, trl
+from mm.formats.common import Context, check_leftovers, check_row
 from mm.jsonl import Problem
 from mm.records import Record, RecordError, parse_record
 
@@ -39,6 +46,7 @@ ADAPTERS: dict[str, Callable[[dict, Context], dict]] = {
     "openai": openai.to_record,
     "trl": trl.to_record,
     "rl": rl.to_record,
+    "llamafactory_v1": llamafactory_v1.to_record,
 }
 FORMATS = ("auto", "mmpost", *ADAPTERS)
 TABLE_SUFFIXES = (".parquet", ".arrow")
@@ -64,10 +72,23 @@ def _openai_turn(m: dict) -> bool:
     )
 
 
+def _v1_turn(m: dict) -> bool:
+    parts = m.get("content") if isinstance(m.get("content"), list) else []
+    return "loss_weight" in m or any(
+        isinstance(p, dict) and "value" in p and p.get("type") in llamafactory_v1.CONTENT for p in parts
+    )
+
+
 def detect(row: dict) -> str:
     """The format of one row, from its columns."""
     media = "images" in row or "videos" in row
+    if "chosen_messages" in row or "rejected_messages" in row:
+        return "llamafactory_v1"
     if "chosen" in row or "rejected" in row:
+        if "conversations" in row or _has(row.get("messages"), lambda m: "from" in m):
+            return "sharegpt"  # LLaMA-Factory's ranking rows: the prompt, then one turn each
+        if "instruction" in row:
+            return "alpaca"
         strings = any(isinstance(row.get(k), str) for k in ("prompt", "chosen", "rejected"))
         return "trl" if media or strings else "mmpost"
     if "completion" in row:
@@ -80,6 +101,8 @@ def detect(row: dict) -> str:
         return "sharegpt"
     if "messages" in row:
         msgs = row["messages"]
+        if _has(msgs, _v1_turn):
+            return "llamafactory_v1"
         if _has(msgs, lambda m: "from" in m) or media:
             return "sharegpt"
         return "openai" if _has(msgs, _openai_turn) or "tools" in row else "mmpost"
@@ -101,14 +124,18 @@ def read_rows(path: str) -> tuple[Iterator[tuple[int, dict | Problem]], Context,
 
     entry = llama_factory_entry(path)
     if entry is not None:
-        declared, ctx.columns, ctx.tags = sharegpt.llama_factory_mapping(entry)
+        declared, ctx.columns, ctx.tags, ctx.ranking = sharegpt.llama_factory_mapping(entry)
     return json_rows(path), ctx, declared
 
 
 def convert_row(row: dict, ctx: Context, format: str = "auto") -> dict:
-    """One row as an mmpost record object (before validation)."""
+    """One row as an mmpost record object (before validation); what it holds that no record can
+    (audio, KTO labels, placeholders no image fills) raises ``RecordError``."""
+    check_row(row, ctx)
     kind = detect(row) if format == "auto" else format
-    return row if kind == "mmpost" else ADAPTERS[kind](row, ctx)
+    rec = row if kind == "mmpost" else ADAPTERS[kind](row, ctx)
+    check_leftovers(rec)
+    return rec
 
 
 def open_records(path: str, format: str = "auto") -> Iterator[tuple[int, Record | Problem]]:

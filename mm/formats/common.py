@@ -1,5 +1,8 @@
 """What the format adapters share: media references under a data root, ``<image>`` / ``<video>``
-placeholders matched in order to the ``images`` / ``videos`` lists, and the tools system prompt.
+placeholders matched in order to the ``images`` / ``videos`` lists, the tools system prompt, and
+the checks that nothing of a row is silently lost (:func:`check_row`, :func:`check_leftovers`):
+audio (a column or an ``<audio>`` placeholder), unpaired KTO labels, and media placeholders
+left in the text of a record that no image fills are named problems, never dropped.
 
 Every adapter turns one row (a dict) into one mmpost record (a dict that ``mm.records.parse_record``
 then validates) and raises ``RecordError`` naming the key and the fix when it cannot.
@@ -15,7 +18,9 @@ from typing import Any
 
 from mm.records import RecordError
 
-PLACEHOLDER = re.compile(r"(<image>|<video>)")
+PLACEHOLDER = re.compile(r"(<image>|<video>|<audio>)")
+AUDIO_COLUMNS = ("audios", "audio")  # LLaMA-Factory's column, and the singular spelling
+CONVERSATION_COLUMNS = ("messages", "conversations", "completion", "output", "chosen", "chosen_messages")
 DEFAULT_SYSTEM = "You are a helpful assistant."  # what the Qwen2-VL template adds when none is given
 # The Qwen2.5 chat template's tools block (as LLaMA-Factory's qwen templates write it too).
 TOOLS_BLOCK = (
@@ -33,6 +38,7 @@ class Context:
     root: str  # the data root: relative paths resolve here and must stay inside it
     columns: dict = field(default_factory=dict)  # LLaMA-Factory dataset_info.json "columns"
     tags: dict = field(default_factory=dict)  # LLaMA-Factory dataset_info.json "tags"
+    ranking: bool = False  # dataset_info.json "ranking": rows are (prompt, chosen, rejected) pairs
 
     def media(self, ref: Any, key: str) -> Any:
         """A media reference made loadable: relative paths become absolute (inside the root)."""
@@ -98,6 +104,8 @@ class Placeholders:
             return text
         out = []
         for p in parts:
+            if p == "<audio>":
+                raise no_audio("an <audio> placeholder in the text")
             if p in ("<image>", "<video>"):
                 out.append(self.take(p[1:-1]))
             elif p:
@@ -205,3 +213,67 @@ def require(row: dict, key: str, fmt: str) -> Any:
             f"add '{key}', or set data.format to the format the file is in",
         )
     return row[key]
+
+
+# ----------------------------------------------------------------------------- nothing silently lost
+
+
+def no_audio(what: str) -> RecordError:
+    return RecordError(
+        "unsupported_audio",
+        f"the row has {what}: mmpost trains vision-language models and cannot read audio",
+        "drop the audio (its column and <audio> placeholders) or leave these rows out; "
+        "training on the text alone would teach answers to sounds the model never heard",
+    )
+
+
+def check_row(row: dict, ctx: Context) -> None:
+    """What no format can honour: audio columns, and unpaired (KTO) labels."""
+    for key in dict.fromkeys((ctx.column("audios"), *AUDIO_COLUMNS)):
+        if row.get(key) not in (None, "", [], ()):
+            raise no_audio(f"an audio column '{key}'")
+    tag = ctx.columns.get("kto_tag") or ("kto_tag" if "kto_tag" in row else None)
+    if tag is None and isinstance(row.get("label"), bool) and any(k in row for k in CONVERSATION_COLUMNS):
+        tag = "label"  # TRL's and LLaMA-Factory's KTO rows: a response and whether it is desirable
+    if tag is not None and row.get(tag) is not None:
+        raise RecordError(
+            "unpaired_preference",
+            f"the row is an unpaired (KTO) example: '{tag}' = {row[tag]!r} marks its answer desirable "
+            "or not, and mmpost has no KTO trainer (as SFT it would learn the undesirable answers too)",
+            "pair a desirable and an undesirable answer to the same prompt as chosen/rejected for DPO, "
+            f"or train SFT on the rows whose '{tag}' is true with that column dropped",
+        )
+
+
+def _texts(content: Any):
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for it in content:
+            if isinstance(it, dict) and it.get("type", "text") == "text" and isinstance(it.get("text"), str):
+                yield it["text"]
+
+
+def check_leftovers(rec: Any) -> None:
+    """A converted record (a dict) whose text still holds ``<image>``, ``<video>`` or ``<audio>``:
+    a placeholder no item of the row fills would be trained as literal text."""
+    if not isinstance(rec, dict):
+        return
+    for key in ("messages", "prompt", "chosen", "rejected"):
+        turns = rec.get(key)
+        for i, m in enumerate(turns if isinstance(turns, list) else ()):
+            for text in _texts(m.get("content") if isinstance(m, dict) else None):
+                found = PLACEHOLDER.search(text)
+                if found is None:
+                    continue
+                if found.group() == "<audio>":
+                    raise no_audio(f"an <audio> placeholder in {key}[{i}]")
+                raise RecordError(
+                    "unknown_placeholder",
+                    f"{key}[{i}] text holds {found.group()}, which no {found.group()[1:-1]} of the "
+                    "record fills: it would be trained as literal text",
+                    f"put the {found.group()[1:-1]} there as a content item "
+                    f'({{"type": "{found.group()[1:-1]}", "{found.group()[1:-1]}": PATH}}), or, for '
+                    f"ShareGPT / LLaMA-Factory rows with an '{found.group()[1:-1]}s' column, set "
+                    "data.format=sharegpt; otherwise remove it",
+                )

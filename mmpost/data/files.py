@@ -6,7 +6,10 @@ from __future__ import annotations
 import collections
 
 DATA_FILE_HELP = "data file: JSONL, JSON, parquet, arrow, or a save_to_disk / parquet folder (docs/data.md)"
-FORMAT_HELP = "auto (told by the columns), mmpost, sharegpt, alpaca, openai, trl or rl (default %(default)s)"
+FORMAT_HELP = (
+    "auto (told by the columns), mmpost, sharegpt, alpaca, openai, trl, llamafactory_v1 or rl "
+    "(default %(default)s)"
+)
 
 
 def _add_data_file(p, format_help: str = FORMAT_HELP) -> None:

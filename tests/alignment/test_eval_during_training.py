@@ -336,3 +336,20 @@ def test_eval_lines_reach_the_trackers_and_leave_the_training_bar(tmp_path, monk
         ("eval/loss", 2.25, 5),
         ("eval/accuracy", 0.5, 5),
     ]
+
+
+def test_data_eval_null_switches_evaluation_off(synth, tmp_path, capsys):
+    """The quickstart YAML sets eval_every and save_best; data.eval=null alone turns both off,
+    said once in the log (it used to stop at two errors, one per key)."""
+    from alignment.train import train
+
+    out = str(tmp_path / "run")
+    over = [f"data.train={synth['train']}", "data.eval=null", "train.max_steps=2", "train.save_every=0"]
+    train(QUICKSTART, [*over, "train.export=false", "train.log_every=1"], output_dir=out)
+    log = capsys.readouterr().out
+    said = "data.eval is not set: no evaluation during training (train.eval_every=100 and train.save_best=eval_loss ignored)"
+    assert log.count(said) == 1, log[-2000:]
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert not any(k.startswith("eval_") for m in metrics for k in m)
+    assert not os.path.exists(os.path.join(out, "best"))

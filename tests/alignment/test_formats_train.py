@@ -85,3 +85,47 @@ def test_dpo_on_trl_columns_matches_jsonl(tmp_path):
     assert len(runs["jsonl"]) == 2 and runs["jsonl"][1][1] != 0
     for k, run in runs.items():
         assert run == runs["jsonl"], k
+
+
+@pytest.mark.slow
+def test_dpo_on_llama_factory_ranking_and_v1_files_matches_jsonl(tmp_path):
+    """Two DPO steps on the same pairs (image and text prompts, a system turn, earlier exchanges):
+    mmpost JSONL, LLaMA-Factory ranking rows declared in dataset_info.json (ShareGPT, as its
+    dpo_en_demo.json; alpaca, as ultrafeedback) and v1 chosen_messages / rejected_messages."""
+    from tests.mm.test_llama_factory import llama_factory_pairs
+
+    files = llama_factory_pairs(str(tmp_path))
+    del files["undeclared"]  # read as "sharegpt" (test_llama_factory): the same records
+    over = ("train.max_steps=2", "optim.lr=1e-3")
+    keys = ("loss", "m_chosen_reward", "m_rejected_reward")
+    runs = {k: losses(DPO_CONFIG, f, str(tmp_path / k), *over, keys=keys) for k, f in files.items()}
+    assert len(runs["jsonl"]) == 2 and runs["jsonl"][1][1] != 0
+    for k, run in runs.items():
+        assert run == runs["jsonl"], k
+
+
+@pytest.mark.slow
+def test_sft_on_llama_factory_v1_matches_jsonl(tmp_path):
+    """Three packed SFT steps: quickstart trajectories as mmpost JSONL (the first answer of every
+    other record untrained) and as LLaMA-Factory v1 messages (its loss_weight 0.0 / 1.0)."""
+    from tests.format_rows import lf_v1_rows, read_jsonl, write_jsonl
+
+    os.symlink(os.path.join(ROOT, "data", "synth", "images"), tmp_path / "images")
+    rows = read_jsonl(os.path.join(ROOT, "data", "synth", "train.jsonl"))[:12]
+    for r in rows[::2]:
+        next(m for m in r["messages"] if m["role"] == "assistant")["train"] = False
+    jsonl = write_jsonl(rows, str(tmp_path / "sft.jsonl"))
+    v1 = write_jsonl(lf_v1_rows(jsonl), str(tmp_path / "v1_sft.jsonl"))
+    over = ("train.max_steps=3", "data.eval=null", "data.micro_batch_size=2")
+    a = losses(QUICKSTART, jsonl, str(tmp_path / "jsonl"), *over)
+    b = losses(QUICKSTART, v1, str(tmp_path / "v1"), *over)
+    every = losses(
+        QUICKSTART,
+        write_jsonl(
+            read_jsonl(os.path.join(ROOT, "data", "synth", "train.jsonl"))[:12], str(tmp_path / "all.jsonl")
+        ),
+        str(tmp_path / "all"),
+        *over,
+    )
+    assert len(a) == 3 and a == b
+    assert a != every  # the untrained turns matter: loss_weight was not ignored

@@ -112,7 +112,14 @@ def _configs():
     from streaming.engine import StreamConfig
     from vision_tools.server import ServeConfig
 
-    serve_exclude = {"max_body_bytes", "max_image_bytes", "engine.max_turns", "engine.max_turn_tokens"}
+    # engine.logprobs: asked for per request, not a server flag
+    serve_exclude = {
+        "max_body_bytes",
+        "max_image_bytes",
+        "engine.max_turns",
+        "engine.max_turn_tokens",
+        "engine.logprobs",
+    }
     # argv -> [(config class, how its keys show: "--flag", "KEY = DEFAULT" or only the help text, left out)]
     return {
         ("stream",): [(StreamConfig, "flag", set())],

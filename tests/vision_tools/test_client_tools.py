@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import free_port, solid, start_server
+from tests.vision_tools.openai_schemas import conforms, stream_conforms
 
 openai = pytest.importorskip("openai", reason="the openai SDK is in the dev extra")
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
@@ -96,7 +97,9 @@ def test_client_side_tool_round_trip(server):
         }
     ]
     opts = {"model": "tiny", "tools": tools, "extra_body": {"max_resamples": 0}}
-    first = client.chat.completions.create(messages=messages, **opts)
+    sent = client.chat.completions.with_raw_response.create(messages=messages, **opts)
+    conforms("completion", sent.http_response.json())  # tool_calls as OpenAI's schema has them
+    first = sent.parse()
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
@@ -135,6 +138,14 @@ def test_a_streamed_tool_call_reads_as_tool_calls(server):
             model="tiny", messages=messages, tools=tools, stream=True, extra_body={"max_resamples": 0}
         )
     )
+    with httpx.stream(
+        "POST",
+        server + "/v1/chat/completions",
+        json={"messages": messages, "tools": tools, "stream": True, "max_resamples": 0},
+        timeout=300,
+    ) as r:
+        events = stream_conforms(r.read().decode())  # every chunk as OpenAI's schema has it
+    assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in events)
     calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
     assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [("crop_image", ARGS)]
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
@@ -152,4 +163,7 @@ def test_bad_tool_declarations_are_refused(server):
         ([{"type": "retrieval"}], "tools[0]"),
     ]:
         r = httpx.post(chat, json={"messages": ask, "tools": tools})
-        assert r.status_code == 400 and fragment in r.json()["error"]["message"], (tools, r.text)
+        assert r.status_code == 400 and fragment in conforms("error", r.json())["error"]["message"], (
+            tools,
+            r.text,
+        )

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from tests.conftest import free_port, solid, start_server
+from tests.vision_tools.openai_schemas import conforms, error_code, stream_conforms
 from vision_tools.serve_config import ServeConfig
 
 openai = pytest.importorskip("openai", reason="the openai SDK is in the dev extra")
@@ -218,3 +219,131 @@ def test_a_hundred_concurrent_requests_are_all_answered(server):
     health = httpx.get(server + "/health").json()
     assert health["status"] == "ok" and health["queued"] == 0 and health["running"] == 0
     assert health["peak_batch"] == ServeConfig().max_batch  # slots were refilled as conversations finished
+
+
+# ----------------------------------------------------------------------------- OpenAI's schema, logprobs
+
+
+def raw(client, **opts) -> dict:
+    """The completion's JSON as the server sent it (the SDK's objects fill in missing fields)."""
+    return client.chat.completions.with_raw_response.create(**opts).http_response.json()
+
+
+def streamed(server, body: dict) -> list[dict]:
+    """Every event of a streamed request, each checked against OpenAI's chunk (or error) schema."""
+    with httpx.stream(
+        "POST", server + "/v1/chat/completions", json={**body, "stream": True}, timeout=300
+    ) as r:
+        assert r.status_code == 200
+        return stream_conforms(r.read().decode())
+
+
+def test_every_body_follows_openais_published_schema(client, server):
+    """Completions (greedy, n > 1 sampled, with log-probs), stream chunks, /v1/models and the
+    errors: each validates against OpenAI's CreateChatCompletionResponse, ...StreamResponse,
+    ListModelsResponse and ErrorResponse (required fields, types, nullability)."""
+    ask = [{"role": "user", "content": [image_part(solid(84, 56)), {"type": "text", "text": "Shapes?"}]}]
+    opts = {"model": "tiny", "messages": ask, "max_tokens": 8}
+    plain = conforms("completion", raw(client, **opts, extra_body=GREEDY))
+    assert plain["choices"][0]["logprobs"] is None and plain["choices"][0]["message"]["refusal"] is None
+    scored = conforms(
+        "completion", raw(client, **opts, n=2, temperature=1.0, seed=3, logprobs=True, top_logprobs=0)
+    )
+    for choice in scored["choices"]:
+        content = choice["logprobs"]["content"]
+        assert len(content) == choice["trajectory"]["generated_tokens"] and content[0]["top_logprobs"] == []
+        assert all(e["logprob"] <= 0 for e in content)
+    conforms("models", httpx.get(server + "/v1/models").json())
+
+    body = {"model": "tiny", "messages": ask, "max_tokens": 8, "max_resamples": 0}
+    events = streamed(server, body)
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    events = streamed(server, {**body, "logprobs": True, "stream_options": {"include_usage": True}})
+    per_turn = [e["choices"][0]["logprobs"]["content"] for e in events if e["choices"] and "turn" in e]
+    whole = raw(client, **opts, logprobs=True, extra_body=GREEDY)["choices"][0]["logprobs"]["content"]
+    assert [x for turn in per_turn for x in turn] == whole  # the turns' chunks carry the same entries
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == len(whole)
+
+    chat = server + "/v1/chat/completions"
+    for extra, status, param, code in [
+        ({"logprobs": True, "top_logprobs": 3}, 400, "top_logprobs", "unsupported_parameter"),
+        ({"top_logprobs": 0}, 400, "top_logprobs", "bad_request"),  # needs logprobs: true
+        ({"logprobs": "yes"}, 400, "logprobs", "bad_request"),
+        ({"n": 99}, 400, "n", "bad_request"),
+        ({"messages": []}, 400, "messages", "bad_request"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "audio"}]}]},
+            400,
+            "messages[0].content[0]",
+            "bad_request",
+        ),
+    ]:
+        r = httpx.post(chat, json={**body, **extra})
+        assert r.status_code == status and error_code(r) == code, (extra, r.text)
+        err = r.json()["error"]
+        assert (err["type"], err["param"]) == ("invalid_request_error", param), err
+    r = httpx.get(server + "/v1/nothing")
+    assert (
+        r.status_code == 404
+        and error_code(r) == "not_found"
+        and r.json()["error"]["type"] == "not_found_error"
+    )
+    with pytest.raises(openai.BadRequestError) as e:  # the SDK reads the error as OpenAI's
+        client.chat.completions.create(**opts, logprobs=True, top_logprobs=5)
+    assert e.value.param == "top_logprobs" and e.value.code == "unsupported_parameter"
+
+
+def test_logprobs_are_the_trainers_for_the_returned_tokens(client, local):
+    """``logprobs: true``: each returned token's log-prob equals the trainer's (one forward of the
+    conversation, ``mm.logprobs``) for the same ids, 1e-4: a greedy run with tool turns (replayed
+    here), and sampled choices (temperature 1.3, top-k 8: still the model's own distribution)."""
+    import torch
+
+    from mm import load_model
+    from mm.logprobs import labelled_logprobs
+    from mm.rope import RopeSpec
+    from vision_tools import EngineConfig, ToolEngine, system_prompt
+
+    model, processor = load_model("tiny")
+    img, q = solid(112, 84), "How many shapes?"
+    ask = [{"role": "user", "content": [image_part(img), {"type": "text", "text": q}]}]
+    here = [user([img], f"Image 0: 112 x 84.\nQuestion: {q}{ASK}")]
+
+    def trainer(traj) -> torch.Tensor:
+        sample = traj.encoded(RopeSpec.from_config(model.config))
+        with torch.no_grad():
+            logits = model(**sample.model_inputs()).logits
+        return labelled_logprobs(logits, None, sample.labels[None]).values
+
+    reply = raw(client, model="tiny", messages=ask, max_tokens=12, logprobs=True, extra_body=GREEDY)
+    expected = local(here, max_turn_tokens=12)
+    choice = reply["choices"][0]
+    assert [t["text"] for t in choice["trajectory"]["turns"]] == [r.text for r in expected.turns]
+    served = torch.tensor([e["logprob"] for e in choice["logprobs"]["content"]])
+    assert len(served) == expected.generated_tokens and len(expected.turns) > 1
+    assert float((served - trainer(expected)).abs().max()) < 1e-4
+    ids = [i for t in choice["trajectory"]["turns"] for i in t["token_ids"]]
+    assert ids == expected.input_ids[expected.generated].tolist()
+    tok, content = processor.tokenizer, choice["logprobs"]["content"]
+    for t in choice["trajectory"]["turns"]:  # each turn's entries: its ids' bytes, its log-probs
+        entries, content = content[: len(t["token_ids"])], content[len(t["token_ids"]) :]
+        assert bytes(b for e in entries for b in e["bytes"] or []).decode(errors="replace") == tok.decode(
+            t["token_ids"]
+        )
+        assert [e["logprob"] for e in entries] == t["logprobs"]
+
+    sampled = raw(
+        client, model="tiny", messages=ask, max_tokens=10, n=2, temperature=1.3, seed=5, logprobs=True,
+        extra_body={"top_k": 8, "max_turns": 1, "max_resamples": 0},
+    )  # fmt: skip
+    prompt = [{"role": "system", "content": system_prompt()}, *here]
+    engine = ToolEngine(model, processor, None, EngineConfig(max_turns=1, max_turn_tokens=10))
+    texts = set()
+    for choice in sampled["choices"]:
+        (turn,) = choice["trajectory"]["turns"]
+        texts.add(turn["text"])
+        (conv,) = engine.start([prompt])  # the served prompt, encoded here, and the served ids after it
+        conv.extend(turn["token_ids"], generated=True)
+        got = torch.tensor([e["logprob"] for e in choice["logprobs"]["content"]])
+        assert float((got - trainer(engine.trajectory(conv))).abs().max()) < 1e-4
+    assert len(texts) == 2  # two different samples, each scored as the trainer scores it

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import free_port, solid, start_server
+from tests.vision_tools.openai_schemas import conforms, error_code
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -49,8 +50,9 @@ def test_chat_completion_runs_the_tool_loop(server):
         url + "/v1/chat/completions", json=chat_body(data_url(solid(280, 224)), max_tokens=12), timeout=120
     )
     assert r.status_code == 200, r.text
-    j = r.json()
+    j = conforms("completion", r.json())  # OpenAI's CreateChatCompletionResponse
     assert j["object"] == "chat.completion" and j["choices"][0]["message"]["role"] == "assistant"
+    assert j["choices"][0]["logprobs"] is None and j["choices"][0]["message"]["refusal"] is None
     t = j["choices"][0]["trajectory"]
     assert 1 <= len(t["turns"]) <= 4 and all(turn["tokens"] <= 12 for turn in t["turns"])
     assert (
@@ -78,9 +80,9 @@ def test_tool_endpoints(server):
     assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (224, 168)
     bad = {**body, "arguments": {"bbox_2d": [0, 0, 999, 10], "image_index": 0}}
     r = httpx.post(url + "/v1/tools/crop_image", json=bad)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "bbox_out_of_bounds"
+    assert r.status_code == 422 and error_code(r) == "bbox_out_of_bounds"
     r = httpx.post(url + "/v1/tools/rotate_image", json=body)
-    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_tool"
+    assert r.status_code == 404 and error_code(r) == "unknown_tool"
 
 
 @pytest.mark.parametrize(
@@ -94,7 +96,7 @@ def test_tool_endpoints(server):
 )
 def test_malformed_requests(server, path, body, status, code):
     r = httpx.post(server[0] + path, content=body, headers={"content-type": "application/json"})
-    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert r.status_code == status and error_code(r) == code
 
 
 def test_bad_inputs_get_clear_errors(server):
@@ -106,33 +108,33 @@ def test_bad_inputs_get_clear_errors(server):
 
     big = Image.fromarray(np.frombuffer(noise[: 360 * 360 * 3], dtype=np.uint8).reshape(360, 360, 3))
     r = httpx.post(chat, json=chat_body(data_url(big)))
-    assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+    assert r.status_code == 413 and error_code(r) == "image_too_large"
     r = httpx.post(chat, json=chat_body(os.path.relpath(secret, secret.parent / "x")))  # ../secret.png
-    assert r.status_code == 403 and r.json()["error"]["code"] == "path_refused"
+    assert r.status_code == 403 and error_code(r) == "path_refused"
     r = httpx.post(chat, json=chat_body(str(secret)))  # an absolute path outside the folder
     assert r.status_code == 403
     r = httpx.post(chat, json=chat_body("http://example.com/a.png"))
-    assert r.status_code == 400 and r.json()["error"]["code"] == "remote_url"
+    assert r.status_code == 400 and error_code(r) == "remote_url"
     r = httpx.post(chat, json=chat_body("data:image/png;base64,!!!"))
-    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
+    assert r.status_code == 400 and error_code(r) == "bad_image"
     r = httpx.post(chat, json=chat_body("data:image/png;base64," + base64.b64encode(b"not a png").decode()))
-    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
+    assert r.status_code == 400 and error_code(r) == "bad_image"
     r = httpx.post(chat, json=chat_body(data_url(solid(56, 56)), max_tokens=100000))
-    assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "max_tokens" in conforms("error", r.json())["error"]["message"]
     nine = chat_body(data_url(solid(56, 56)))  # the server allows 8 images per request
     nine["messages"][0]["content"] += [
         {"type": "image_url", "image_url": {"url": data_url(solid(56, 56))}}
     ] * 8
     r = httpx.post(chat, json=nine)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_images"
+    assert r.status_code == 400 and error_code(r) == "too_many_images"
     asst = chat_body(data_url(solid(56, 56)))
     asst["messages"].append({"role": "assistant", "content": "hi"})
     r = httpx.post(chat, json=asst)  # nothing left for the model to answer
-    assert r.status_code == 400 and "last message" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "last message" in conforms("error", r.json())["error"]["message"]
     r = httpx.post(chat, json={"messages": [{"role": "tool", "content": "x"}]})
-    assert r.status_code == 400 and "messages[0]" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "messages[0]" in conforms("error", r.json())["error"]["message"]
     r = httpx.post(chat, json=chat_body("missing.png"))
-    assert r.status_code == 404 and r.json()["error"]["code"] == "missing_image"
+    assert r.status_code == 404 and error_code(r) == "missing_image"
     assert httpx.get(url + "/health").json()["status"] == "ok"
 
 
@@ -150,6 +152,8 @@ def test_twenty_concurrent_requests_are_batched(server):
     responses = asyncio.run(main())
     assert 8 <= httpx.get(url + "/health").json()["peak_batch"] <= 16  # 20 requests share 16 slots
     assert [r.status_code for r in responses] == [200] * 20
+    for r in responses:
+        conforms("completion", r.json())
     assert len({r.json()["id"] for r in responses}) == 20
     for i in (0, 7, 13, 19):  # each answer belongs to its own request: greedy, so alone it is the same
         alone = httpx.post(url + "/v1/chat/completions", json=bodies[i], timeout=120).json()
@@ -208,7 +212,7 @@ def test_the_curl_examples_in_the_docs_work(server):
         docs.append(obj)
         text = text[end:].strip()
     completion, crop, listed, health = docs
-    assert completion.get("object") == "chat.completion", completion
+    assert conforms("completion", completion).get("object") == "chat.completion", completion
     assert completion["choices"][0]["trajectory"]["turns"]
     assert (crop["width"], crop["height"]) == (168, 224)
     assert len(listed["tools"]) == 3 and health["status"] == "ok"
@@ -314,6 +318,15 @@ def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server):
         assert text(second) == text(post(short))
         head = text(post({**long, "max_tokens": 64}))[:-2]  # its first 64 tokens (a cut character aside)
         assert text(first).startswith(head) and len(head) > 20
+        # log-probs of a turn resumed every 4 tokens are those of the whole turn
+        scored = {**chat_body(data_url(solid(84, 84)), "Scored?", max_tokens=24, **greedy), "logprobs": True}
+        cut, whole = (
+            conforms("completion", r.json())
+            for r in (httpx.post(url + "/v1/chat/completions", json=scored, timeout=120), post(scored))
+        )
+        lps = [[e["logprob"] for e in j["choices"][0]["logprobs"]["content"]] for j in (cut, whole)]
+        assert len(lps[0]) == cut["usage"]["completion_tokens"] > 4
+        assert max(abs(a - b) for a, b in zip(*lps)) < 1e-5 and len(lps[0]) == len(lps[1])
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -22,7 +22,8 @@ import shutil
 
 import torch
 
-from mm.dataset import Problem, iter_jsonl
+from mm.config import ConfigError
+from mm.dataset import DataError, Problem, iter_jsonl
 from mm.visual import open_image, resolve
 from vla.spatial.teacher import Teacher, teacher_images
 
@@ -60,9 +61,9 @@ def write_features(
     rows = list(iter_jsonl(data))
     bad = [r for _, r in rows if isinstance(r, Problem)]
     if bad:
-        raise ValueError(f"{bad[0]}\n(run `mmpost data validate {data}`)")
+        raise DataError(f"{bad[0]} (run `mmpost data validate {data}`)")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, META)):
-        raise ValueError(f"{out} exists and is not a teacher-features folder (no {META}); pick another")
+        raise ConfigError(f"{out} exists and is not a teacher-features folder (no {META}); pick another")
     final, out = out, out.rstrip("/") + ".tmp"
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -130,22 +131,22 @@ class FeatureStore:
         fix = f"recompute: mmpost data teacher-features {data} {self.folder} --teacher {teacher}"
         fix += f" --teacher-weights {weights}" if weights else ""
         if m["teacher"] != teacher:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.folder}: features of teacher {m['teacher']!r}, the config asks for {teacher!r}; {fix}"
             )
         if image_size and m["image_size"] != image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.folder}: features at image size {m['image_size']}, the config asks for {image_size}; {fix}"
             )
         if m.get("data_sha256") != file_sha256(data):
-            raise ValueError(
+            raise ConfigError(
                 f"{self.folder}: features of data file {m['data']}, whose contents differ from the "
                 f"training data {data} (sha256); {fix}"
             )
         if weights:
             had = m.get("teacher_weights") or {}
             if had.get("size") != os.path.getsize(weights) or had.get("sha256") != file_sha256(weights):
-                raise ValueError(
+                raise ConfigError(
                     f"{self.folder}: features of teacher weights {had.get('path')}, which differ from "
                     f"align.teacher_weights={weights} (size or sha256); {fix}"
                 )
