@@ -29,6 +29,7 @@ from PIL import Image
 from mm.chat_template import ASSISTANT_HEADER, END_OF_TEXT, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
 from mm.config import ConfigError, opt
 from mm.encode import IGNORE, ConversationEncoder, EncodedSample
+from mm.models import family_of_processor
 from mm.records import Message, is_visual, parse_message
 from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
@@ -208,7 +209,12 @@ class ToolEngine:
         self.cfg = config or EngineConfig()
         self.tools: dict[str, Tool] = as_toolset(tools)
         self.generator = generator or make_generator(self.cfg.generator, model, processor)
-        rope = RopeSpec.from_config(model.config) if model is not None else RopeSpec()
+        # no model (a scripted generator): the rule of the processor's family
+        rope = (
+            RopeSpec.from_config(model.config)
+            if model is not None
+            else RopeSpec.for_family(family_of_processor(processor))
+        )
         self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
         ids = self.tok.convert_tokens_to_ids
         self.end_id, self.eot_id, self.image_id = (
@@ -437,6 +443,7 @@ class ToolEngine:
             max_pixels=self.cfg.visual.max_pixels,
             max_visual_tokens=room,
             snap_scale=self.cfg.snap_scale,
+            factor=self.encoder.family.factor,
         )
         parsed = None
         try:
