@@ -117,10 +117,12 @@ def cmd_convert(args) -> int:
 
 
 def load_processor(name: str):
-    from mm.tiny import PRESETS, tiny_processor
+    """The processor of a preset (``tiny``, ``tiny-qwen3vl``, ...: its family's, built offline) or
+    of a local checkpoint."""
+    from mm.tiny import preset_names, resolve_preset, tiny_processor
 
-    if name in PRESETS:
-        return tiny_processor()
+    if name in preset_names():
+        return tiny_processor(resolve_preset(name)[0])
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(name, local_files_only=True)
