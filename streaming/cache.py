@@ -116,7 +116,7 @@ class StreamingKVCache:
         from mm.models import family_of
 
         family = family_of(model.config)
-        family.require("streaming", "mmpost stream (the bounded streaming KV cache)")
+        family.require("streaming", "the streaming KV cache")
         self.cfg = config or CacheConfig()
         self.drop_ids, self.silence_ids = set(drop_ids), list(silence_ids)
         rotary = family.submodule(model, family.rotary)
