@@ -87,7 +87,9 @@ def cmd_validate(args) -> int:
 def add_stats(p) -> None:
     _add_file(p)
     p.add_argument(
-        "--model", default="tiny", help="processor to count tokens with: 'tiny' or a local checkpoint folder"
+        "--model",
+        default="tiny",
+        help="processor to count tokens with: a preset ('tiny', 'tiny-qwen3vl', ...) or a local checkpoint folder",
     )
     p.set_defaults(func=cmd_stats)
 
