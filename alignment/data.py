@@ -176,6 +176,15 @@ def collate_samples(ds: RecordDataset, layout: str, pad_id: int, attn: str, spec
     return pack_batch(rows, pad_id, attn) if rows else None
 
 
+def check_layout(cfg: DataConfig, model) -> None:
+    """``data.layout=pack`` needs a model family whose packed rows equal its samples run alone
+    (``ModelFamily.packing``); Qwen3.5's linear-attention layers mix a row, so it trains padded."""
+    if cfg.layout == "pack":
+        from mm.models import family_of
+
+        family_of(model.config).require("packing", "data.layout=pack")
+
+
 def check_lengths(ds: RecordDataset, lengths: list[int], cfg: DataConfig, what: str = "sample") -> None:
     """Items over max_tokens: an error naming the line, or counted as skipped. ``what`` names an
     item in the message (DPO: a pair's longer sequence)."""

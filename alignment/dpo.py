@@ -34,7 +34,7 @@ from functools import partial
 import torch
 
 from alignment import units
-from alignment.data import MicroBatches, StepPlanner, check_lengths, loader
+from alignment.data import MicroBatches, StepPlanner, check_layout, check_lengths, loader
 from alignment.dpo_config import DPOConfig
 from alignment.dpo_data import PairDataset, collate_pair_plan
 from alignment.evaluator import HeldOut, shard_plan
@@ -128,6 +128,7 @@ class DPOTrainer(Trainer):
         attn = choose_backend(cfg.model.attn, device)
         model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
         model.to(device)
+        check_layout(cfg.data, model)  # a pair's packed row only where packing is exact (Qwen3.5: pad)
         if not cfg.data.train:
             raise ConfigError("data.train is empty: set it to a preference JSONL (prompt, chosen, rejected)")
         encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))

@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 
-from alignment.data import StepPlanner, check_lengths, collate_samples, loader
+from alignment.data import StepPlanner, check_layout, check_lengths, collate_samples, loader
 from alignment.evaluator import HeldOut, shard_plan
 from alignment.infra import distributed as dist
 from alignment.loop import Trainer, TrainState
@@ -50,6 +50,7 @@ class SFTTrainer(Trainer):
         attn = choose_backend(m.attn, device)
         model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
         model.train()
+        check_layout(cfg.data, model)  # packing only where it is exact (Qwen3.5: pad)
         if not cfg.data.train:
             raise ConfigError("data.train is empty: set it in the config or with data.train=FILE.jsonl")
         encoder = ConversationEncoder(processor, cfg.data.visual, RopeSpec.from_config(model.config))

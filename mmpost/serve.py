@@ -14,7 +14,9 @@ def add_serve(p: argparse.ArgumentParser, words) -> None:
     from vision_tools.server import ServeConfig
 
     p.add_argument(
-        "--model", default="tiny", help="'tiny' or a local checkpoint folder (default %(default)s)"
+        "--model",
+        default="tiny",
+        help="a preset ('tiny', 'tiny-qwen3vl', ...) or a local checkpoint folder (default %(default)s)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)"

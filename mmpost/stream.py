@@ -20,7 +20,9 @@ def add_stream(p: argparse.ArgumentParser, words) -> None:
 
     p.add_argument("source", help="video file, folder of frames, camera:N, rtsp://..., or synthetic:SECONDS")
     p.add_argument(
-        "--model", default="tiny", help="'tiny' or a local checkpoint folder (default %(default)s)"
+        "--model",
+        default="tiny",
+        help="a preset ('tiny', 'tiny-qwen3vl', ...) or a local checkpoint folder (default %(default)s)",
     )
     p.add_argument(
         "--jsonl", action="store_true", help="one JSON segment per second on stdout, then a summary"

@@ -30,7 +30,10 @@ rotated, and rounded to bf16, a few times in its life rather than every second).
 A span that moves left by ``d`` positions has every position (all three M-RoPE axes alike)
 shifted by ``d``, so its cached keys only need a rotation by ``-d`` (angles ``-d * inv_freq``):
 rotations compose, so this equals rotating the pre-RoPE keys at the new positions (tested
-against that slow computation). It happens once per round, only for spans that moved.
+against that slow computation). It happens once per round, only for spans that moved. It holds
+for interleaved M-RoPE too (Qwen3-VL: each frequency is driven by one of the three axes, and
+all three moved by ``d``); the text rotary is the family's ``ModelFamily.rotary``. Families
+whose layers keep a running state (Qwen3.5) are refused (``ModelFamily.streaming``).
 ``mode="native"`` keeps the original, ever-growing positions (the ablation).
 """
 
@@ -88,8 +91,9 @@ class Span:
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Rotate post-RoPE keys ``[B, H, n, D]`` as if their positions moved by ``-delta`` ``[n]``.
 
-    With the same shift on the temporal, height and width axes, every M-RoPE section turns by
-    the same angle per frequency, so the 1-D rotation is exact for any ``mrope_section``.
+    With the same shift on the temporal, height and width axes, every M-RoPE frequency turns by
+    the same angle whichever axis drives it, so the 1-D rotation is exact for any
+    ``mrope_section``, contiguous (Qwen2/2.5-VL) or interleaved (Qwen3-VL).
     """
     inv_freq = inv_freq.to(keys.device)
     angles = -delta.to(keys.device, inv_freq.dtype)[:, None] * inv_freq[None, :]  # [n, D/2]
@@ -105,12 +109,17 @@ class StreamingKVCache:
 
     def __init__(self, model, config: CacheConfig | None = None, drop_ids=(), silence_ids=()):
         """``drop_ids``: tokens a reply loses when it becomes previous text (end of turn), as
-        does its closing ``silence_ids`` (" ...")."""
+        does its closing ``silence_ids`` (" ..."). A model family whose layers keep state that
+        cannot lose tokens (Qwen3.5's Gated DeltaNet) is refused with the family's reason."""
         from transformers import DynamicCache
 
+        from mm.models import family_of
+
+        family = family_of(model.config)
+        family.require("streaming", "the streaming KV cache")
         self.cfg = config or CacheConfig()
         self.drop_ids, self.silence_ids = set(drop_ids), list(silence_ids)
-        rotary = model.model.language_model.rotary_emb
+        rotary = family.submodule(model, family.rotary)
         self.inv_freq = rotary.inv_freq.detach().float()
         self.cache = DynamicCache(config=model.config.text_config)
         self.spans: list[Span] = []

@@ -16,7 +16,8 @@ cache, token for token)::
 A word belongs to the second in which it ends (spoken by the end of it); every reply closes
 with ``" ..."``, which alone means nothing was said. The released training data carries no
 query (only its inference does, after the first second's frames); here every chunk has it
-there, where the engine keeps it pinned.
+there, where the engine keeps it pinned. Under a chat template that drops the ``previous text``
+role (Qwen3-VL's), the block is a ``user`` turn (``previous_role``), as the engine lays it out.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 
 from mm.config import ConfigError
 from mm.dataset import DataError
-from streaming.engine import SILENCE, time_prompt
+from streaming.engine import PREVIOUS, SILENCE, previous_role, time_prompt
 
 
 def read_words(path: str) -> list[dict]:
@@ -78,8 +79,10 @@ def build_chunks(
     sink: int = 512,
     window: int = 512,
     video_ref: str | None = None,
+    previous: str = PREVIOUS,
 ) -> list[dict]:
-    """SFT records of ``chunk``-second windows every ``chunk - overlap`` seconds."""
+    """SFT records of ``chunk``-second windows every ``chunk - overlap`` seconds; ``previous``:
+    the role of the previous-text block (``previous_role`` of the model's processor)."""
     if not 0 <= overlap < chunk:
         raise ConfigError(f"need 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
     seconds = math.floor(duration)
@@ -91,7 +94,7 @@ def build_chunks(
         b = min(a + chunk, seconds)
         msgs = [
             {"role": "system", "content": system},
-            {"role": "previous text", "content": previous_text(words, a, tokenizer, sink, window)},
+            {"role": previous, "content": previous_text(words, a, tokenizer, sink, window)},
         ]
         for t in range(a, b):
             content = [
@@ -112,14 +115,17 @@ def build_chunks(
     return records
 
 
-def write_chunks(video: str, transcript: str, out: str, tokenizer=None, **kwargs) -> int:
-    """Write the chunks of one video to ``out`` (JSONL; the video is referenced relative to it)."""
+def write_chunks(video: str, transcript: str, out: str, tokenizer=None, processor=None, **kwargs) -> int:
+    """Write the chunks of one video to ``out`` (JSONL; the video is referenced relative to it);
+    ``processor`` (default: the tiny Qwen2.5-VL one) gives the tokenizer and the previous-text role."""
     from mm.tiny import tiny_processor
     from mm.visual import probe_video
 
     info = probe_video(video)
-    tokenizer = tokenizer or tiny_processor().tokenizer
+    processor = processor or tiny_processor()
+    tokenizer = tokenizer or processor.tokenizer
     ref = os.path.relpath(os.path.abspath(video), os.path.dirname(os.path.abspath(out)))
+    kwargs.setdefault("previous", previous_role(processor))
     recs = build_chunks(
         video, read_words(transcript), info.frames / info.fps, tokenizer, video_ref=ref, **kwargs
     )

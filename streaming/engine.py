@@ -19,6 +19,18 @@ first kept second (the query moves with it)::
     \\n<|im_start|>user\\nTime=0.0-1.0s<|vision_start|>...<|vision_end|>{query}<|im_end|>
     \\n<|im_start|>assistant\\n\\n{words} ...<|im_end|>
     \\n<|im_start|>user\\nTime=1.0-2.0s<|vision_start|>...
+
+The model family decides the frames' form (``mm.models``): frames are sized to multiples of its
+``factor`` (28 px for Qwen2.5-VL, 32 for Qwen3-VL); Qwen2.5-VL's time is in the temporal
+positions (``second_per_grid_ts``), Qwen3-VL's is text: each frame group of the second is
+``<t seconds><|vision_start|>...<|vision_end|>`` with ``t`` its frames' mean time in the stream
+(``mm.chat_template.timestamped_video``), as the encoder writes a training chunk's video
+(``{"video_start": k, "video_end": k + 1}``: the same frames, the same times), and every group
+is a t = 1 block of the positions. The earlier commentary is StreamingVLM's own ``previous
+text`` turn where the chat template renders any role (Qwen2/2.5-VL); Qwen3-VL's template renders
+only system, user, assistant and tool turns and drops the others, so there the block is a
+``user`` turn (:func:`previous_role`; the chunk builder writes the same). Families that cannot
+keep a bounded cache are refused.
 """
 
 from __future__ import annotations
@@ -38,10 +50,12 @@ from mm.chat_template import (
     VIDEO_PAD,
     VISION_END,
     VISION_START,
+    timestamped_video,
     turn,
     turn_header,
 )
 from mm.config import opt
+from mm.models import family_of
 from mm.records import RESERVED
 from mm.rope import TEXT, VIDEO, RopeSpec, mrope_positions
 from streaming.cache import CacheConfig, StreamingKVCache
@@ -49,6 +63,20 @@ from streaming.sources import Second, Source
 
 SILENCE = " ..."  # closes every reply; alone, the model said nothing
 TURN = TURN_END + ASSISTANT_HEADER + "\n"  # the reply opens with a newline, as trained
+PREVIOUS = "previous text"  # StreamingVLM's role of the earlier-commentary block
+
+
+def previous_role(processor) -> str:
+    """The role of the previous-text block under ``processor``'s (or a tokenizer's) chat template:
+    StreamingVLM's ``previous text`` where the template renders it (Qwen2/2.5-VL), else ``user``
+    (Qwen3-VL's template drops roles other than system, user, assistant and tool, with their
+    content, so a ``previous text`` turn would vanish from the training chunk)."""
+    probe = [{"role": "system", "content": "s"}, {"role": PREVIOUS, "content": "p"}]
+    try:
+        text = processor.apply_chat_template(probe, tokenize=False)
+    except ValueError:  # no chat template: StreamingVLM's own layout
+        return PREVIOUS
+    return PREVIOUS if turn_header(PREVIOUS) in text else "user"
 
 
 def time_prompt(second: int) -> str:
@@ -137,6 +165,9 @@ class StreamingEngine:
         self.cfg = config or StreamConfig()
         self.rope = RopeSpec.from_config(model.config)
         self.merge = self.rope.spatial_merge_size**2
+        self.family = family_of(model.config)
+        self.timestamps = self.family.video_time == "timestamps"  # Qwen3-VL: <t seconds> text
+        self.previous = previous_role(processor)  # "previous text", or "user" (Qwen3-VL)
         ids = self.tok.convert_tokens_to_ids
         self.end_id, self.video_id = ids(IM_END), ids(VIDEO_PAD)
         self.vision = ids(VISION_START), ids(VISION_END)
@@ -193,7 +224,7 @@ class StreamingEngine:
         pixels, grid = self._frames(second.frames)
         pieces = []  # (span kind, ids), prefilled in one forward
         if first:
-            head = turn("system", self.cfg.system) + turn_header("previous text")
+            head = turn("system", self.cfg.system) + turn_header(self.previous)
             pieces += [
                 ("sink", self._ids(head)),
                 ("previous", self._previous_ids()),
@@ -201,7 +232,7 @@ class StreamingEngine:
             ]
         else:
             self.cache.evict(k)
-        frames = [self.vision[0]] + [self.video_id] * (int(grid.prod()) // self.merge) + [self.vision[1]]
+        frames = self._frame_ids(grid, second.frame_times())
         pieces += [("user", self._ids("\n" + turn_header("user") + time_prompt(k))), ("frames", frames)]
         if first and self.cfg.query:
             pieces.append(("query", self._ids(self.cfg.query)))
@@ -233,17 +264,29 @@ class StreamingEngine:
         a, b = self.cfg.cache.sink_text, self.cfg.cache.window_text
         return ids if len(ids) <= a + b else ids[:a] + ids[-b:]
 
+    def _frame_ids(self, grid: torch.Tensor, times: list[float]) -> list[int]:
+        """The ids of one second's frames: one vision block (Qwen2.5-VL), or per frame group its
+        ``<t seconds>`` and its own vision block (Qwen3-VL, ``times``: each frame's time)."""
+        t, h, w = (int(x) for x in grid)
+        if not self.timestamps:
+            return [self.vision[0]] + [self.video_id] * (t * h * w // self.merge) + [self.vision[1]]
+        ids = self._ids(timestamped_video(times, self.processor.video_processor.temporal_patch_size))
+        per_group = h * w // self.merge
+        return [x for i in ids for x in ([i] * per_group if i == self.video_id else [i])]
+
     def _frames(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One second of frames -> (pixel_values_videos, video_grid_thw [3]) at a capped size."""
-        from mm.visual import FACTOR, smart_size
+        """One second of frames -> (pixel_values_videos, video_grid_thw [3]) at a capped size
+        (sides multiples of the family's factor)."""
+        from mm.visual import smart_size
 
         n = self.processor.video_processor.temporal_patch_size
         frames = list(frames)
         if len(frames) % n:  # whole temporal patches: repeat the last frame
             frames += [frames[-1]] * (n - len(frames) % n)
         h, w = frames[0].shape[:2]
-        th, tw = smart_size(h, w, self.cfg.frame_min_pixels, self.cfg.frame_max_pixels)
-        assert th % FACTOR == 0 and tw % FACTOR == 0
+        f = self.family.factor
+        th, tw = smart_size(h, w, self.cfg.frame_min_pixels, self.cfg.frame_max_pixels, f)
+        assert th % f == 0 and tw % f == 0
         imgs = [
             np.asarray(Image.fromarray(f).resize((tw, th), Image.Resampling.BICUBIC))
             if f.shape[:2] != (th, tw)
@@ -264,9 +307,10 @@ class StreamingEngine:
         pos, end = mrope_positions(
             types, None, grid[None], seconds, self.rope, start=self.cache.next_position
         )
-        logits = self._forward(
-            ids, pos, pixel_values_videos=pixels, video_grid_thw=grid[None], second_per_grid_ts=seconds
-        )
+        video = {"pixel_values_videos": pixels, "video_grid_thw": grid[None]}
+        if not self.timestamps:  # Qwen3-VL's time is the <t seconds> text, not in the positions
+            video["second_per_grid_ts"] = seconds
+        logits = self._forward(ids, pos, **video)
         at = 0
         for kind, p in pieces:
             if p:  # a piece ends where the next one starts (after frames: by the rope rule)

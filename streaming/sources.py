@@ -30,6 +30,15 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 class Second:
     index: int  # the second of the stream: frames cover [index, index + 1)
     frames: list[np.ndarray]  # RGB uint8 [H, W, 3], ``fps`` of them (fewer at a gap)
+    # each frame's time in the stream, in seconds (a file's: frame index / its fps, as the encoder
+    # reads the frames of {"video_start": k, "video_end": k + 1}); None: evenly spread over the second
+    times: list[float] | None = None
+
+    def frame_times(self) -> list[float]:
+        """Each frame's time in seconds (Qwen3-VL writes them as ``<t seconds>`` text)."""
+        if self.times is not None:
+            return list(self.times)
+        return [self.index + j / len(self.frames) for j in range(len(self.frames))]
 
     @property
     def start(self) -> float:
@@ -81,7 +90,7 @@ class FileSource(Source):
             except Exception as e:  # a damaged stretch: skip it and go on
                 self._skip(k, e)
                 continue
-            yield Second(k, frames)
+            yield Second(k, frames, [i / fps for i in idx])
 
 
 def _reader(path: str):

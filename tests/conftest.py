@@ -1,6 +1,11 @@
-"""Shared fixtures: the tiny model and processor (built once per session), image helpers."""
+"""Shared fixtures: the tiny model and processor (built once per session), image helpers, and
+the per-family fixtures that run a test once per model family: ``preset`` is each family's tiny
+preset, ``family_model`` its (model, processor), ``family_encoder`` its encoder with the model's
+own M-RoPE rule. The Qwen2.5-VL instances are the session's ``tiny`` and ``encoder``."""
 
 from __future__ import annotations
+
+from functools import cache
 
 import pytest
 import torch
@@ -8,6 +13,7 @@ from PIL import Image
 
 from mm.encode import ConversationEncoder
 from mm.loading import load_model
+from mm.models import family_of
 from mm.rope import RopeSpec
 from mm.visual import VisualConfig
 
@@ -30,6 +36,63 @@ def synth(tmp_path_factory):
 def encoder(tiny):
     model, processor = tiny
     return ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+
+
+FAMILIES = ["tiny", "tiny-qwen3vl"]  # one tiny preset per family: Qwen2.5-VL, Qwen3-VL
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def preset(request) -> str:
+    return request.param
+
+
+@cache
+def _load(preset: str):
+    model, processor = load_model(preset, attn="sdpa")
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def family_model(request, preset):
+    if preset == "tiny":
+        return request.getfixturevalue("tiny")
+    return _load(preset)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl():
+    """The tiny Qwen3-VL (model, processor), for tests of what only Qwen3-VL does."""
+    return _load("tiny-qwen3vl")
+
+
+@pytest.fixture(scope="session")
+def family(family_model):
+    return family_of(family_model[0].config)
+
+
+@pytest.fixture(scope="session")
+def family_encoder(request, preset, family_model):
+    if preset == "tiny":
+        return request.getfixturevalue("encoder")
+    model, processor = family_model
+    return ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+
+
+def qwen3_5_model(full_attention_only: bool = False):
+    """A tiny Qwen3.5 (one Gated DeltaNet and one full-attention layer; no preset builds one) and
+    the Qwen3-VL processor it reads; ``full_attention_only``: both layers full attention."""
+    from mm.models import family_named
+    from mm.tiny import PRESETS, tiny_processor
+
+    f = family_named("qwen3_5")
+    processor = tiny_processor("qwen3_vl")  # Qwen3.5 reads Qwen3-VL's processor; the tokens are Qwen3's
+    config = f.tiny_config(processor.tokenizer, PRESETS["tiny"])
+    if full_attention_only:
+        config.text_config.layer_types = ["full_attention"] * len(config.text_config.layer_types)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = f.model_class("qwen3_5")(config).eval()
+    return model, processor
 
 
 DIST_VARS = ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK")

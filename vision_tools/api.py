@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from mm.visual import VisualConfig, open_image, smart_size
+from mm.visual import FACTOR, VisualConfig, open_image, smart_size
 from vision_tools.engine import EngineConfig, ToolEngine, Trajectory
 from vision_tools.protocol import question_text, system_prompt
 from vision_tools.tools import display_size
@@ -31,10 +31,11 @@ class Reasoning:
     trajectory: Trajectory
 
 
-def shown_image(image: Any, visual: VisualConfig) -> Image.Image:
-    """An image (path, data URL or PIL) resized as the model will see it."""
+def shown_image(image: Any, visual: VisualConfig, factor: int = FACTOR) -> Image.Image:
+    """An image (path, data URL or PIL) resized as the model will see it (``factor``: the model
+    family's pixels per visual-token side, ``ModelFamily.factor``)."""
     img = open_image(image, decode=True).convert("RGB")
-    h, w = smart_size(img.height, img.width, visual.min_pixels, visual.max_pixels)
+    h, w = smart_size(img.height, img.width, visual.min_pixels, visual.max_pixels, factor)
     return img if (w, h) == img.size else img.resize((w, h), Image.Resampling.BICUBIC)
 
 
@@ -77,8 +78,10 @@ def reason_batch(
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
     cfg = engine_config(config, **gen)
     engine = ToolEngine(model, processor, tools, cfg)
+    factor = engine.encoder.family.factor
     prompts = [
-        build_prompt(shown_image(img, cfg.visual), q, tools, cfg.coords) for img, q in zip(images, questions)
+        build_prompt(shown_image(img, cfg.visual, factor), q, tools, cfg.coords)
+        for img, q in zip(images, questions)
     ]
     return [Reasoning(t.answer, t) for t in engine.run(prompts, questions=questions)]
 

@@ -29,6 +29,7 @@ from PIL import Image
 from mm.chat_template import ASSISTANT_HEADER, END_OF_TEXT, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
 from mm.config import ConfigError, opt
 from mm.encode import IGNORE, ConversationEncoder, EncodedSample
+from mm.models import family_of_processor
 from mm.records import Message, is_visual, parse_message
 from mm.rope import IMAGE, TEXT, RopeSpec, mrope_positions
 from mm.visual import VisualConfig, load_visuals
@@ -238,7 +239,12 @@ class ToolEngine:
                 f"logprobs: the {type(self.generator).__name__} generator does not return log-probs "
                 "(Generator.supports_logprobs); use the cached or hf generator"
             )
-        rope = RopeSpec.from_config(model.config) if model is not None else RopeSpec()
+        # no model (a scripted generator): the rule of the processor's family
+        rope = (
+            RopeSpec.from_config(model.config)
+            if model is not None
+            else RopeSpec.for_family(family_of_processor(processor))
+        )
         self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
         ids = self.tok.convert_tokens_to_ids
         self.end_id, self.eot_id, self.image_id = (
@@ -488,6 +494,7 @@ class ToolEngine:
             max_pixels=self.cfg.visual.max_pixels,
             max_visual_tokens=room,
             snap_scale=self.cfg.snap_scale,
+            factor=self.encoder.family.factor,
         )
         parsed = None
         try:

@@ -29,7 +29,7 @@ from vision_tools.generation import generator_class
 from vision_tools.protocol import QUESTION, result_text, system_prompt
 from vision_tools.request_images import ApiError, load_request_image
 from vision_tools.serve_config import ServeConfig
-from vision_tools.tools import Tool, ToolContext, display_size
+from vision_tools.tools import FACTOR, Tool, ToolContext, display_size
 
 
 @dataclass
@@ -83,8 +83,9 @@ class ClientTool(Tool):
         return None  # the client runs it; the engine takes one turn per request in this mode
 
 
-def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool]) -> ChatRequest:
-    """An OpenAI chat request -> :class:`ChatRequest`. Raises :class:`ApiError` (400) naming the field."""
+def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool], factor: int = FACTOR) -> ChatRequest:
+    """An OpenAI chat request -> :class:`ChatRequest`. Raises :class:`ApiError` (400) naming the field.
+    ``factor``: the model family's pixels per visual-token side (images are sized as it sees them)."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "bad_request", "'messages' must be a non-empty list")
@@ -92,7 +93,7 @@ def parse_chat(body: dict, cfg: ServeConfig, tools: dict[str, Tool]) -> ChatRequ
     declared = client_tools(body.get("tools"), tools) if client else list(tools.values())
     logprobs = sampled_logprobs(body, cfg)
     econf = replace(engine_options(body, cfg), logprobs=logprobs, **({"max_turns": 1} if client else {}))
-    prompt, question = conversation(msgs, declared, econf, cfg)
+    prompt, question = conversation(msgs, declared, econf, cfg, factor)
     stream_opts = body.get("stream_options") or {}
     if not isinstance(stream_opts, dict):
         raise ApiError(400, "bad_request", "'stream_options' must be an object")
@@ -214,8 +215,8 @@ def _flag(body: dict, key: str, default: bool) -> bool:
 class _Builder:
     """Turns OpenAI messages into the one data format, numbering images as they appear."""
 
-    def __init__(self, econf: EngineConfig, cfg: ServeConfig):
-        self.econf, self.cfg = econf, cfg
+    def __init__(self, econf: EngineConfig, cfg: ServeConfig, factor: int = FACTOR):
+        self.econf, self.cfg, self.factor = econf, cfg, factor
         self.system: str | None = None
         self.messages: list[dict] = []
         self.images = 0
@@ -228,7 +229,7 @@ class _Builder:
             raise ApiError(
                 400, "too_many_images", f"{where}: at most {self.cfg.max_images} images per request"
             )
-        return load_request_image(ref, self.cfg, where, self.econf.visual)
+        return load_request_image(ref, self.cfg, where, self.econf.visual, self.factor)
 
     def parts(self, content, where: str, images: bool) -> tuple[list[Image.Image], str]:
         """(images, text) of a message's content: a string or a list of text / image_url parts."""
@@ -299,10 +300,10 @@ class _Builder:
 
 
 def conversation(
-    msgs: list, tools: list[Tool], econf: EngineConfig, cfg: ServeConfig
+    msgs: list, tools: list[Tool], econf: EngineConfig, cfg: ServeConfig, factor: int = FACTOR
 ) -> tuple[list[dict], str | None]:
     """OpenAI messages -> (the prompt in the one data format, the last question)."""
-    b = _Builder(econf, cfg)
+    b = _Builder(econf, cfg, factor)
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         role = m.get("role") if isinstance(m, dict) else None

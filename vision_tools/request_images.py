@@ -14,7 +14,7 @@ import re
 
 from PIL import Image
 
-from mm.visual import VisualConfig, VisualError, open_image
+from mm.visual import FACTOR, VisualConfig, VisualError, open_image
 from vision_tools.api import shown_image
 from vision_tools.serve_config import ServeConfig
 
@@ -54,9 +54,12 @@ def data_url(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def load_request_image(ref, cfg: ServeConfig, where: str, visual: VisualConfig | None = None) -> Image.Image:
+def load_request_image(
+    ref, cfg: ServeConfig, where: str, visual: VisualConfig | None = None, factor: int = FACTOR
+) -> Image.Image:
     """A data URL, or a path inside one of ``cfg.image_dirs``; anything else is refused. With
-    ``visual``, the image comes back as the model would see it (smart_resize under its limits)."""
+    ``visual``, the image comes back as the model would see it (smart_resize under its limits, to
+    multiples of ``factor``: the model family's pixels per visual-token side)."""
     if isinstance(ref, dict):  # OpenAI: {"url": ...}
         ref = ref.get("url")
     if not isinstance(ref, str) or not ref:
@@ -83,7 +86,7 @@ def load_request_image(ref, cfg: ServeConfig, where: str, visual: VisualConfig |
             )
         img.load()
         img = img.convert("RGB")
-        return shown_image(img, visual) if visual is not None else img
+        return shown_image(img, visual, factor) if visual is not None else img
     except VisualError as e:
         raise ApiError(400, "bad_image", f"{where}: {e.message}") from e
     except Image.DecompressionBombError as e:

@@ -125,8 +125,10 @@ async def call_tool(request) -> dict:
     v = cfg.engine.visual
 
     def run_tool():  # coordinates refer to the images as the model would see them (smart_resize)
-        images = [load_request_image(r, cfg, f"images[{i}]", v) for i, r in enumerate(refs)]
-        ctx = ToolContext(images=images, coords=coords, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
+        images = [load_request_image(r, cfg, f"images[{i}]", v, s.factor) for i, r in enumerate(refs)]
+        ctx = ToolContext(
+            images=images, coords=coords, min_pixels=v.min_pixels, max_pixels=v.max_pixels, factor=s.factor
+        )
         return toolset[name](ctx, body.get("arguments", {}))
 
     try:
@@ -142,7 +144,7 @@ async def chat(request):
 
     s = request.app.state
     body = await json_body(request, s.cfg)
-    req = await asyncio.to_thread(parse_chat, body, s.cfg, s.toolset)
+    req = await asyncio.to_thread(parse_chat, body, s.cfg, s.toolset, s.factor)
     job = s.scheduler.submit(req, stream=req.stream)
     if req.stream:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -222,6 +224,7 @@ def json_endpoint(fn):
 def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, model_name: str = "mmpost"):
     """The ASGI app; its scheduler (``app.state.scheduler``) starts its worker thread now."""
     from mm.imports import require
+    from mm.models import family_of
 
     require("fastapi", "the HTTP API")  # the serve extra: FastAPI brings Starlette
     from starlette.applications import Starlette
@@ -241,6 +244,7 @@ def create_app(model, processor, cfg: ServeConfig | None = None, tools=None, mod
     app.state.cfg, app.state.model_name, app.state.created = cfg, model_name, int(time.time())
     app.state.toolset = as_toolset(tools)
     app.state.tokens = TokenText(processor.tokenizer)  # token ids -> log-prob entries
+    app.state.factor = family_of(model.config).factor  # images are sized as the model sees them
     app.state.scheduler = Scheduler(model, processor, list(app.state.toolset.values()), cfg)
     return app
 

@@ -17,8 +17,9 @@ schema: it gives the tool the conversation's images (index = order of appearance
 
 Checks come first and use ``ctx.size(i)``; pixels come from ``ctx.image(i)``. In a dry check the
 context has sizes but no pixels: ``ctx.image`` validates the index and stops the call there.
-Every returned image is resized with Qwen's smart_resize rule (sides multiples of 28, area in
-[min_pixels, max_pixels]) and counted against the conversation's visual-token budget.
+Every returned image is resized with Qwen's smart_resize rule (sides multiples of the model
+family's ``factor``: 28 for Qwen2.5-VL, 32 for Qwen3-VL; area in [min_pixels, max_pixels]) and
+counted against the conversation's visual-token budget.
 
 The three ViRC tools are built in: ``crop_image``, ``scale_image``, ``display_image``.
 """
@@ -35,7 +36,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-FACTOR = 28
+FACTOR = 28  # pixels per visual-token side of Qwen2.5-VL; ToolContext.factor holds the model's
 FIXED_GRID = 1000  # "fixed" coordinate mode: every image is a 1000 x 1000 grid, coordinates 0..999
 SCALE_SNAP = (0.25, 0.5, 1.5, 2.0, 2.5, 4.0)  # ViRC inference snaps any factor in SCALE_LIMITS to these
 SCALE_LIMITS = (0.25, 4.0)  # what inference accepts (then snaps)
@@ -69,6 +70,7 @@ class ToolContext:
     max_pixels: int = 16384 * 28 * 28
     max_visual_tokens: int | None = None  # budget left for tool results (None: unlimited)
     snap_scale: bool = True  # inference: any factor in [0.25, 4] snaps; False (RL): strict ranges
+    factor: int = FACTOR  # pixels per visual-token side (the model family's: 28 or 32)
 
     def __post_init__(self):
         if self.coords not in ("dynamic", "fixed"):
@@ -105,15 +107,15 @@ class ToolContext:
         """(width, height) of a tool result after smart_resize under the pixel limits and the budget."""
         hi = self.max_pixels
         if self.max_visual_tokens is not None:
-            hi = min(hi, self.max_visual_tokens * FACTOR * FACTOR)
+            hi = min(hi, self.max_visual_tokens * self.factor**2)
         if hi < self.min_pixels:
             raise ToolError(
                 "over_budget",
                 f"the visual-token budget is spent ({self.max_visual_tokens} tokens left, an image needs "
-                f"at least {self.min_pixels // FACTOR**2}); answer with what you have",
+                f"at least {self.min_pixels // self.factor**2}); answer with what you have",
             )
-        h, w = smart_resize(max(1, round(height)), max(1, round(width)), self.min_pixels, hi)
-        if h < FACTOR or w < FACTOR:  # a thin image squeezed under the budget loses a side
+        h, w = smart_resize(max(1, round(height)), max(1, round(width)), self.min_pixels, hi, self.factor)
+        if h < self.factor or w < self.factor:  # a thin image squeezed under the budget loses a side
             raise ToolError(
                 "over_budget", f"a {width:g} x {height:g} result does not fit the visual-token budget"
             )
@@ -130,12 +132,14 @@ def display_size(size: tuple[int, int], coords: str) -> tuple[int, int]:
     return (FIXED_GRID, FIXED_GRID) if coords == "fixed" else size
 
 
-def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR
+) -> tuple[int, int]:
     """``mm.visual.smart_size`` for tool results: a size it refuses is the call's violation."""
     from mm.visual import VisualError, smart_size
 
     try:
-        return smart_size(height, width, min_pixels, max_pixels)
+        return smart_size(height, width, min_pixels, max_pixels, factor)
     except VisualError as e:
         raise ToolError(
             "degenerate_bbox", f"an image of {width} x {height} cannot be shown: {e.message}"
@@ -239,7 +243,9 @@ class Tool:
         args = self.validate(arguments)
         if self.ctx_param is None:  # a tool that sees no images has nothing to check without running
             return args
-        dry = ToolContext(sizes=list(ctx.sizes), coords=ctx.coords, snap_scale=ctx.snap_scale)
+        dry = ToolContext(
+            sizes=list(ctx.sizes), coords=ctx.coords, snap_scale=ctx.snap_scale, factor=ctx.factor
+        )
         try:
             self._call(dry, args)
         except _DryRun:

@@ -42,6 +42,7 @@ from mm.collate import pad_batch
 from mm.config import ConfigError
 from mm.image_features import ImageFeatures, vision_frozen
 from mm.loading import load_for_training, unwrap
+from mm.models import family_of
 
 
 @dataclasses.dataclass
@@ -125,7 +126,9 @@ class GRPOTrainer(Trainer):
         # a rank that finds every image cached would skip the vision tower that the others gather
         st.features = ImageFeatures(model) if r.image_cache and not st.sharded else None
         st.vision_frozen = vision_frozen(model)
-        st.share_prompt = cfg.data.share_prompt and not uses_varlen(attn)
+        # a shared-prompt row is a packed row: only where packing is exact (Qwen3.5: padded rows)
+        exact = family_of(model.config).packing is None
+        st.share_prompt = cfg.data.share_prompt and not uses_varlen(attn) and exact
         text = model.config.get_text_config()
         st.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
         generator = make_generator(

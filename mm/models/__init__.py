@@ -77,10 +77,13 @@ class ModelFamily:
         return base
 
     def require(self, feature: Literal["packing", "streaming"], where: str) -> None:
-        """Raise a clear error when ``feature`` cannot hold for this family."""
+        """Raise a clear error when ``feature`` cannot hold for this family (a ``ConfigError``: the
+        command line shows it as one line, no traceback)."""
         reason = getattr(self, feature)
         if reason is not None:
-            raise ValueError(f"{where}: {feature} is refused for {self.name} models: {reason}")
+            from mm.config import ConfigError
+
+            raise ConfigError(f"{where}: {feature} is refused for {self.name} models: {reason}")
 
 
 _MODULES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")  # registry order: first match wins

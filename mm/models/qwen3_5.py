@@ -23,7 +23,7 @@ from mm.models import LM_LINEARS, ModelFamily
 PACKING = (
     "its Gated DeltaNet layers run a causal conv1d and a recurrent state across the whole row "
     "(transformers 5.25: no per-sample reset on the torch path, the 4-D mask reaches only the "
-    "full-attention layers), so packed samples leak into each other; use the pad layout (packing: false)"
+    "full-attention layers), so packed samples leak into each other; use the pad layout (data.layout=pad)"
 )
 STREAMING = (
     "a Gated DeltaNet state summarises every token seen and cannot evict any, so the bounded "

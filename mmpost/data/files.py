@@ -90,7 +90,9 @@ def cmd_validate(args) -> int:
 def add_stats(p) -> None:
     _add_file(p)
     p.add_argument(
-        "--model", default="tiny", help="processor to count tokens with: 'tiny' or a local checkpoint folder"
+        "--model",
+        default="tiny",
+        help="processor to count tokens with: a preset ('tiny', 'tiny-qwen3vl', ...) or a local checkpoint folder",
     )
     p.set_defaults(func=cmd_stats)
 
@@ -120,10 +122,12 @@ def cmd_convert(args) -> int:
 
 
 def load_processor(name: str):
-    from mm.tiny import PRESETS, tiny_processor
+    """The processor of a preset (``tiny``, ``tiny-qwen3vl``, ...: its family's, built offline) or
+    of a local checkpoint."""
+    from mm.tiny import preset_names, resolve_preset, tiny_processor
 
-    if name in PRESETS:
-        return tiny_processor()
+    if name in preset_names():
+        return tiny_processor(resolve_preset(name)[0])
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(name, local_files_only=True)

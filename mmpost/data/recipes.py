@@ -112,7 +112,9 @@ def add_stream_chunks(p) -> None:
     )
     p.add_argument("--query", default="Commentate on this match")
     p.add_argument(
-        "--model", default="tiny", help="tokenizer for the previous-text cut: 'tiny' or a checkpoint"
+        "--model",
+        default="tiny",
+        help="tokenizer (previous-text cut) and chat template (previous-text role): a preset or a checkpoint",
     )
     p.set_defaults(func=cmd_stream_chunks)
 
@@ -124,7 +126,7 @@ def cmd_stream_chunks(args) -> int:
         args.video,
         args.transcript,
         args.out,
-        tokenizer=load_processor(args.model).tokenizer,
+        processor=load_processor(args.model),
         chunk=args.chunk,
         overlap=args.overlap,
         query=args.query,

@@ -1,5 +1,6 @@
 """The DPO trainer on tiny: one forward per pair batch, exact packing, the reference, bad input,
-and the effect of the SFT term."""
+and the effect of the SFT term. Exactness runs once per model family (``family_model``: also
+Qwen3-VL, whose pairs share DeepStack features), and a Qwen3-VL run trains packed."""
 
 import json
 import math
@@ -60,9 +61,9 @@ def one_by_one(model, sample) -> float:
     return torch.log_softmax(logits, -1)[ok].gather(-1, tgt[ok][:, None]).sum().item()
 
 
-def test_packed_padded_and_one_by_one_agree(tiny, encoder, tmp_path):
-    model, processor = tiny
-    ds = PairDataset(write_pairs(str(tmp_path)), encoder)
+def test_packed_padded_and_one_by_one_agree(family_model, family_encoder, tmp_path):
+    model, processor = family_model
+    ds = PairDataset(write_pairs(str(tmp_path)), family_encoder)
     pairs = [ds[i] for i in range(len(ds))]
     pad_id = processor.tokenizer.pad_token_id
     want = torch.tensor([one_by_one(model, s) for p in pairs for s in p])
@@ -93,9 +94,9 @@ def test_packed_padded_and_one_by_one_agree(tiny, encoder, tmp_path):
     assert abs(losses[0] - (len(pairs) * 0.6931472 + nll)) < 1e-3
 
 
-def test_images_go_through_the_vision_tower_once_per_pair(tiny, encoder, tmp_path):
-    model, processor = tiny
-    ds = PairDataset(write_pairs(str(tmp_path)), encoder)
+def test_images_go_through_the_vision_tower_once_per_pair(family_model, family_encoder, tmp_path):
+    model, processor = family_model
+    ds = PairDataset(write_pairs(str(tmp_path)), family_encoder)
     pairs = [ds[i] for i in range(len(ds))]
     seen = []
     hook = model.model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
@@ -156,10 +157,14 @@ def run_dpo(out, *overrides, data=None):
     return summary, read_metrics(out)
 
 
-@pytest.mark.parametrize("layout", ["pad", "pack"])
-@pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "lora,layout,model_name",
+    [(0, "pad", "tiny"), (0, "pack", "tiny"), (4, "pad", "tiny"), (4, "pack", "tiny")]
+    + [(0, "pack", "tiny-qwen3vl")],
+    ids=["full-pad", "full-pack", "lora-pad", "lora-pack", "qwen3vl-full-pack"],
+)
 @require_deepspeed
-def test_reference_precomputed_equals_frozen_copy(tmp_path, lora, layout):
+def test_reference_precomputed_equals_frozen_copy(tmp_path, lora, layout, model_name):
     """Two steps with a precomputed reference and with a reference scoring every micro-batch (a
     frozen copy; under LoRA the policy with adapters disabled): the same losses and rewards.
 
@@ -168,7 +173,7 @@ def test_reference_precomputed_equals_frozen_copy(tmp_path, lora, layout):
     from another layout, equal to the padded ones up to float rounding (invariant 1: <= 1e-5)."""
     mb = 1 if layout == "pad" else 8
     common = ("train.max_steps=2", "optim.lr=1e-3", f"model.lora_r={lora}", f"data.layout={layout}")
-    common += (f"data.micro_batch_size={mb}",)
+    common += (f"data.micro_batch_size={mb}", f"model.name_or_path={model_name}")
     data = write_pairs(str(tmp_path), n=8)
     _, pre = run_dpo(str(tmp_path / "pre"), *common, data=data)
     _, live = run_dpo(str(tmp_path / "live"), *common, "loss.precompute_ref=false", data=data)

@@ -1,4 +1,7 @@
-"""GRPO end to end on the tiny model: log-probs, rollout masks, and learning a verifiable task."""
+"""GRPO end to end on the tiny model: log-probs, rollout masks, and learning a verifiable task.
+Log-probs and masks run once per model family (``family_model``), and GRPO with the tool loop
+(rollout.tools, two turns, the cached generator) trains on tiny and tiny-qwen3vl, its scored
+log-probs equal to a forward of each trajectory alone."""
 
 import os
 
@@ -12,6 +15,7 @@ from alignment.train import train
 from mm.collate import pad_batch
 from mm.encode import IGNORE
 from mm.logprobs import labelled_logprobs
+from mm.models import family_of
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
 from tests.testing_utils import require_deepspeed
@@ -19,36 +23,37 @@ from vision_tools.api import build_prompt
 from vision_tools.engine import EngineConfig, ToolEngine
 from vision_tools.generation import ScriptedGenerator
 
+CROP = '<think>look</think><tool_call>{{"name": "crop_image", "arguments": {{"bbox_2d": [0, 0, {s}, {s}], "image_index": 0}}}}</tool_call>'
+
 
 def scripted_trajectory(tiny):
+    """A crop of 2 x 2 tokens (56 px for Qwen2.5-VL, 64 for Qwen3-VL) of a 4 x 4-token image."""
     model, processor = tiny
-    turns = [
-        '<think>look</think><tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [0, 0, 56, 56], "image_index": 0}}</tool_call>',
-        "<think>three</think><answer>3</answer>",
-    ]
+    f = family_of(model.config).factor
+    turns = [CROP.format(s=2 * f), "<think>three</think><answer>3</answer>"]
     engine = ToolEngine(
         model, processor, config=EngineConfig(), generator=ScriptedGenerator(processor, [turns])
     )
-    return engine.run([build_prompt(solid(112, 112), "How many?")])[0]
+    return engine.run([build_prompt(solid(4 * f, 4 * f), "How many?")])[0]
 
 
-def test_rollout_labels_cover_generated_tokens_only(tiny):
-    traj = scripted_trajectory(tiny)
+def test_rollout_labels_cover_generated_tokens_only(family_model):
+    traj = scripted_trajectory(family_model)
     enc = traj.encoded()
     trained = enc.labels != IGNORE
     assert torch.equal(trained, traj.generated)
-    tok = tiny[1].tokenizer
+    tok = family_model[1].tokenizer
     # the tool-result turn (its image pads and "Image 1: ..." text) is never trained
     result_start = traj.turns[0].span[1]
     result_end = traj.turns[1].span[0]
     assert not trained[result_start:result_end].any()
     assert "Image 1:" in tok.decode(enc.input_ids[result_start:result_end])
-    assert (enc.mm_token_type_ids[result_start:result_end] == 1).sum() == 4  # the 56 x 56 crop
+    assert (enc.mm_token_type_ids[result_start:result_end] == 1).sum() == 4  # the 2 x 2-token crop
 
 
-def test_token_logprobs_match_a_full_log_softmax(tiny):
-    model, processor = tiny
-    traj = scripted_trajectory(tiny)
+def test_token_logprobs_match_a_full_log_softmax(family_model):
+    model, processor = family_model
+    traj = scripted_trajectory(family_model)
     batch = pad_batch([traj.encoded(), traj.encoded()], processor.tokenizer.pad_token_id)
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "mm_token_type_ids")}
     with torch.no_grad():
@@ -64,9 +69,9 @@ def test_token_logprobs_match_a_full_log_softmax(tiny):
     torch.testing.assert_close(entropy, ent, atol=1e-4, rtol=1e-4)
 
 
-def test_module_returns_the_loss_times_its_denominator(tiny):
-    model, processor = tiny
-    traj = scripted_trajectory(tiny)
+def test_module_returns_the_loss_times_its_denominator(family_model):
+    model, processor = family_model
+    traj = scripted_trajectory(family_model)
     batch = pad_batch([traj.encoded()] * 2, processor.tokenizer.pad_token_id)
     batch["advantages"] = torch.tensor([1.0, -0.5])
     for aggregation in ("token_mean", "sequence_mean"):
@@ -223,3 +228,89 @@ def test_cached_image_features_give_the_same_run(tmp_path, freeze):
     # 2 prompts x G = 4 rollouts: 2 distinct images encoded, every other use a lookup
     assert all(r["images_encoded"] == 2 and r["images_reused"] > 0 for r in runs[True])
     assert "images_encoded" not in runs[False][0]
+
+
+def tool_loop_overrides(tmp_path, model_name: str) -> list[str]:
+    """The quickstart GRPO recipe on image prompts with the tool loop: the ViRC tools declared and
+    executed, two turns per rollout, the cached generator and the image-feature cache."""
+    return [
+        f"data.train={image_letter_task(tmp_path)}",
+        f"model.name_or_path={model_name}",
+        "rollout.tools=true",
+        "rollout.max_turns=2",
+        "rollout.generator=cached",
+        "rollout.image_cache=true",
+        "rollout.num_generations=3",
+        "rollout.max_completion_length=12",
+        "data.prompts_per_step=2",
+        "data.micro_batch_size=6",
+    ]
+
+
+def alone_logprobs(model, sample) -> torch.Tensor:
+    """[L - 1] log-probs of a sample's labelled tokens from one forward of it alone (0 elsewhere)."""
+    with torch.no_grad():
+        full = torch.log_softmax(model(**sample.model_inputs()).logits[0, :-1].float(), -1)
+    tgt = sample.labels[1:]
+    return torch.where(tgt != IGNORE, full.gather(-1, tgt.clamp(min=0)[:, None])[:, 0], 0.0)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-qwen3vl"])
+def test_tool_loop_rollouts_are_scored_as_a_forward_of_each_trajectory(tmp_path, model_name):
+    """The trainer's rollouts through the tool loop (sampled by the cached generator, then a
+    scripted crop_image call whose result image lies inside the completion), collated padded and
+    as shared-prompt rows: the log-probs it scores them with equal one forward of each trajectory."""
+    from alignment.grpo import sequence_logprobs
+    from alignment.grpo.batch import collate
+    from alignment.grpo.trainer import GRPOTrainer
+    from alignment.train import build_config
+
+    cfg = build_config(
+        os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"), tool_loop_overrides(tmp_path, model_name)
+    )
+    trainer = GRPOTrainer(cfg)
+    st = trainer.state = trainer.setup("cpu")
+    model, pad = st.model.eval(), trainer.processor.tokenizer.pad_token_id
+    assert type(st.engine.generator).__name__ == "CachedGenerator" and st.features is not None
+    f = family_of(model.config).factor
+    scripted = ScriptedGenerator(
+        trainer.processor, [[CROP.format(s=2 * f), "<think>x</think><answer>x</answer>"]] * 6
+    )
+    for generator in (st.engine.generator, scripted):
+        st.engine.generator = generator
+        st.engine.cfg.max_turn_tokens = 12 if generator is not scripted else 64  # the call whole
+        seqs = trainer.rollout([0, 1])
+        assert len(seqs) == 6
+        samples = [q.sample for q in seqs]
+        spans = [int(((s.labels[1:] != IGNORE) & (s.labels[:-1] == IGNORE)).sum()) for s in samples]
+        assert max(spans) == 2  # two generated turns, a user turn (tool result or error) between
+        if generator is scripted:  # the crop's image (2 x 2 tokens) is every trajectory's second image
+            assert all(s.image_grid_thw[1].prod() // 4 == 4 for s in samples)
+        want = [alone_logprobs(model, s) for s in samples]
+        for share in (False, True):
+            batch = collate(seqs, pad, share, 0.0, st.engine.merge)
+            assert (batch.tree is not None) == share
+            with torch.no_grad():
+                got, _ = sequence_logprobs(model, batch)
+            for i, w in enumerate(want):
+                assert (got[i, : len(w)] - w).abs().max() < 2e-5, (share, i)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-qwen3vl"])
+@require_deepspeed
+def test_tool_loop_grpo_trains_a_few_steps(tmp_path, model_name):
+    """GRPO with the tool loop runs on both families: finite losses, the first of mu = 2 updates
+    at ratio 1 (old == current policy), two-turn rollouts."""
+    import math
+
+    out = str(tmp_path / "run")
+    over = [
+        *tool_loop_overrides(tmp_path, model_name),
+        "train.max_steps=2",
+        "loss.mu=2",
+        "train.export=false",
+    ]
+    train(os.path.join(ROOT, "configs", "quickstart", "grpo.yaml"), over, output_dir=out)
+    rows = read_metrics(out)
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["m_entropy"]) for r in rows)
+    assert round(rows[0]["m_ratio"], 6) == 1.0 and rows[0]["response_length"] > 12  # more than one turn

@@ -1,4 +1,6 @@
-"""SFT on the shared DeepSpeed loop (single process, CPU): learning, exact accumulation, export."""
+"""SFT on the shared DeepSpeed loop (single process, CPU): learning, exact accumulation, export;
+packed == padded for both model families (tiny: Qwen2.5-VL, tiny-qwen3vl: Qwen3-VL), and Qwen3.5
+trains padded while packing is refused with the family's reason."""
 
 import os
 
@@ -38,9 +40,10 @@ def test_loss_falls(synth, tmp_path):
         assert key in m[-1]
 
 
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-qwen3vl"])
 @pytest.mark.parametrize("attn", ["sdpa", "segments"])
 @require_deepspeed
-def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path, attn):
+def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path, attn, model_name):
     """Same samples per step, split differently: per-token averaging makes the updates equal.
 
     pack: all 24 samples of an epoch as one micro-batch, packed into rows of 3200 tokens, isolated
@@ -49,6 +52,7 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path, attn):
     gradient norms and the next step's loss (after an AdamW update) must agree.
     """
     common = ("train.max_steps=2", "optim.lr=1e-3", "optim.schedule=constant", "train.export=false")
+    common += (f"model.name_or_path={model_name}",)
     _, packed = run_sft(
         synth,
         str(tmp_path / "pack"),
@@ -72,6 +76,30 @@ def test_packed_and_padded_runs_give_the_same_updates(synth, tmp_path, attn):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert packed[0]["visual_tokens"] == padded[0]["visual_tokens"]
+
+
+@require_deepspeed
+def test_qwen3_5_trains_padded_and_refuses_packing(synth, tmp_path):
+    """A local Qwen3.5 checkpoint: data.layout=pack stops before training with the family's reason
+    (its Gated DeltaNet layers mix a packed row); the pad layout trains, finite losses from
+    about ln(vocab)."""
+    import math
+
+    from tests.conftest import qwen3_5_model
+
+    model, processor = qwen3_5_model()
+    path = str(tmp_path / "qwen3_5")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    common = ("train.max_steps=2", "optim.lr=1e-3", "train.export=false", f"model.name_or_path={path}")
+    with pytest.raises(
+        ValueError, match="data.layout=pack: packing is refused for qwen3_5 models: its Gated"
+    ):
+        run_sft(synth, str(tmp_path / "pack"), *common, "data.layout=pack")
+    _, m = run_sft(synth, str(tmp_path / "pad"), *common, "data.layout=pad", "data.micro_batch_size=2")
+    assert len(m) == 2 and all(math.isfinite(x["loss"]) for x in m)
+    vocab = model.config.text_config.vocab_size
+    assert abs(m[0]["loss"] - math.log(vocab)) < 1.0, (m[0]["loss"], math.log(vocab))
 
 
 @require_deepspeed

@@ -1,5 +1,5 @@
 """Shared-prompt rows: the log-probs of G rollouts scored with their prompt once equal the
-padded rows' (the model run on each trajectory in its own row)."""
+padded rows' (the model run on each trajectory in its own row), for both model families."""
 
 import os
 
@@ -11,6 +11,7 @@ from alignment.grpo.shared_prompt import group_rows, shared_prompt_batch, worth_
 from alignment.infra.metrics import read_metrics
 from alignment.train import train
 from mm.collate import pad_batch
+from mm.models import family_of
 from tests.alignment.conftest import ROOT
 from tests.conftest import solid
 from tests.testing_utils import require_deepspeed
@@ -24,20 +25,21 @@ CROP = '<think>look</think><tool_call>{{"name": "crop_image", "arguments": {{"bb
 def rollouts(tiny):
     """Two prompts with the same text and image size but different images (so the same token
     ids), three rollouts each: a plain answer, one crop then an answer, two crops then an answer
-    (tool-result images inside the completions)."""
+    (tool-result images inside the completions; sizes in the family's tokens: 28 or 32 px)."""
     model, processor = tiny
+    f = family_of(model.config).factor
     turns = []
     for _ in range(2):
         turns += [
             ["<think>a</think><answer>1</answer>"],
-            [CROP.format(s=56), "<think>b</think><answer>22</answer>"],
-            [CROP.format(s=84), CROP.format(s=28), "<answer>333</answer>"],
+            [CROP.format(s=2 * f), "<think>b</think><answer>22</answer>"],
+            [CROP.format(s=3 * f), CROP.format(s=f), "<answer>333</answer>"],
         ]
     engine = ToolEngine(
         model, processor, config=EngineConfig(), generator=ScriptedGenerator(processor, turns)
     )
-    prompts = [build_prompt(solid(112, 112), "How many?")] * 3
-    prompts += [build_prompt(solid(112, 112, (20, 60, 220)), "How many?")] * 3
+    prompts = [build_prompt(solid(4 * f, 4 * f), "How many?")] * 3
+    prompts += [build_prompt(solid(4 * f, 4 * f, (20, 60, 220)), "How many?")] * 3
     trajs = engine.run(prompts)
     assert [len(t.turns) for t in trajs] == [1, 2, 3] * 2
     P = trajs[0].prompt_length
@@ -48,9 +50,9 @@ def rollouts(tiny):
 GROUPS = [0, 0, 0, 1, 1, 1]
 
 
-def test_shared_rows_give_the_padded_log_probs(tiny):
-    model, processor = tiny
-    samples, plens = rollouts(tiny)
+def test_shared_rows_give_the_padded_log_probs(family_model):
+    model, processor = family_model
+    samples, plens = rollouts(family_model)
     pad = processor.tokenizer.pad_token_id
     padded = pad_batch(samples, pad)
     shared = shared_prompt_batch(samples, plens, GROUPS, pad)

@@ -12,7 +12,7 @@ import torch
 from mm.collate import pack_batch, pad_batch
 from mm.models import families, family_named, family_of, family_of_processor, supported_model_types
 from mm.rope import RopeSpec
-from tests.conftest import solid, user_assistant
+from tests.conftest import qwen3_5_model, solid, user_assistant
 
 
 def test_every_model_type_has_its_class_and_one_family():
@@ -120,20 +120,6 @@ def test_streaming_rotation_holds_for_interleaved_mrope(family_model, family):
 
 
 # ----------------------------------------------------------------------------- Qwen3.5
-
-
-def qwen3_5_model(full_attention_only: bool = False):
-    from mm.tiny import PRESETS, tiny_processor
-
-    f = family_named("qwen3_5")
-    processor = tiny_processor("qwen3_vl")  # Qwen3.5 reads Qwen3-VL's processor; the tokens are Qwen3's
-    config = f.tiny_config(processor.tokenizer, PRESETS["tiny"])
-    if full_attention_only:
-        config.text_config.layer_types = ["full_attention"] * len(config.text_config.layer_types)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = f.model_class("qwen3_5")(config).eval()
-    return model, processor
 
 
 @pytest.fixture(scope="module")

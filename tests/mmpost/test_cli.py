@@ -291,3 +291,24 @@ def test_unexpected_error_in_a_training_step_shows_its_traceback(tmp_path):
     assert re.search(rf'{re.escape(str(script))}", line \d+, in forward', err)  # the frame that raised ...
     assert os.path.join("alignment", "loop.py") in err  # ... and the frames of the loop above it
     assert "mmpost train: error" not in err
+
+
+def test_stream_and_train_refuse_a_qwen3_5_checkpoint_in_one_line(tmp_path, capsys):
+    """What a model family cannot do is a one-line error naming the reason, no traceback: Qwen3.5
+    (Gated DeltaNet layers) cannot keep the bounded streaming cache, nor train packed."""
+    from tests.conftest import qwen3_5_model
+
+    model, processor = qwen3_5_model()
+    model.save_pretrained(tmp_path / "q35")
+    processor.save_pretrained(tmp_path / "q35")
+    assert main(["stream", "synthetic:2", "--model", str(tmp_path / "q35"), "--jsonl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "mmpost stream: error: the streaming KV cache: streaming is refused for qwen3_5 models: "
+        "a Gated DeltaNet state"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sft = os.path.join(root, "configs", "quickstart", "sft.yaml")
+    argv = ["train", sft, f"model.name_or_path={tmp_path / 'q35'}", "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "data.layout=pack: packing is refused for qwen3_5 models" in capsys.readouterr().err

@@ -139,3 +139,16 @@ def test_a_reply_newline_merged_into_the_header_is_not_trained():
     ids = ids[:at] + [merged] + ids[at + 2 :]
     labels = enc._labels(np.asarray(ids), [parse_message(m, "m") for m in msgs], False)
     assert decode([t for t, lab in zip(ids, labels) if lab != IGNORE]) == " kick ...<|im_end|>"
+
+
+def test_the_previous_text_block_has_a_role_the_template_renders():
+    """StreamingVLM's ``previous text`` role where the template renders any role (Qwen2.5-VL);
+    Qwen3-VL's template drops it with its content, so there the block is a ``user`` turn."""
+    from streaming.engine import previous_role
+
+    qwen3 = tiny_processor("qwen3_vl")
+    assert previous_role(tiny_processor()) == "previous text" and previous_role(qwen3) == "user"
+    conv = [{"role": "system", "content": "s"}, {"role": "previous text", "content": "earlier words"}]
+    assert "earlier words" not in qwen3.apply_chat_template(conv, tokenize=False)
+    recs = build_chunks("v.mp4", WORDS, 8.0, qwen3.tokenizer, chunk=4, overlap=2, previous="user")
+    assert recs[2]["messages"][1] == {"role": "user", "content": " kick off pass"}

@@ -1,5 +1,7 @@
 """Streaming inference: equals offline, reads as a training chunk after eviction, rotation
-arithmetic after eviction, bounded memory."""
+arithmetic after eviction, bounded memory. The exactness tests run once per model family
+(``family_model``: Qwen2.5-VL; Qwen3-VL, with its frames as ``<t seconds>`` groups at the
+stream's time and interleaved M-RoPE); Qwen3.5 is refused."""
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from mm.rope import RopeSpec
 from mm.visual import VisualConfig
 from streaming.cache import CacheConfig, rotate_keys
 from streaming.chunks import build_chunks, second_text
-from streaming.engine import StreamConfig, StreamingEngine
+from streaming.engine import StreamConfig, StreamingEngine, previous_role
 from streaming.sources import SyntheticSource, open_source
 
 
@@ -19,23 +21,34 @@ def replies(tok, texts):
     return [tok(t, add_special_tokens=False)["input_ids"] + [end] for t in texts]
 
 
-def offline_messages(seconds, texts, query="Commentate on this match"):
-    """StreamingVLM's layout, written out by hand (the released training code's, query after the frames)."""
+def offline_messages(seconds, texts, query="Commentate on this match", previous="previous text"):
+    """StreamingVLM's layout, written out by hand (the released training code's, query after the
+    frames); ``previous``: the previous-text block's role (``user`` under Qwen3-VL's template)."""
     msgs = [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "previous text", "content": ""},
+        {"role": previous, "content": ""},
     ]
     for k, (sec, text) in enumerate(zip(seconds, texts)):
-        video = {"type": "video", "video": [Image.fromarray(f) for f in sec.frames], "sample_fps": 2}
+        frames = [Image.fromarray(f) for f in sec.frames]  # at the stream's time (Qwen3-VL's <t seconds>)
+        video = {"type": "video", "video": frames, "sample_fps": 2, "video_start": float(k)}
         content = [{"type": "text", "text": f"Time={k}.0-{k + 1}.0s"}, video]
         content += [{"type": "text", "text": query}] if k == 0 else []
         msgs += [{"role": "user", "content": content}, {"role": "assistant", "content": "\n" + text}]
     return msgs
 
 
-def test_streaming_equals_one_offline_forward(tiny):
-    """Windows larger than the stream: per-second logits == one forward with the model's own positions."""
-    model, processor = tiny
+def video_inputs(enc) -> dict:
+    """An encoded sample's videos as the model's forward takes them (Qwen3-VL: no seconds)."""
+    out = {"pixel_values_videos": enc.pixel_values_videos, "video_grid_thw": enc.video_grid_thw}
+    if enc.second_per_grid_ts is not None:
+        out["second_per_grid_ts"] = enc.second_per_grid_ts
+    return out
+
+
+def test_streaming_equals_one_offline_forward(family_model, family):
+    """Windows larger than the stream: per-second logits == one forward with the model's own
+    positions; for Qwen3-VL each second's frames carry their time in the stream as text."""
+    model, processor = family_model
     texts = [" the dot moves ...", " ...", " right ...", " it turns ...", " ..."]
     eng = StreamingEngine(model, processor, StreamConfig(do_sample=False))
     eng.trace = []
@@ -43,17 +56,20 @@ def test_streaming_equals_one_offline_forward(tiny):
     for sec, r in zip(seconds, replies(processor.tokenizer, texts)):
         eng.step(sec, forced=r)
     streamed = torch.cat(eng.trace)  # [L, V]
-    enc = ConversationEncoder(processor).encode(offline_messages(seconds, texts))
+    enc = ConversationEncoder(processor).encode(
+        offline_messages(seconds, texts, previous=previous_role(processor))
+    )
     n = streamed.shape[0]
     ours = torch.cat([torch.tensor(s.token_ids) for s in eng.cache.spans])
     assert torch.equal(ours, enc.input_ids[:n])  # the same tokens as the chat template renders
+    if family.video_time == "timestamps":  # second k's two frames at k and k + 0.5: "<k.2 seconds>"
+        stamps = [s for s in processor.tokenizer.decode(ours).split("<") if s.endswith(" seconds>")]
+        assert stamps == [f"{k + 0.25:.1f} seconds>" for k in range(len(texts))]
     with torch.no_grad():  # no position_ids: the model computes its own (get_rope_index)
         ref = model(
             input_ids=enc.input_ids[None, :n],
             mm_token_type_ids=enc.mm_token_type_ids[None, :n],
-            pixel_values_videos=enc.pixel_values_videos,
-            video_grid_thw=enc.video_grid_thw,
-            second_per_grid_ts=enc.second_per_grid_ts,
+            **video_inputs(enc),
         ).logits[0]
     assert (streamed - ref).abs().max() <= 1e-4
 
@@ -69,13 +85,13 @@ WORDS = [  # second 0: "kick off"; 2: "pass"; 5: "shot"; 6: "goal", "and", "chee
 ]
 
 
-def test_cache_reads_as_the_training_chunk_of_its_first_kept_second(tiny, tmp_path):
+def test_cache_reads_as_the_training_chunk_of_its_first_kept_second(family_model, tmp_path):
     """After 8 s with 3-s windows the cache (ids and, re-laid, positions) equals the chunk
     builder's record for seconds 5-7, as mm's encoder encodes it for training: previous text of
     seconds 0-4, then the first kept second with the query after its frames."""
     from mm.synthetic import moving_dot_frames, write_video
 
-    model, processor = tiny
+    model, processor = family_model
     tok = processor.tokenizer
     video = write_video(str(tmp_path / "clip.webm"), moving_dot_frames(32, size=56), fps=4)  # 8 s
     cc = CacheConfig(recent_rounds=3, vision_seconds=3, relayout_slack=0)
@@ -85,8 +101,10 @@ def test_cache_reads_as_the_training_chunk_of_its_first_kept_second(tiny, tmp_pa
         eng.step(
             sec, forced=tok(second_text(WORDS, sec.index)[1:], add_special_tokens=False)["input_ids"] + [end]
         )
-    (rec,) = [r for r in build_chunks(video, WORDS, 8.0, tok, chunk=3, overlap=2) if r["meta"]["start"] == 5]
-    assert rec["messages"][1] == {"role": "previous text", "content": " kick off pass"}
+    role = previous_role(processor)  # "previous text"; "user" under Qwen3-VL's template
+    chunks = build_chunks(video, WORDS, 8.0, tok, chunk=3, overlap=2, previous=role)
+    (rec,) = [r for r in chunks if r["meta"]["start"] == 5]
+    assert rec["messages"][1] == {"role": role, "content": " kick off pass"}
     enc = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config)).encode(
         rec["messages"]
     )
@@ -116,16 +134,21 @@ def test_rotation_composes():
     assert torch.allclose(rotate_keys(once, -(a + b), inv_freq.double()), k, atol=1e-12)
 
 
-def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(tiny):
+def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(family_model):
     """After eviction and re-laying, cached keys == pre-RoPE keys rotated at the new positions
-    (a second, slow computation through the model's own rotary embedding)."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+    (a second, slow computation through the model's own rotary embedding: contiguous sections
+    for Qwen2.5-VL, interleaved for Qwen3-VL, whose pre-RoPE keys are k_norm's output)."""
+    import importlib
 
-    model, processor = tiny
+    model, processor = family_model
+    modeling = importlib.import_module(type(model).__module__)
+    apply_rotary_pos_emb = modeling.apply_rotary_pos_emb
     lm = model.model.language_model
     pre = {i: [] for i in range(len(lm.layers))}
-    hooks = [
-        layer.self_attn.k_proj.register_forward_hook(lambda m, a, out, i=i: pre[i].append(out.detach()))
+    hooks = [  # the keys just before RoPE: k_proj's output, or k_norm's (Qwen3-VL normalises them)
+        getattr(layer.self_attn, "k_norm", layer.self_attn.k_proj).register_forward_hook(
+            lambda m, a, out, i=i: pre[i].append(out.detach().flatten(2))
+        )
         for i, layer in enumerate(lm.layers)
     ]
     cfg = StreamConfig(
@@ -158,7 +181,9 @@ def test_evicted_cache_equals_pre_rope_keys_at_the_new_positions(tiny):
         k_pre = torch.cat(pre[i], dim=1)[0][origin]  # [S, heads*dim] in cache order
         k_pre = k_pre.view(1, -1, heads, dim).transpose(1, 2)
         _, want = apply_rotary_pos_emb(k_pre, k_pre, cos, sin)
-        assert (cache.cache.layers[i].keys - want).abs().max() < 1e-5
+        # fp32 rounding: 1e-5 of the keys' scale where k_norm sets it (Qwen3-VL: |k| up to ~4)
+        scale = float(want.abs().max()) if hasattr(attn, "k_norm") else 1.0
+        assert (cache.cache.layers[i].keys - want).abs().max() < 1e-5 * scale
 
 
 def test_memory_stays_bounded_and_the_query_stays(tiny):
@@ -249,3 +274,13 @@ def test_bf16_keys_do_not_drift_over_a_long_stream(tiny):
 def test_frames_cannot_outlive_their_turn():
     with pytest.raises(ValueError, match="vision_seconds <= recent_rounds"):
         CacheConfig(recent_rounds=4, vision_seconds=8)
+
+
+def test_qwen3_5_is_refused_with_the_family_reason():
+    """Qwen3.5's Gated DeltaNet state summarises every token seen: a bounded cache that evicts
+    tokens cannot hold, and ``mmpost stream`` says so before any frame is read."""
+    from tests.conftest import qwen3_5_model
+
+    model, processor = qwen3_5_model()
+    with pytest.raises(ValueError, match="streaming is refused for qwen3_5 models: a Gated DeltaNet state"):
+        StreamingEngine(model, processor, StreamConfig(do_sample=False))

@@ -1,13 +1,16 @@
 """CachedGenerator (one prefill per distinct prompt, KV cache kept across turns) against
 HFGenerator (``model.generate`` over every full context): the same greedy ids in fp32, for
 groups of equal prompts, rows ending at different lengths, left padding and tool turns that
-bring new images; and less work (fewer prefilled rows and tokens)."""
+bring new images (sized with the family's factor), also through the image-feature cache; and
+less work (fewer prefilled rows and tokens). Every test runs once per model family
+(``preset``: Qwen2.5-VL, Qwen3-VL with DeepStack)."""
 
 import pytest
 import torch
 
 from mm.chat_template import ASSISTANT_HEADER, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER, turn
 from mm.encode import ConversationEncoder
+from mm.image_features import ImageFeatures
 from mm.loading import load_model
 from mm.rope import RopeSpec
 from mm.visual import VisualConfig
@@ -81,25 +84,31 @@ def prefill_shapes(model, run, *args):
 
 
 @pytest.fixture(params=["sdpa", "eager"])
-def attn_model(request, tiny):
-    """The tiny model with SDPA (the decoding steps hand it a ready mask) and with eager
+def attn_model(request, preset, family_model):
+    """The family's tiny model with SDPA (the decoding steps hand it a ready mask) and with eager
     attention (the 2-D mask, which transformers expands)."""
-    return tiny if request.param == "sdpa" else (load_model("tiny", attn="eager")[0].eval(), tiny[1])
+    if request.param == "sdpa":
+        return family_model
+    return load_model(preset, attn="eager")[0].eval(), family_model[1]
 
 
 def test_greedy_ids_equal_generate_over_groups_and_tool_turns_with_less_prefill(attn_model):
     model, processor = attn_model
     encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
+    f = encoder.family.factor  # tool results are sized as the family's processor takes them
     ps = prompts(encoder)
     rows = [0, 0, 0, 1, 1, 2]  # groups of 3, 2 and 1 copies
     hf, cached = HFGenerator(model, processor), CachedGenerator(model, processor)
+    featured = CachedGenerator(model, processor, features=ImageFeatures(model))  # DeepStack: [n, 1 + k, D]
     old = [context(ps[r], k) for k, r in enumerate(rows)]
     new = [context(ps[r], k, {}) for k, r in enumerate(rows)]
+    feat = [context(ps[r], k, {}) for k, r in enumerate(rows)]
     limits = [12, 5, 12, 9, 12, 3]
     for t in range(4):  # the prompt, then 3 tool turns with a new image each
         a = hf.generate(old, limits, Sampling())
         b, shapes = prefill_shapes(model, cached.generate, new, limits, Sampling())
         assert a == b, f"turn {t}"
+        assert featured.generate(feat, limits, Sampling()) == a, f"turn {t} (cached features)"
         assert len({len(x) for x in a}) > 1  # rows finish at different lengths
         full = max(len(c.input_ids) for c in new)
         if t == 0:
@@ -110,14 +119,15 @@ def test_greedy_ids_equal_generate_over_groups_and_tool_turns_with_less_prefill(
         for c, n in zip(new, b):  # the session holds the context and the fed new tokens
             assert c.session["ids"] == c.input_ids + n[: len(c.session["ids"]) - len(c.input_ids)]
             assert c.session["kv"][0][0].shape[2] == len(c.session["ids"])
-        images = [solid(56 + 28 * (k % 3), 56 + 28 * t, (k * 30, 100, 10)) for k in range(len(rows))]
+        images = [solid(2 * f + f * (k % 3), 2 * f + f * t, (k * 30, 100, 10)) for k in range(len(rows))]
         old = [with_tool_result(processor, c, n, im) for c, n, im in zip(old, a, images)]
         new = [with_tool_result(processor, c, n, im) for c, n, im in zip(new, b, images)]
+        feat = [with_tool_result(processor, c, n, im) for c, n, im in zip(feat, a, images)]
         limits = [4 + 3 * k for k in range(len(rows))]
 
 
-def test_a_resampled_turn_reuses_the_cache_of_its_context_only(tiny):
-    model, processor = tiny
+def test_a_resampled_turn_reuses_the_cache_of_its_context_only(family_model):
+    model, processor = family_model
     encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
     p = prompts(encoder)[1]
     session = {}
@@ -131,8 +141,8 @@ def test_a_resampled_turn_reuses_the_cache_of_its_context_only(tiny):
     assert shapes[0] == (1, 1)  # only the last prompt token is run again
 
 
-def test_top_k_one_sampling_is_greedy_and_a_seed_repeats(tiny):
-    model, processor = tiny
+def test_top_k_one_sampling_is_greedy_and_a_seed_repeats(family_model):
+    model, processor = family_model
     encoder = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
     ps = prompts(encoder)
     ctxs = [context(ps[r], k) for k, r in enumerate([0, 0, 1, 2])]
@@ -152,8 +162,8 @@ def engine_prompts(n: int, copies: int) -> list:
 
 
 @pytest.mark.parametrize("turns,copies,batch", [(1, 4, 16), (3, 3, 4)])
-def test_engine_trajectories_equal_the_generate_path(tiny, turns, copies, batch):
-    model, processor = tiny
+def test_engine_trajectories_equal_the_generate_path(family_model, turns, copies, batch):
+    model, processor = family_model
     cfg = {"max_turns": turns, "max_turn_tokens": 12, "max_resamples": 0, "batch_size": batch}
     ps = engine_prompts(3, copies)
     runs = {}
@@ -169,11 +179,11 @@ def test_engine_trajectories_equal_the_generate_path(tiny, turns, copies, batch)
         assert max(len(t.turns) for t in runs["cached"]) == turns
 
 
-def test_sampled_engine_rollouts_are_scored_as_generated(tiny):
+def test_sampled_engine_rollouts_are_scored_as_generated(family_model):
     """Token-in/token-out with sampling: the trainer's forward over each trajectory gives every
     sampled token a finite log-prob (no suppressed control token was drawn), and the ids,
     mask and spans agree."""
-    model, processor = tiny
+    model, processor = family_model
     cfg = EngineConfig(
         max_turns=3, max_turn_tokens=10, max_resamples=0, do_sample=True, seed=0, top_k=0, top_p=1.0
     )
@@ -210,11 +220,11 @@ def test_a_row_stopped_by_a_string_drops_the_padding_after_it(tiny):
     assert gen._trim(call[:1] + [end, pad], 10) == call[:1] + [end]
 
 
-def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(tiny):
+def test_prompts_sharing_a_system_prompt_prefill_it_once_across_calls(family_model):
     """With ``prefixes`` (the server), the system turn of a prompt is kept: later prompts that
     start with it (the ~900-token tool system prompt) run only the rest, and give the same greedy
     ids as model.generate over the whole prompt; a prompt with another system prompt is kept too."""
-    model, processor = tiny
+    model, processor = family_model
     engine = ToolEngine(model, processor, config=EngineConfig(max_turns=1, max_turn_tokens=8))
     asks = [build_prompt(solid(56 + 28 * i, 84), f"How many shapes in {i}?") for i in range(3)]
     asks.append(asks[0][:1] + [{"role": "user", "content": "How many shapes without an image?"}])
@@ -256,12 +266,14 @@ def test_the_decoding_cache_appends_in_place_and_equals_concatenation():
     assert torch.equal(layer.keys, torch.cat(parts, 2)[[1, 1, 0]]) and layer.get_seq_length() == 10
 
 
-def test_the_ready_decoding_mask_is_the_one_transformers_builds(tiny):
+def test_the_ready_decoding_mask_is_the_one_transformers_builds(family_model):
     """A one-token step over a left-padded cache: the mask ``CachedGenerator`` hands the model
-    (SDPA's, ready) gives the logits of the 2-D mask transformers expands; none at all does not."""
+    (SDPA's, ready: the per-layer-type mapping for Qwen2.5-VL, the 4-D mask itself for Qwen3-VL,
+    whose text model takes no mapping) gives the logits of the 2-D mask transformers expands;
+    none at all does not."""
     import copy
 
-    model, processor = tiny
+    model, processor = family_model
     gen = CachedGenerator(model, processor)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 600, (3, 20), generator=g)

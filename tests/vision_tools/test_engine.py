@@ -1,4 +1,6 @@
-"""The tool engine: scripted policies (known ids, mask and images) and the tiny model."""
+"""The tool engine: scripted policies (known ids, mask and images) and the tiny model. The tests
+of ids, images and sizes run once per model family (``family_model``: Qwen2.5-VL, 28-px tokens;
+Qwen3-VL, 32-px tokens), with images sized in the family's factor."""
 
 import json
 
@@ -21,6 +23,11 @@ from vision_tools.tools import ToolContext
 IMG = solid(280, 224)  # already a multiple of 28: the model sees it unchanged
 
 
+def image_of(f: int):
+    """A 10 x 8-token image of a family with factor ``f`` (IMG for Qwen2.5-VL's 28)."""
+    return solid(10 * f, 8 * f)
+
+
 def call(name, **arguments) -> str:
     return f"<think>look</think><tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
 
@@ -28,12 +35,12 @@ def call(name, **arguments) -> str:
 ANSWER = "<think>there are 3</think><answer>3</answer>"
 
 
-def run_scripted(tiny, turns, **cfg):
+def run_scripted(tiny, turns, img=IMG, **cfg):
     model, processor = tiny
     engine = ToolEngine(
         model, processor, config=EngineConfig(**cfg), generator=ScriptedGenerator(processor, [turns])
     )
-    return engine.run([build_prompt(IMG, "How many?")])[0]
+    return engine.run([build_prompt(img, "How many?")])[0]
 
 
 def expected(tiny, messages):
@@ -50,32 +57,39 @@ def user(img, text):
     }
 
 
-def test_scripted_trajectory_matches_the_processor(tiny):
+def test_scripted_trajectory_matches_the_processor(family_model, family):
+    f = family.factor  # 28: a 280 x 224 image, cropped to 140 x 112; 32: 320 x 256 and 160 x 128
+    img = image_of(f)
     turns = [
-        call("crop_image", bbox_2d=[0, 0, 140, 112], image_index=0),
+        call("crop_image", bbox_2d=[0, 0, 5 * f, 4 * f], image_index=0),
         call("scale_image", scale_factor=2, image_index=1),
         call("display_image", image_index=0),
         ANSWER,
     ]
-    traj = run_scripted(tiny, turns)
-    crop = IMG.crop((0, 0, 140, 112))  # 140 x 112: already multiples of 28
-    big = crop.resize((280, 224), Image.Resampling.BICUBIC)  # x2 = 280 x 224
+    traj = run_scripted(family_model, turns, img)
+    crop = img.crop((0, 0, 5 * f, 4 * f))  # already multiples of the factor
+    big = crop.resize((10 * f, 8 * f), Image.Resampling.BICUBIC)  # x2
     messages = [
         {"role": "system", "content": system_prompt()},
-        user(IMG, question_text("How many?", (280, 224))),
+        user(img, question_text("How many?", (10 * f, 8 * f))),
         {"role": "assistant", "content": turns[0]},
-        user(crop, result_text(1, (140, 112))),
+        user(crop, result_text(1, (5 * f, 4 * f))),
         {"role": "assistant", "content": turns[1]},
-        user(big, result_text(2, (280, 224), "How many?")),  # the question is repeated after scale_image
+        user(big, result_text(2, (10 * f, 8 * f), "How many?")),  # the question is repeated after scale_image
         {"role": "assistant", "content": turns[2]},
-        user(IMG, result_text(3, (280, 224))),
+        user(img, result_text(3, (10 * f, 8 * f))),
         {"role": "assistant", "content": turns[3]},
     ]
-    ids, trained, pixels = expected(tiny, messages)
+    ids, trained, pixels = expected(family_model, messages)
     assert torch.equal(traj.input_ids, ids)
     assert torch.equal(traj.generated, trained)  # the scripted model also ended each turn with <|im_end|>
     assert torch.equal(traj.pixel_values, pixels)
-    assert [im.size for im in traj.images] == [(280, 224), (140, 112), (280, 224), (280, 224)]
+    assert [im.size for im in traj.images] == [
+        (10 * f, 8 * f),
+        (5 * f, 4 * f),
+        (10 * f, 8 * f),
+        (10 * f, 8 * f),
+    ]
     assert np.array_equal(np.asarray(traj.images[1]), np.asarray(crop))
     assert traj.finish_reason == "answer" and traj.answer == "3"
     assert [t.image_index for t in traj.turns] == [1, 2, 3, None]
@@ -158,12 +172,16 @@ def test_turn_and_token_limits(tiny):
     assert torch.equal(short.input_ids, ids)
 
 
-def test_tool_results_count_against_the_visual_budget(tiny):
+def test_tool_results_count_against_the_visual_budget(family_model, family):
     # image 0 has 80 tokens; a budget of 100 leaves 20 for results: a display of image 0 shrinks to fit
+    f = family.factor
     turns = [call("display_image", image_index=0), call("display_image", image_index=0), ANSWER]
-    traj = run_scripted(tiny, turns, visual=VisualConfig(max_visual_tokens=100), max_resamples=0)
+    traj = run_scripted(
+        family_model, turns, image_of(f), visual=VisualConfig(max_visual_tokens=100), max_resamples=0
+    )
     shown = traj.images[1]
-    assert (shown.width // 28) * (shown.height // 28) <= 20
+    assert shown.width % f == 0 and shown.height % f == 0  # sized in the family's tokens
+    assert (shown.width // f) * (shown.height // f) <= 20
     assert traj.violations == ["over_budget"]  # the second display finds the budget spent
     assert int(traj.image_grid_thw.prod(-1).sum()) // 4 <= 100
 
@@ -197,8 +215,8 @@ def test_trim_stops_right_after_the_stop_string(tiny):
 # -- the tiny model ------------------------------------------------------------------------
 
 
-def test_tiny_model_runs_to_the_limits_with_consistent_ids_and_mask(tiny):
-    model, processor = tiny
+def test_tiny_model_runs_to_the_limits_with_consistent_ids_and_mask(family_model):
+    model, processor = family_model
     images = [IMG, solid(196, 308, (20, 120, 200)), solid(420, 140, (10, 200, 10))]
     out = reason_batch(
         model,
@@ -227,8 +245,8 @@ def test_tiny_model_runs_to_the_limits_with_consistent_ids_and_mask(tiny):
         assert int((t.mm_token_type_ids == 1).sum()) == int(t.image_grid_thw.prod(-1).sum()) // 4
 
 
-def test_batched_greedy_equals_one_at_a_time_and_the_trainer_scores_the_same_ids(tiny):
-    model, processor = tiny
+def test_batched_greedy_equals_one_at_a_time_and_the_trainer_scores_the_same_ids(family_model):
+    model, processor = family_model
     images = [IMG, solid(196, 308, (20, 120, 200)), solid(420, 140, (10, 200, 10))]
     questions = ["How many?", "What colour is the biggest shape?", "Which?"]
     gen = {"max_turns": 2, "max_turn_tokens": 16, "max_resamples": 0}

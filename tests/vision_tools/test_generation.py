@@ -1,5 +1,7 @@
 """HFGenerator decodes at the M-RoPE positions the trainer scores with (mm's rule), also after a
-60-s video, where transformers' own rule would put the text inside the video's time."""
+60-s video, where transformers' own rule would put the text inside the video's time (Qwen2.5-VL;
+Qwen3-VL's time is ``<t seconds>`` text and every frame group a t = 1 block, so the two rules
+agree there). Each test runs once per model family."""
 
 import torch
 
@@ -19,15 +21,24 @@ def video_prompt():
 
 def context(s, key=0) -> Context:
     videos = []
-    if s.video_grid_thw is not None:
-        videos = [(s.pixel_values_videos, s.video_grid_thw[0], float(s.second_per_grid_ts[0]))]
+    if s.video_grid_thw is not None:  # Qwen3-VL: no seconds (the time is in the ids)
+        seconds = float(s.second_per_grid_ts[0]) if s.second_per_grid_ts is not None else None
+        videos = [(s.pixel_values_videos, s.video_grid_thw[0], seconds)]
     grids = list(s.image_grid_thw) if s.image_grid_thw is not None else []
     pixels = [s.pixel_values] if s.pixel_values is not None else []
     return Context(s.input_ids.tolist(), s.mm_token_type_ids.tolist(), pixels, grids, key, videos)
 
 
-def test_greedy_generation_uses_the_training_positions_after_a_long_video(tiny):
-    model, processor = tiny
+def video_inputs(s) -> dict:
+    """The video of sample ``s`` as the model's forward takes it (Qwen3-VL: no seconds)."""
+    out = {"pixel_values_videos": s.pixel_values_videos, "video_grid_thw": s.video_grid_thw}
+    if s.second_per_grid_ts is not None:
+        out["second_per_grid_ts"] = s.second_per_grid_ts
+    return out
+
+
+def test_greedy_generation_uses_the_training_positions_after_a_long_video(family_model):
+    model, processor = family_model
     enc = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
     long = enc.encode(video_prompt(), add_generation_prompt=True)
     short = enc.encode(
@@ -40,12 +51,18 @@ def test_greedy_generation_uses_the_training_positions_after_a_long_video(tiny):
         add_generation_prompt=True,
     )
     assert long.video_grid_thw.tolist() == [[60, 4, 4]]
-    # transformers' own rule would continue the text 2 positions after the video's start, not after its end
+    # transformers' own rule would continue the text 2 positions after the video's start, not after
+    # its end (Qwen2.5-VL); Qwen3-VL's 60 frame groups are t = 1 blocks: the rules agree, and the
+    # 60 timestamps are text between them
     hf = RopeSpec.from_config(model.config, rule="transformers")
     hf_pos, _ = mrope_positions(
         long.mm_token_type_ids, None, long.video_grid_thw, long.second_per_grid_ts, hf
     )
-    assert not torch.equal(hf_pos, long.position_ids)
+    if enc.family.video_time == "timestamps":
+        assert torch.equal(hf_pos, long.position_ids)
+        assert processor.tokenizer.decode(long.input_ids).count(" seconds>") == 60
+    else:
+        assert not torch.equal(hf_pos, long.position_ids)
 
     seen = []  # position_ids of every language-model forward: [3, B, n]
     hook = model.model.language_model.register_forward_pre_hook(
@@ -74,23 +91,17 @@ def test_greedy_generation_uses_the_training_positions_after_a_long_video(tiny):
         [long.position_ids, torch.arange(long.next_position, long.next_position + len(new)).expand(3, -1)], 1
     )
     with torch.no_grad():
-        logits = model(
-            input_ids=ids[None],
-            position_ids=pos[:, None],
-            pixel_values_videos=long.pixel_values_videos,
-            video_grid_thw=long.video_grid_thw,
-            second_per_grid_ts=long.second_per_grid_ts,
-        ).logits[0]
+        logits = model(input_ids=ids[None], position_ids=pos[:, None], **video_inputs(long)).logits[0]
     assert logits[L - 1 : L - 1 + len(new)].argmax(-1).tolist() == new
 
 
-def test_eval_generation_uses_the_training_positions_after_a_long_video(tiny):
+def test_eval_generation_uses_the_training_positions_after_a_long_video(family_model):
     """``mmpost eval``'s one-turn generation (evaluation.evaluate.generate) prefills at the
     encoder's positions too, then decodes from the last + 1 (it used to drop them, so generate
     fell back to transformers' rule after a long video)."""
     from evaluation.evaluate import generate
 
-    model, processor = tiny
+    model, processor = family_model
     enc = ConversationEncoder(processor, VisualConfig(), RopeSpec.from_config(model.config))
     long = enc.encode(video_prompt(), add_generation_prompt=True)
     seen = []

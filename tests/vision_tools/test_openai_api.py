@@ -3,7 +3,8 @@
 Greedy decoding with resampling off makes the served model's answer a function of the prompt, so
 each request is checked against the engine run in this process on the conversation the docs
 describe, written out by hand here (images numbered in order, ViRC question text, tool results
-as user turns)."""
+as user turns). ``test_multi_image_request`` runs once per model family (``served``: the preset
+the server process loads; the other tests use ``tiny``)."""
 
 import asyncio
 import base64
@@ -40,12 +41,18 @@ def image_part(img) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server():
+def served(request) -> str:
+    """The preset the server serves (a test parametrises it indirectly; else ``tiny``)."""
+    return getattr(request, "param", "tiny")
+
+
+@pytest.fixture(scope="module")
+def server(served):
     import sys
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", served, "--port", str(port),
            "--max-turns", "3", "--max-turn-tokens", "16"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
     yield url
@@ -59,12 +66,12 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def local():
+def local(served):
     """The same tiny model in this process: ``run(messages, **options)`` -> Trajectory."""
     from mm import load_model
     from vision_tools import EngineConfig, ToolEngine, system_prompt
 
-    model, processor = load_model("tiny")
+    model, processor = load_model(served)
 
     def run(messages: list[dict], system: str | None = None, **options) -> object:
         cfg = EngineConfig(**{"max_turns": 3, "max_turn_tokens": 16, "max_resamples": 0, **options})
@@ -95,18 +102,21 @@ def test_models_lists_the_served_model(client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
 
-def test_multi_image_request(client, local, server):
-    a, b = solid(56, 84), solid(112, 56, color=(20, 200, 40))  # sizes the model sees unchanged
+@pytest.mark.parametrize("served", ["tiny", "tiny-qwen3vl"], indirect=True)
+def test_multi_image_request(client, local, server, served):
+    from mm.tiny import resolve_preset
+
+    f = resolve_preset(served)[0].factor  # sizes the model sees unchanged: 28 px tokens, or 32
+    a, b = solid(2 * f, 3 * f), solid(4 * f, 2 * f, color=(20, 200, 40))
     q = "Which image is wider?"
     reply = client.chat.completions.create(
-        model="tiny",
+        model=served,
         messages=[{"role": "user", "content": [image_part(a), image_part(b), {"type": "text", "text": q}]}],
         max_completion_tokens=8,
         extra_body=GREEDY,
     )
-    expected = local(
-        [user([a, b], f"Image 0: 56 x 84.\nImage 1: 112 x 56.\nQuestion: {q}{ASK}")], max_turn_tokens=8
-    )
+    sizes = f"Image 0: {2 * f} x {3 * f}.\nImage 1: {4 * f} x {2 * f}."
+    expected = local([user([a, b], f"{sizes}\nQuestion: {q}{ASK}")], max_turn_tokens=8)
     same_run(reply, 0, expected)
     assert all(t["tokens"] <= 8 for t in reply.choices[0].trajectory["turns"])
     assert reply.usage.prompt_tokens == expected.prompt_length
@@ -115,10 +125,10 @@ def test_multi_image_request(client, local, server):
         server + "/v1/tools/crop_image",
         json={
             "images": [data_url(a), data_url(b)],
-            "arguments": {"bbox_2d": [56, 0, 112, 56], "image_index": 1},  # outside image 0
+            "arguments": {"bbox_2d": [2 * f, 0, 4 * f, 2 * f], "image_index": 1},  # outside image 0
         },
     )
-    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (56, 56)
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (2 * f, 2 * f)
 
 
 def test_text_only_request(client, local):

@@ -59,8 +59,9 @@ class Context:
     pixel_values: list[torch.Tensor]  # one [patches, dim] tensor per image, in order
     grids: list[torch.Tensor]  # one [3] (t, h, w) row per image
     key: int = 0  # which conversation (scripted generators replay per conversation)
-    # one (pixel_values_videos [patches, dim], grid [3], seconds per temporal patch) per video
-    videos: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+    # one (pixel_values_videos [patches, dim], grid [3], seconds per temporal patch) per video;
+    # the seconds are None where the time is text in the ids (Qwen3-VL's <t seconds>)
+    videos: list[tuple[torch.Tensor, torch.Tensor, float | None]] = field(default_factory=list)
     # the conversation's cache state, kept by the engine between turns (CachedGenerator reads
     # and writes it; None: nothing is kept)
     session: dict | None = None
@@ -81,7 +82,9 @@ class Context:
             pixels = list(torch.split(sample.pixel_values, sample.image_grid_thw.prod(-1).tolist()))
         if sample.video_grid_thw is not None:
             parts = torch.split(sample.pixel_values_videos, sample.video_grid_thw.prod(-1).tolist())
-            videos = list(zip(parts, sample.video_grid_thw, sample.second_per_grid_ts.tolist()))
+            seconds = sample.second_per_grid_ts  # None: timestamps in the ids (Qwen3-VL)
+            seconds = seconds.tolist() if seconds is not None else [None] * len(parts)
+            videos = list(zip(parts, sample.video_grid_thw, seconds))
         ids, types = sample.input_ids.tolist(), sample.mm_token_type_ids.tolist()
         return cls(ids, types, pixels, grids, key, videos=videos)
 
@@ -128,7 +131,8 @@ def context_positions(c: Context, types: torch.Tensor, spec: RopeSpec) -> tuple[
     """mm's M-RoPE positions of ``c`` ([3, len]) and the next position (``mm.rope.mrope_positions``)."""
     grids = torch.stack(c.grids) if c.grids else None
     v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
-    seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
+    timed = c.videos and all(v[2] is not None for v in c.videos)
+    seconds = torch.tensor([v[2] for v in c.videos]) if timed else None
     return mrope_positions(types, grids, v_grids, seconds, spec)
 
 

@@ -207,8 +207,12 @@ class CachedGenerator(HFGenerator):
                 "use rollout generator 'hf'"
             )
         self._suppressed = None  # [V] bool: the suppressed ids (built at the first step)
-        # decoding steps hand SDPA its ready mask (see _step_mask)
-        self._ready_mask = model.config.get_text_config()._attn_implementation == "sdpa"
+        # decoding steps hand SDPA its ready mask (see _step_mask); a text model whose config
+        # declares layer_types takes it as the per-layer-type mapping it builds (Qwen2.5-VL), one
+        # without (Qwen3-VL) hands any mask to create_causal_mask, which keeps a 4-D one as it is
+        text = model.config.get_text_config()
+        self._ready_mask = text._attn_implementation == "sdpa"
+        self._mask_mapping = getattr(text, "layer_types", None) is not None
         self._warpers = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
     @property
@@ -435,10 +439,13 @@ class CachedGenerator(HFGenerator):
         model's own mask in its form (``{"full_attention": [B, 1, 1, n]}``, True: attended; None
         without padding), which the model takes as is: building it from the 2-D mask at every
         step (transformers' ``create_causal_mask``) cost as much as the attention itself at 16
-        long rows on a CPU. Other attention implementations get the 2-D mask."""
+        long rows on a CPU. A text model that takes no mapping (Qwen3-VL) gets the 4-D mask itself
+        (or None), which ``create_causal_mask`` passes through. Other attention implementations
+        get the 2-D mask."""
         if not self._ready_mask:
             return attend
-        return {"full_attention": attend[:, None, None, :] if padded else None}
+        mask = attend[:, None, None, :] if padded else None
+        return {"full_attention": mask} if self._mask_mapping else mask
 
     def _store(self, c: Context, new: list[int], cache, mask, row: int, fed: int) -> None:
         """Keep row ``row``'s keys and values (its context and the ``fed`` tokens of this call

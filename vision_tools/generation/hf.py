@@ -9,6 +9,7 @@ import torch
 
 from mm.chat_template import END_OF_TEXT, IM_END, IMAGE_PAD, VISION_END, VISION_START
 from mm.image_features import encoder_outputs
+from mm.models import family_of
 from mm.records import RESERVED
 from mm.rope import RopeSpec
 from vision_tools.generation.base import (
@@ -72,6 +73,8 @@ class HFGenerator(Generator):
         self.model, self.tok, self.synced_gpus = model, processor.tokenizer, synced_gpus
         self.features = features
         self.rope = RopeSpec.from_config(model.config)
+        # Qwen3-VL: a video's time is text in the ids (<t seconds>), no second_per_grid_ts
+        self.video_seconds = family_of(model.config).video_time != "timestamps"
         ids = self.tok.convert_tokens_to_ids
         self.end_ids = [ids(IM_END), ids(END_OF_TEXT)]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[1]
@@ -87,8 +90,9 @@ class HFGenerator(Generator):
         return int(t[0])
 
     def _dummy(self, image: bool) -> Context:
-        """A one-token text context, or one with a 28x28 image (one visual token): a synced rank
-        with nothing (or no image) to generate still runs every module the other ranks run."""
+        """A one-token text context, or one with a one-token image (a 2x2 patch grid: 28x28 px for
+        Qwen2.5-VL, 32x32 for Qwen3-VL): a synced rank with nothing (or no image) to generate
+        still runs every module the other ranks run."""
         if not image:
             return Context([self.pad_id], [0], [], [])
         ids = self.tok.convert_tokens_to_ids
@@ -172,7 +176,8 @@ class HFGenerator(Generator):
         if videos:
             batch["pixel_values_videos"] = torch.cat([v[0] for v in videos])
             batch["video_grid_thw"] = torch.stack([v[1] for v in videos])
-            batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
+            if self.video_seconds:
+                batch["second_per_grid_ts"] = torch.tensor([v[2] for v in videos])
         if pixels:
             batch["image_grid_thw"] = torch.stack(grids)
             if self.features is None:
