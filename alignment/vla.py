@@ -37,7 +37,7 @@ from vla.datasets import open_vla_dataset
 from vla.model import HEADS, VLA_JSON, VLAHeads, VLAModel
 from vla.spatial.align import AlignProjector
 from vla.spatial.features import FeatureStore
-from vla.spatial.teacher import build_teacher
+from vla.spatial.teacher import GEOMETRY_HINT, build_teacher
 
 
 def collate_vla(
@@ -62,6 +62,8 @@ class VLATrainer(Trainer):
 
     def setup(self, device: str) -> VLAState:
         cfg: VLAConfig = self.cfg
+        if cfg.align.alpha > 0 and cfg.align.teacher == "geometry" and not cfg.align.features:
+            raise ConfigError(f"align.teacher=geometry needs align.features: {GEOMETRY_HINT}")
         attn = choose_backend(cfg.model.attn, device)
         model, processor = load_for_training(cfg.model, cfg.init_from, attn, self.train_cfg.seed)
         model.train()

@@ -64,7 +64,11 @@ class AlignConfig:
         "student layer: 1-based decoder layer whose output is aligned, negative counts from the end "
         "(-1: last), 0: auto = int(0.75 x layers) (24 of 32 as in the paper)",
     )
-    teacher: str = opt("random", "frozen teacher: random (tests), timm:NAME (local weights) or vggt")
+    teacher: str = opt(
+        "random",
+        "frozen teacher: random (tests), timm:NAME (local weights), vggt, or geometry (the simulator's "
+        "depth and cameras; precomputed features only: mmpost data metaworld-demos --teacher-features geometry)",
+    )
     teacher_weights: str | None = opt(None, "local weights file of a timm or VGGT teacher (never downloaded)")
     teacher_image_size: int = opt(
         0,

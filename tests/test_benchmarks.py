@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mm.imports import is_available
 from tests.conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,24 @@ def test_benchmark_runs(script, args, expect):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert expect in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not is_available("metaworld"), reason="metaworld is not installed (pip install 'mmpost[sim]')"
+)
+def test_spatial_forcing_closed_loop_arm_runs(tmp_path):
+    """The MetaWorld arm of benchmarks/spatial_forcing.py in small: its three arms and the table."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "spatial_forcing.py"), "--quick", "--sim-only"]
+    r = subprocess.run(
+        [*cmd, "--sim-dir", str(tmp_path)], capture_output=True, text=True, timeout=600, env=subprocess_env()
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| task | arm | success (pooled, 95% Wilson)" in r.stdout
+    for arm in (
+        "| reach-v3 | alpha0 |",
+        "| reach-v3 | geometry (alpha 0.5) |",
+        "| reach-v3 | random (alpha 0.5) |",
+    ):
+        assert arm in r.stdout
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3

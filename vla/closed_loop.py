@@ -35,6 +35,13 @@ class ClosedLoopConfig:
     )
     size: int = opt(224, "side of each rendered view in pixels (as in the demonstrations)")
     show_goal: bool = opt(False, "render the goal markers (as in the demonstrations: --show-goal)")
+    goal_size: float = opt(
+        0.0, "radius of the goal markers in metres, as in the demonstrations (0: MetaWorld's 0.02)"
+    )
+    goal_rgba: list[float] = opt(
+        factory=list,
+        help="colour of the goal markers, r g b [a], as in the demonstrations (empty: the task's)",
+    )
     execute: int = opt(0, "actions of each chunk executed before the next prediction (0: the whole chunk)")
     ensemble: bool = opt(
         False, "temporal ensembling: predict every step, average the chunks' overlapping actions"
@@ -128,7 +135,9 @@ _worker: dict = {}
 def _init_worker(model: str, cfg: ClosedLoopConfig) -> None:
     from vla.metaworld import MetaWorldEnv, parse_env
 
-    _worker["env"] = MetaWorldEnv(parse_env(cfg.env), cfg.seed, cfg.views, cfg.size, cfg.show_goal)
+    _worker["env"] = MetaWorldEnv(
+        parse_env(cfg.env), cfg.seed, cfg.views, cfg.size, cfg.show_goal, cfg.goal_size, cfg.goal_rgba
+    )
     _worker["policy"] = load_policy(model, cfg.device)
     _worker["cfg"] = cfg
 

@@ -12,7 +12,14 @@ MuJoCo picks its OpenGL backend when it is first imported, from ``MUJOCO_GL``: `
 variable is already set (``osmesa`` needs ``apt-get install -y libosmesa6``; both give the same
 pixels). Shadows and reflections are turned off (about 5x faster frames) and goal markers hidden
 unless ``show_goal``, so a view shows the robot and the objects only (then the goal of reach,
-push and pick-place is in no view: the tasks are only partly observable from pixels).
+push and pick-place is in no view: the tasks are only partly observable from pixels). A shown
+marker is MetaWorld's sphere of radius 0.02 m (about 3 px across in a 112 px corner view) in the
+task's colour (reach's is red like the puck and the finger pads); ``goal_size`` sets its radius
+and ``goal_rgba`` its colour. Sites never collide, so neither changes the physics or success.
+
+``point_maps()`` gives each view's 3-D structure for the geometric Spatial Forcing teacher
+(``vla.spatial.geometry``): MuJoCo's metric depth back-projected with the camera's pose at this
+frame into world points, oriented like the RGB view, and the mask of pixels that hit geometry.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import os
 
 import numpy as np
 
+from mm.config import ConfigError
 from mm.imports import require
 
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 PROPRIO_DIM = 4  # obs[0:3] hand position, obs[3] gripper opening
+TABLE_CENTRE = (0.0, 0.6, 0.0)  # body "tablelink", the table top at z = 0 (metres): the scene's origin
 INSTRUCTIONS = {
     "reach-v3": "reach the goal position with the gripper",
     "push-v3": "push the puck to the goal",
@@ -51,6 +60,12 @@ def instruction(task: str) -> str:
     return INSTRUCTIONS.get(task) or task.rsplit("-v", 1)[0].replace("-", " ")
 
 
+def upright(x: np.ndarray, camera: str) -> np.ndarray:
+    """A view as mmpost shows it: the corner cameras are mounted upside down, so their images (and
+    depth, point and mask maps, which must turn alike) are turned 180 degrees; others unchanged."""
+    return np.ascontiguousarray(x[::-1, ::-1] if camera.startswith("corner") else x)
+
+
 def parse_env(spec: str) -> str:
     """``metaworld:push-v3`` -> ``push-v3`` (the only simulator here)."""
     sim, _, task = spec.partition(":")
@@ -60,7 +75,16 @@ def parse_env(spec: str) -> str:
 
 
 class MetaWorldEnv:
-    def __init__(self, task: str, seed: int = 0, views=("corner",), size: int = 224, show_goal: bool = False):
+    def __init__(
+        self,
+        task: str,
+        seed: int = 0,
+        views=("corner",),
+        size: int = 224,
+        show_goal: bool = False,
+        goal_size: float = 0.0,
+        goal_rgba=None,
+    ):
         metaworld = require_metaworld()
         import mujoco
 
@@ -75,6 +99,9 @@ class MetaWorldEnv:
         self.variations = bench.train_tasks
         self.env = bench.train_classes[task]()
         self.task, self.views, self.size, self.show_goal = task, tuple(views), size, show_goal
+        self.goal_size, self.goal_rgba = goal_size, list(goal_rgba or [])
+        if len(self.goal_rgba) not in (0, 3, 4):
+            raise ConfigError(f"goal_rgba {self.goal_rgba}: give 3 or 4 numbers in [0, 1] (r g b [a])")
         self.max_steps = self.env.max_path_length
         self.expert = ENV_POLICY_MAP[task]()
         m = self.env.model
@@ -86,6 +113,8 @@ class MetaWorldEnv:
             self.renderer = mujoco.Renderer(m, size, size)
         except Exception as e:  # no EGL/OSMesa library, no device: say what to install
             raise RenderError(f"{GL_HINT} (MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {e})") from e
+        self.depth_renderer = None  # made on the first point_maps()
+        self.cam_ids = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in self.views]
 
     def reset(self, variation: int) -> np.ndarray:
         """Start an episode of variation ``variation`` (mod 50) -> the first state."""
@@ -94,8 +123,14 @@ class MetaWorldEnv:
         self.env.set_task(self.variations[variation % len(self.variations)])
         obs, _ = self.env.reset()
         m = self.env.model
-        for name, _ in [] if self.show_goal else self.env._target_site_config:  # known after a reset
-            m.site_rgba[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name), 3] = 0  # goal marker
+        for name, _ in self.env._target_site_config:  # the goal markers, known after a reset
+            i = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name)
+            if self.goal_size:
+                m.site_size[i, 0] = self.goal_size  # a sphere's radius
+            if self.goal_rgba:
+                m.site_rgba[i, : len(self.goal_rgba)] = self.goal_rgba
+            if not self.show_goal:
+                m.site_rgba[i, 3] = 0
         return obs
 
     def step(self, action) -> tuple[np.ndarray, bool]:
@@ -110,7 +145,34 @@ class MetaWorldEnv:
         for cam in self.views:
             self.renderer.update_scene(self.env.data, camera=cam)
             img = self.renderer.render()
-            out.append(np.ascontiguousarray(img[::-1, ::-1] if cam.startswith("corner") else img))
+            out.append(upright(img, cam))
+        return out
+
+    def camera(self, view: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """(fovy in degrees, optical centre [3], camera-to-world rotation [3, 3]) of a view's camera
+        now (gripperPOV moves with the hand, so read it at every frame)."""
+        k = self.cam_ids[self.views.index(view)]
+        d = self.env.data
+        return float(self.env.model.cam_fovy[k]), d.cam_xpos[k].copy(), d.cam_xmat[k].reshape(3, 3).copy()
+
+    def point_maps(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per view (world points [size, size, 3] in metres, valid [size, size] bool), oriented like
+        ``render()``: back-projected in the renderer's orientation, then turned with the RGB."""
+        import mujoco
+
+        from vla.spatial.geometry import backproject, valid_depth
+
+        m = self.env.model
+        if self.depth_renderer is None:
+            self.depth_renderer = mujoco.Renderer(m, self.size, self.size)
+            self.depth_renderer.enable_depth_rendering()
+        far = m.vis.map.zfar * m.stat.extent  # the far plane: where the sky reads
+        out = []
+        for cam in self.views:
+            self.depth_renderer.update_scene(self.env.data, camera=cam)
+            depth = self.depth_renderer.render()  # metric z-depth already (MuJoCo linearises it)
+            points = backproject(depth, *self.camera(cam))
+            out.append((upright(points, cam), upright(valid_depth(depth, far), cam)))
         return out
 
     @staticmethod
@@ -122,4 +184,6 @@ class MetaWorldEnv:
 
     def close(self) -> None:
         self.renderer.close()
+        if self.depth_renderer is not None:
+            self.depth_renderer.close()
         self.env.close()

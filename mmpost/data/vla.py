@@ -99,6 +99,35 @@ def add_metaworld_demos(p) -> None:
     p.add_argument("--max-steps", type=int, default=200, help="step limit per episode (default %(default)s)")
     p.add_argument("--keep-failed", action="store_true", help="also write episodes the expert failed")
     p.add_argument("--show-goal", action="store_true", help="render the goal markers (hidden by default)")
+    p.add_argument(
+        "--goal-size",
+        type=float,
+        default=0.0,
+        help="radius of the goal markers in metres (0: MetaWorld's 0.02; pass the same to eval-policy)",
+    )
+    p.add_argument(
+        "--goal-rgba",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="X",
+        help="colour of the goal markers, r g b [a] in [0, 1] (default: the task's; pass the same to eval-policy)",
+    )
+    p.add_argument(
+        "--teacher-features",
+        choices=("geometry",),
+        default=None,
+        help="also write OUT/teacher-geometry: the geometric Spatial Forcing teacher's features of every "
+        "record, from MuJoCo's depth and cameras (train with align.teacher=geometry "
+        "align.features=OUT/teacher-geometry)",
+    )
+    p.add_argument(
+        "--feature-normalize",
+        choices=("residual", "zscore", "none"),
+        default="residual",
+        help="normalisation of the geometry features over the set: residual (each token position's mean "
+        "removed, then per-channel std), zscore (per channel) or none (default %(default)s)",
+    )
     p.set_defaults(func=cmd_metaworld_demos)
 
 
@@ -116,11 +145,21 @@ def cmd_metaworld_demos(args) -> int:
         args.max_steps,
         args.keep_failed,
         args.show_goal,
+        args.goal_size,
+        args.goal_rgba,
+        args.teacher_features,
+        args.feature_normalize,
     )
     ok = ", ".join(f"{t} {k}/{n}" for t, (k, n) in s["success"].items())
     print(
         f"wrote {s['records']} VLA records to {os.path.join(args.out, 'train.jsonl')} (expert success: {ok})"
     )
+    if "features" in s:
+        f = s["features"]
+        print(
+            f"  geometry teacher features {f['grid']} x {f['dim']} in {f['folder']}: train with "
+            f"align.teacher=geometry align.features={f['folder']}"
+        )
     return 0
 
 

@@ -10,7 +10,10 @@ Layout of OUT::
 The folder is written as OUT.tmp and renamed into place, so OUT is never a mix of two runs.
 Training with ``align.features=OUT`` reads these instead of running the teacher (the same loss,
 without the teacher's compute); ``FeatureStore.check`` refuses a folder written by another
-teacher, weights file, image size or data file (compared by sha256).
+teacher, weights file, image size or data file (compared by sha256). The geometry teacher
+(``vla.spatial.geometry``) has no live form: ``mmpost data metaworld-demos OUT --teacher-features
+geometry`` writes its features beside the demonstrations (``save_features``: image size 0, a
+``geometry`` block in meta.json with how they were made, normalisation statistics included).
 """
 
 from __future__ import annotations
@@ -62,11 +65,7 @@ def write_features(
     bad = [r for _, r in rows if isinstance(r, Problem)]
     if bad:
         raise DataError(f"{bad[0]} (run `mmpost data validate {data}`)")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, META)):
-        raise ConfigError(f"{out} exists and is not a teacher-features folder (no {META}); pick another")
-    final, out = out, out.rstrip("/") + ".tmp"
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
+    final, out = out, start_folder(out)
     ids, grid = [], None
     S = teacher.image_size
     pending: list[tuple[int, torch.Tensor]] = []
@@ -104,11 +103,65 @@ def write_features(
         "ids": ids,
         "dtype": "float32",
     }
-    with open(os.path.join(out, META), "w") as f:
+    finish_folder(out, final, meta)
+    return meta
+
+
+def start_folder(out: str) -> str:
+    """The temporary folder OUT.tmp (emptied) a features folder is written to; refuses an OUT
+    that holds something other than teacher features."""
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, META)):
+        raise ConfigError(f"{out} exists and is not a teacher-features folder (no {META}); pick another")
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def finish_folder(tmp: str, final: str, meta: dict) -> None:
+    """Write meta.json last, then rename OUT.tmp into OUT (the previous OUT stays whole until then)."""
+    with open(os.path.join(tmp, META), "w") as f:
         json.dump(meta, f)
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(out, final)
+    os.replace(tmp, final)
+
+
+def save_features(
+    out: str, data: str, ids: list[str], feats: list[torch.Tensor], teacher: str, **extra
+) -> dict:
+    """Write features computed elsewhere (e.g. the geometry teacher, with the demonstrations) in
+    the same layout: ``feats[i]`` [V, h, w, d] is record ``i`` of ``data``; ``extra`` goes into
+    meta.json (how they were made). Atomic like ``write_features``."""
+    if len(ids) != len(feats) or not feats:
+        raise ValueError(f"{len(ids)} record ids for {len(feats)} feature grids")
+    tmp = start_folder(out)
+    for i, x in enumerate(feats):
+        torch.save(x.float().contiguous(), os.path.join(tmp, f"{i:06d}.pt"))
+    meta = {
+        "teacher": teacher,
+        "teacher_weights": None,
+        "image_size": 0,  # the teacher read no images
+        "grid": list(feats[0].shape[1:3]),
+        "dim": int(feats[0].shape[-1]),
+        "data": os.path.abspath(data),
+        "data_sha256": file_sha256(data),
+        "ids": list(ids),
+        "dtype": "float32",
+        **extra,
+    }
+    finish_folder(tmp, out, meta)
     return meta
+
+
+def rewrite_hint(teacher: str, data: str, folder: str, weights: str | None = None) -> str:
+    """The command that rewrites a features folder (the geometry teacher's comes with the demos)."""
+    if teacher == "geometry":
+        return (
+            "rewrite the demonstrations with their features: mmpost data metaworld-demos OUT "
+            "--teacher-features geometry (the same arguments as for the data), align.features=OUT/teacher-geometry"
+        )
+    fix = f"recompute: mmpost data teacher-features {data} {folder} --teacher {teacher}"
+    return fix + (f" --teacher-weights {weights}" if weights else "")
 
 
 class FeatureStore:
@@ -118,7 +171,9 @@ class FeatureStore:
         path = os.path.join(folder, META)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{folder} holds no {META}: write it with `mmpost data teacher-features DATA {folder} --teacher ...`"
+                f"{folder} holds no {META}: write it with `mmpost data teacher-features DATA {folder} "
+                "--teacher ...` (the geometry teacher's with `mmpost data metaworld-demos OUT "
+                "--teacher-features geometry`: OUT/teacher-geometry)"
             )
         self.folder = folder
         with open(path) as f:
@@ -128,8 +183,7 @@ class FeatureStore:
         """Same teacher, image size and data file (sha256); the same weights file when ``weights``
         is given (a run reading features may leave align.teacher_weights unset)."""
         m = self.meta
-        fix = f"recompute: mmpost data teacher-features {data} {self.folder} --teacher {teacher}"
-        fix += f" --teacher-weights {weights}" if weights else ""
+        fix = rewrite_hint(teacher, data, self.folder, weights)
         if m["teacher"] != teacher:
             raise ConfigError(
                 f"{self.folder}: features of teacher {m['teacher']!r}, the config asks for {teacher!r}; {fix}"

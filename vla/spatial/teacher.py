@@ -6,7 +6,10 @@
 * ``timm:NAME``  a timm backbone (DINOv2-style ViTs: ``vit_small_patch14_dinov2``, ...) built with
                  ``pretrained=False`` and loaded from a local ``.safetensors`` / ``.pth`` file;
 * ``vggt``       VGGT's aggregator (the paper's teacher), when the ``vggt`` package is installed
-                 and its weights are a local file; last layer, patch tokens only (2048-d).
+                 and its weights are a local file; last layer, patch tokens only (2048-d);
+* ``geometry``   the simulator's own 3-D geometry (``vla.spatial.geometry``): it reads depth and
+                 camera poses, not images, so it exists only as precomputed features written with
+                 the demonstrations (``mmpost data metaworld-demos --teacher-features geometry``).
 
 Every teacher takes ``images [B, V, 3, S, S]`` in [0, 1] (the views resized to ``S x S``) and a
 view mask ``[B, V]``, and returns features ``[B, V, h, w, d]``. Teachers are frozen (eval mode,
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mm.config import ConfigError
 from mm.imports import MissingDependency, is_available, require
 
 
@@ -170,14 +174,23 @@ class VGGTTeacher(Teacher):
 
 
 def build_teacher(spec: str, weights: str | None = None, image_size: int = 0, seed: int = 0) -> Teacher:
-    """``random``, ``timm:NAME`` or ``vggt`` (see the module docstring)."""
+    """``random``, ``timm:NAME`` or ``vggt`` (see the module docstring); ``geometry`` has no live form."""
     if spec == "random":
         return RandomTeacher(image_size=image_size or 56, seed=seed)
     if spec.startswith("timm:"):
         return TimmTeacher(spec[5:], weights, image_size)
     if spec == "vggt":
         return VGGTTeacher(weights, image_size)
-    raise ValueError(f"unknown teacher {spec!r}; use random, timm:NAME or vggt")
+    if spec == "geometry":
+        raise ConfigError(GEOMETRY_HINT)
+    raise ValueError(f"unknown teacher {spec!r}; use random, timm:NAME, vggt or geometry (precomputed)")
+
+
+GEOMETRY_HINT = (
+    "the geometry teacher reads the simulator's depth and cameras, which a training run does not have: "
+    "write its features with the demonstrations (mmpost data metaworld-demos OUT --teacher-features "
+    "geometry) and train with align.teacher=geometry align.features=OUT/teacher-geometry"
+)
 
 
 def teacher_images(images: list[Image.Image], size: int) -> torch.Tensor:
