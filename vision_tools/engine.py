@@ -75,6 +75,12 @@ class EngineConfig:
         "writes next) instead of at max_turn_tokens; cached generator; the server's default, off for "
         "training rollouts (the trained tokens stay the model's whole turn)",
     )
+    logprobs: bool = opt(
+        False,
+        "keep each generated token's log-prob under the model's own distribution (log-softmax of the "
+        "raw logits, as the trainer computes it) in TurnRecord.logprobs; the generator must "
+        "supports_logprobs; off: rollouts compute nothing extra",
+    )
     generator: str = opt(
         DEFAULT,
         "decoding backend (vision_tools.generation.GENERATORS): cached: one prefill per distinct "
@@ -102,6 +108,9 @@ class TurnRecord:
     image_index: int | None = None  # the tool result's index, if a tool ran
     error: str | None = None  # the text the model was shown instead of a result
     seconds: float = 0.0  # generation (shared by its batch) + tool time
+    # with EngineConfig.logprobs: the log-prob of each of its generated ids (span) under the model's
+    # own distribution, as the generator returned them for the committed attempt
+    logprobs: list[float] | None = None
 
 
 @dataclass
@@ -128,6 +137,14 @@ class Trajectory:
     @property
     def violations(self) -> list[str]:
         return [t.parsed.code for t in self.turns if not t.parsed.ok]
+
+    @property
+    def logprobs(self) -> list[float] | None:
+        """The log-prob of every generated token, in order (where ``generated`` is True), or None
+        unless the engine kept them (``EngineConfig.logprobs``)."""
+        if any(t.logprobs is None for t in self.turns):
+            return None
+        return [lp for t in self.turns for lp in t.logprobs]
 
     def encoded(self, rope: RopeSpec | None = None) -> EncodedSample:
         """The trajectory for the trainer: these ids, labels on generated tokens only."""
@@ -181,8 +198,16 @@ class _Conversation:
         ids, types = self.ids, self.types
         if self.partial:
             ids, types = ids + self.partial, types + [TEXT] * len(self.partial)
-        return Context(ids, types, self.pixels, self.grids, self.key, session=self.session,
-                       resumed=len(self.partial))  # fmt: skip
+        return Context(
+            ids,
+            types,
+            self.pixels,
+            self.grids,
+            self.key,
+            session=self.session,
+            resumed=len(self.partial),
+            resumed_logprobs=getattr(self.partial, "logprobs", None),  # TurnIds of an unfinished turn
+        )
 
     def extend(self, ids: list[int], types: list[int] | None = None, generated: bool = False) -> None:
         self.ids += ids
@@ -208,6 +233,11 @@ class ToolEngine:
         self.cfg = config or EngineConfig()
         self.tools: dict[str, Tool] = as_toolset(tools)
         self.generator = generator or make_generator(self.cfg.generator, model, processor)
+        if self.cfg.logprobs and not self.generator.supports_logprobs:
+            raise ConfigError(
+                f"logprobs: the {type(self.generator).__name__} generator does not return log-probs "
+                "(Generator.supports_logprobs); use the cached or hf generator"
+            )
         rope = RopeSpec.from_config(model.config) if model is not None else RopeSpec()
         self.encoder = ConversationEncoder(processor, self.cfg.visual, rope)
         ids = self.tok.convert_tokens_to_ids
@@ -372,7 +402,13 @@ class ToolEngine:
     def _sampling(self, resampling: bool) -> Sampling:
         cfg = self.cfg
         return Sampling(
-            cfg.do_sample or resampling, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop), cfg.cut_loops
+            cfg.do_sample or resampling,
+            cfg.temperature,
+            cfg.top_p,
+            cfg.top_k,
+            tuple(cfg.stop),
+            cfg.cut_loops,
+            cfg.logprobs,
         )
 
     def _limit(self, c: _Conversation) -> int:
@@ -391,8 +427,20 @@ class ToolEngine:
             ctxs, limits = [convs[i].context() for i in idx], [self._limit(convs[i]) for i in idx]
             rows = [sampling[i] for i in idx] if isinstance(sampling, list) else sampling
             for i, new in zip(idx, self.generator.generate(ctxs, limits, rows, steps=steps)):
-                out[i] = list(new)
+                out[i] = self._checked(new)
         return out
+
+    def _checked(self, new: list[int]) -> list[int]:
+        """A generated turn as returned, its log-probs checked when the engine asked for them."""
+        lps = getattr(new, "logprobs", None)
+        if not self.cfg.logprobs:
+            return list(new)
+        if lps is None or len(lps) != len(new):
+            raise RuntimeError(
+                f"{type(self.generator).__name__} returned {len(new)} ids with "
+                f"{'no' if lps is None else len(lps)} log-probs (TurnIds.logprobs: one per id)"
+            )
+        return new
 
     def _ended(self, c: _Conversation, new: list[int]) -> bool:
         """Whether ``new`` (a turn so far) is over: an end token, a stop string, its token limit."""
@@ -404,8 +452,10 @@ class ToolEngine:
         seconds): commit it, or note a violation for another attempt while resamples are left.
         True when the turn was committed."""
         t0 = time.perf_counter()
+        lps = getattr(new, "logprobs", None)
         if new and new[-1] == self.eot_id:  # <|endoftext|> ends the turn like <|im_end|> would,
             new = new[:-1]  # but the chat template has no place for it: the turn is closed for the model
+            lps = lps[:-1] if lps is not None else None
         text, parsed, image = self._evaluate(c, new)
         c.partial, c.spent = [], c.spent + spent + time.perf_counter() - t0
         if not parsed.ok and c.attempt < self.cfg.max_resamples and not self.stopped(text):
@@ -413,6 +463,7 @@ class ToolEngine:
             c.attempt += 1
             return False
         self._commit(c, new, text, parsed, image, c.attempt + 1, c.rejected, c.spent)
+        c.turns[-1].logprobs = lps
         c.attempt, c.rejected, c.spent = 0, [], 0.0
         return True
 

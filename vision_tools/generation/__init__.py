@@ -20,7 +20,9 @@ from vision_tools.generation.base import (
     Context,
     Generator,
     Sampling,
+    TurnIds,
     context_positions,
+    sampled_logprobs,
     turn_over,
 )
 from vision_tools.generation.scripted import ScriptedGenerator
@@ -59,6 +61,7 @@ __all__ = [
     "ScriptedGenerator",
     "TurnIds",
     "context_positions",
+    "sampled_logprobs",
     "generator_class",
     "make_generator",
     "turn_over",

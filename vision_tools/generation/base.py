@@ -67,6 +67,9 @@ class Context:
     # the last ``resumed`` ids are the current turn's tokens so far (a turn a resumable
     # generator stopped after ``steps`` tokens and goes on with)
     resumed: int = 0
+    # the log-probs of those ``resumed`` tokens (``TurnIds.logprobs`` of the unfinished turn, which
+    # the engine keeps), so a resumed turn hands back the log-probs of all its ids
+    resumed_logprobs: list[float] | None = None
 
     @classmethod
     def of(cls, sample: EncodedSample, key: int = 0) -> Context:
@@ -127,6 +130,13 @@ def context_positions(c: Context, types: torch.Tensor, spec: RopeSpec) -> tuple[
     v_grids = torch.stack([v[1] for v in c.videos]) if c.videos else None
     seconds = torch.tensor([v[2] for v in c.videos]) if c.videos else None
     return mrope_positions(types, grids, v_grids, seconds, spec)
+
+
+def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Each row's log-prob of its token under the model's own distribution: log-softmax of the
+    raw ``logits`` ([B, V], fp32; no temperature, top-k/top-p or suppression), at ``tokens`` [B]
+    (what ``TurnIds.logprobs`` holds and ``mm.logprobs`` computes for the same ids)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
 
 
 def turn_over(tok, new: list[int], limit: int, stops: tuple[str, ...], end_ids, loops: bool = False) -> bool:

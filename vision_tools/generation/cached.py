@@ -37,6 +37,9 @@ ZeRO-3 over several ranks (``synced_gpus``) takes :class:`HFGenerator`'s path. P
 stop strings (``Sampling.stop``) and the ``cancelled`` hook work as in :class:`HFGenerator`: a
 cancelled row leaves the batch at the next token. ``generate(..., steps=k)`` may end a call
 midway through the rows' turns, which later calls resume (a server's rounds of tokens).
+Rows whose ``Sampling.logprobs`` is set come back as ``TurnIds`` carrying each token's log-prob,
+the log-softmax of the step's raw logits at the chosen id (a resumed turn's earlier log-probs,
+``Context.resumed_logprobs``, come first); other rows cost nothing extra.
 """
 
 from __future__ import annotations
@@ -48,7 +51,15 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from mm.rope import TEXT
-from vision_tools.generation.base import STOP_STRINGS, Context, Sampling, context_positions, turn_over
+from vision_tools.generation.base import (
+    STOP_STRINGS,
+    Context,
+    Sampling,
+    TurnIds,
+    context_positions,
+    sampled_logprobs,
+    turn_over,
+)
 from vision_tools.generation.hf import HFGenerator
 
 
@@ -163,10 +174,21 @@ def _reusable(c: Context) -> int:
     return n
 
 
+def _resumed_logprobs(c: Context) -> list[float]:
+    """The log-probs a resumed turn's list starts with (a copy: the turn goes on from them)."""
+    if c.resumed and (c.resumed_logprobs is None or len(c.resumed_logprobs) != c.resumed):
+        raise ValueError(
+            f"a resumed turn of {c.resumed} tokens needs their {c.resumed} log-probs "
+            "(Context.resumed_logprobs) to hand back the log-probs of the whole turn"
+        )
+    return list(c.resumed_logprobs or []) if c.resumed else []
+
+
 class CachedGenerator(HFGenerator):
     """Own decode loop: one prefill per distinct context, KV cache kept across turns."""
 
     in_place = True  # decoding writes into preallocated cache buffers (False: torch.cat per step)
+    supports_logprobs = True  # each chosen token's log-prob is taken from the step's logits
 
     def __init__(self, model, processor, *, synced_gpus: bool = False, features=None, prefixes: int = 0):
         super().__init__(model, processor, synced_gpus=synced_gpus, features=features)
@@ -352,6 +374,9 @@ class CachedGenerator(HFGenerator):
         cancelled = self.cancelled or (lambda key: False)
         # a resumed turn's tokens so far start its list: limits and stop strings see the whole turn
         new: list[list[int]] = [c.input_ids[len(c.input_ids) - c.resumed :] for c in contexts]
+        # and their log-probs start its log-probs (rows that asked for them: Sampling.logprobs)
+        lps = [_resumed_logprobs(c) if s.logprobs else None for c, s in zip(contexts, samplings)]
+        scored = any(lp is not None for lp in lps)
         active = list(range(B))  # rows still in the batch, in cache order
         # which cached positions each row attends to, with room for every step (a step only
         # moves the end ``n``); handed to the model as its ready mask (see _step_mask)
@@ -361,10 +386,14 @@ class CachedGenerator(HFGenerator):
         padded = not bool(attend[:, :n].all())
         step = 0
         while True:
-            tokens = self._choose(logits, kinds, [kind_of[i] for i in active]).tolist()
+            chosen = self._choose(logits, kinds, [kind_of[i] for i in active])
+            tokens = chosen.tolist()
+            step_lps = sampled_logprobs(logits, chosen).tolist() if scored else None
             keep = []
             for k, (i, t) in enumerate(zip(active, tokens)):
                 new[i].append(t)
+                if lps[i] is not None:
+                    lps[i].append(step_lps[k])
                 if cancelled(contexts[i].key):  # nothing of it is kept
                     continue
                 if not turn_over(self.tok, new[i], limits[i], stops[i], self.end_ids, samplings[i].cut_loops):
@@ -381,7 +410,8 @@ class CachedGenerator(HFGenerator):
                     self._store(contexts[active[k]], new[active[k]], cache, attend[:, :n], k, fed=step)
                 keep = []
             if not keep:
-                return [self._trim(t, limit, stop) for t, limit, stop in zip(new, limits, stops)]
+                turns = [self._trim(t, limit, stop) for t, limit, stop in zip(new, limits, stops)]
+                return [TurnIds.of(t, lp[: len(t)] if lp is not None else None) for t, lp in zip(turns, lps)]
             if len(keep) < len(active):  # finished rows leave the batch
                 sel = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(sel)

@@ -11,7 +11,15 @@ from mm.chat_template import END_OF_TEXT, IM_END, IMAGE_PAD, VISION_END, VISION_
 from mm.image_features import encoder_outputs
 from mm.records import RESERVED
 from mm.rope import RopeSpec
-from vision_tools.generation.base import STOP_STRINGS, Context, Generator, Sampling, context_positions
+from vision_tools.generation.base import (
+    STOP_STRINGS,
+    Context,
+    Generator,
+    Sampling,
+    TurnIds,
+    context_positions,
+    sampled_logprobs,
+)
 
 
 class _StopCriteria:
@@ -44,7 +52,11 @@ class _StopCriteria:
 
 
 class HFGenerator(Generator):
-    """``model.generate`` over a left-padded batch; positions come from the model's rope rule."""
+    """``model.generate`` over a left-padded batch; positions come from the model's rope rule.
+    With ``Sampling.logprobs`` the log-probs come from generate's raw logits (``output_logits``:
+    it keeps every step's ``[B, V]`` logits until the call returns)."""
+
+    supports_logprobs = True
 
     def __init__(self, model, processor, *, synced_gpus: bool = False, features=None, prefixes: int = 0):
         """``synced_gpus``: keep stepping until every rank is done (ZeRO-3 over several ranks
@@ -130,6 +142,8 @@ class HFGenerator(Generator):
         stops = STOP_STRINGS + tuple(sampling.stop)
         keys = [c.key for c in contexts]
         criteria = _StopCriteria(self.tok, L, max_new_tokens, stops, cancelled=self.cancelled, keys=keys)
+        if sampling.logprobs:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         out = self.model.generate(
             **batch,
             max_new_tokens=max(max_new_tokens),
@@ -140,8 +154,17 @@ class HFGenerator(Generator):
             stopping_criteria=StoppingCriteriaList([criteria]),
             **kwargs,
         )
-        rows = zip(out.cpu()[:real], max_new_tokens[:real])
-        return [self._trim(row[L:].tolist(), limit, stops) for row, limit in rows]
+        seqs = out.sequences if sampling.logprobs else out
+        turns = [
+            self._trim(row[L:].tolist(), limit, stops)
+            for row, limit in zip(seqs.cpu()[:real], max_new_tokens)
+        ]
+        if not sampling.logprobs:
+            return turns
+        new = seqs[:real, L:]  # [B, T]
+        steps = [sampled_logprobs(out.logits[t][:real], new[:, t]) for t in range(new.shape[1])]
+        lps = torch.stack(steps, 1).tolist() if steps else [[] for _ in turns]  # [B, T]
+        return [TurnIds.of(t, lp[: len(t)]) for t, lp in zip(turns, lps)]
 
     def _with_visuals(self, batch: dict, videos: list, pixels: list, grids: list) -> dict:
         """``batch`` with the rows' videos and images (in order) added, on the model's device; the
