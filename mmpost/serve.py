@@ -38,7 +38,7 @@ def add_serve(p: argparse.ArgumentParser, words) -> None:
         ServeConfig,
         title="server limits and engine (ServeConfig)",
         exclude=("max_body_bytes", "max_image_bytes", *(f"engine.{k}" for k in BOUNDED)),
-        aliases={"image_dirs": ("--image-dir",)},
+        aliases={"image_dirs": ("--image-dir",), "engine.generator": ("--engine",)},
     )
     p.set_defaults(func=cmd_serve)
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.conftest import free_port, solid, start_server
+from tests.conftest import SERVED, free_port, serving, solid, start_server
 from vision_tools.serve_config import ServeConfig
 
 openai = pytest.importorskip("openai", reason="the openai SDK is in the dev extra")
@@ -39,12 +39,12 @@ def image_part(img) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(serve_engine):
     import sys
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", *serving(serve_engine), "--port", str(port),
            "--max-turns", "3", "--max-turn-tokens", "16"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
     yield url
@@ -58,12 +58,12 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def local():
+def local(serve_engine):
     """The same tiny model in this process: ``run(messages, **options)`` -> Trajectory."""
     from mm import load_model
     from vision_tools import EngineConfig, ToolEngine, system_prompt
 
-    model, processor = load_model("tiny")
+    model, processor = load_model(SERVED[serve_engine])
 
     def run(messages: list[dict], system: str | None = None, **options) -> object:
         cfg = EngineConfig(**{"max_turns": 3, "max_turn_tokens": 16, "max_resamples": 0, **options})
@@ -90,8 +90,8 @@ def same_run(reply, choice_index: int, expected) -> None:
     assert choice.trajectory["generated_tokens"] == expected.generated_tokens
 
 
-def test_models_lists_the_served_model(client):
-    assert [m.id for m in client.models.list().data] == ["tiny"]
+def test_models_lists_the_served_model(client, serve_engine):
+    assert [m.id for m in client.models.list().data] == [SERVED[serve_engine]]
 
 
 def test_multi_image_request(client, local, server):

@@ -373,3 +373,78 @@ gen.close()
 json.dump({"before": before, "after": after}, open(out + "/ids.json", "w"))
 print("COLOCATE OK")
 """
+
+
+def test_a_rollout_server_started_on_its_own(tmp_path):
+    """``mmpost rollout-server tiny-h32``, then a generator at its address: greedy trajectories
+    equal the cached generator's, and a push of perturbed weights through that address reaches
+    the engine (the ids follow the new weights); the generator's close leaves the server up,
+    SIGTERM ends it with its engine."""
+    import sys
+    import time
+
+    from tests.conftest import free_port
+
+    vllm_python_or_skip()
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmpost",
+        "rollout-server",
+        "tiny-h32",
+        "--port",
+        str(port),
+        "--kv-cache-gib",
+        "1",
+    ]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while "engine ready" not in (tmp_path / "server.log").read_text():
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < 300, "the rollout server did not start within 300 s"
+            time.sleep(0.5)
+        torch.manual_seed(0)
+        model, processor = load_model("tiny-h32")  # the preset, as the server exported it
+        cfg = {"max_turns": 2, "max_turn_tokens": 32}
+        options = VLLMConfig(address=f"127.0.0.1:{port}")
+        seen = []
+        for step in ("as loaded", "after a push"):
+            if step == "after a push":
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(0.05 * torch.randn_like(p))
+            gen = make_generator("vllm", model, processor, options=options)
+            if step == "after a push":
+                gen.update_weights(model)
+            got = run(model, processor, gen, colocate_prompts(), **cfg)
+            want = run(
+                model, processor, make_generator("cached", model, processor), colocate_prompts(), **cfg
+            )
+            seen.append([t.input_ids.tolist() for t in got])
+            assert seen[-1] == [t.input_ids.tolist() for t in want], step
+            gen.close()
+            assert proc.poll() is None  # a generator at an address leaves its server running
+        assert seen[0] != seen[1]  # the new weights change the ids: the push is what made them equal
+        proc.terminate()  # and SIGTERM ends it, the engine process included
+        proc.wait(timeout=30)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10 and _listening(port):
+            time.sleep(0.2)
+        assert not _listening(port), "the vLLM engine outlived mmpost rollout-server"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

@@ -44,6 +44,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -249,6 +250,27 @@ def _rank_world() -> tuple[int, int]:
 # ----------------------------------------------------------------------------- the two placements
 
 
+def engine_command(cfg: VLLMConfig, model_dir: str, dtype: str) -> tuple[list[str], dict]:
+    """The command line and environment of the vLLM engine server (``mmpost_vllm``) in the vLLM
+    environment; add ``--port`` / ``--ready-file`` / ``--parent-pid`` as needed."""
+    python = vllm_python(cfg.python)
+    if not os.path.exists(python):
+        raise VLLMUnavailable(f"{python} does not exist: {INSTALL}")
+    cmd = [python, ENGINE_SCRIPT, "--model", model_dir,
+           "--max-model-len", str(cfg.max_model_len), "--dtype", dtype, "--seed", str(cfg.seed),
+           "--max-images", str(cfg.max_images), "--kv-cache-gib", str(cfg.kv_cache_gib),
+           "--threads", str(cfg.threads), "--llm-args", json.dumps(cfg.llm_kwargs())]  # fmt: skip
+    cmd += ["--inproc"] * cfg.inproc + ["--no-prefix-caching"] * (not cfg.prefix_caching)
+    cmd += ["--no-enforce-eager"] * (not cfg.enforce_eager)
+    if cfg.gpu_memory_utilization:
+        cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["OMP_NUM_THREADS"] = str(cfg.threads)
+    if cfg.devices:
+        env["CUDA_VISIBLE_DEVICES"] = cfg.devices
+    return cmd, env
+
+
 class VLLMServer:
     """The engine in its own process: started from ``python`` (its process group ends with
     :meth:`close`, and by itself when this process is gone), or a running one at ``address``."""
@@ -262,33 +284,22 @@ class VLLMServer:
         self.address = address
         self.sock = socket.create_connection((host or "127.0.0.1", int(port)))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.lock = (
+            threading.Lock()
+        )  # one request on the socket at a time (a server closes from another thread)
         from vision_tools.generation.vllm_server import mmpost_vllm
 
         self._wire = mmpost_vllm
 
     def _start(self, cfg: VLLMConfig, model_dir: str, dtype: str) -> str:
-        python = vllm_python(cfg.python)
-        if not os.path.exists(python):
-            raise VLLMUnavailable(f"{python} does not exist: {INSTALL}")
+        cmd, env = engine_command(cfg, model_dir, dtype)
         fd, ready = tempfile.mkstemp(prefix="mmpost-vllm-ready-")
         os.close(fd)
         os.remove(ready)
         if self.log_path is None:
             fd, self.log_path = tempfile.mkstemp(prefix="mmpost-vllm-", suffix=".log")
             os.close(fd)
-        cmd = [python, ENGINE_SCRIPT, "--model", model_dir, "--ready-file", ready,
-               "--max-model-len", str(cfg.max_model_len), "--dtype", dtype, "--seed", str(cfg.seed),
-               "--max-images", str(cfg.max_images), "--kv-cache-gib", str(cfg.kv_cache_gib),
-               "--threads", str(cfg.threads), "--parent-pid", str(os.getpid()),
-               "--llm-args", json.dumps(cfg.llm_kwargs())]  # fmt: skip
-        cmd += ["--inproc"] * cfg.inproc + ["--no-prefix-caching"] * (not cfg.prefix_caching)
-        cmd += ["--no-enforce-eager"] * (not cfg.enforce_eager)
-        if cfg.gpu_memory_utilization:
-            cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        env["OMP_NUM_THREADS"] = str(cfg.threads)
-        if cfg.devices:
-            env["CUDA_VISIBLE_DEVICES"] = cfg.devices
+        cmd += ["--ready-file", ready, "--parent-pid", str(os.getpid())]
         t0 = time.perf_counter()
         with open(self.log_path, "w") as log:  # a session of its own: close() ends its whole group
             self.proc = subprocess.Popen(
@@ -314,6 +325,10 @@ class VLLMServer:
         return f"127.0.0.1:{port}"
 
     def call(self, op: str, **kw):
+        with self.lock:
+            return self._call(op, **kw)
+
+    def _call(self, op: str, **kw):
         self._wire.send(self.sock, {"op": op, **kw})
         try:
             reply = self._wire.recv(self.sock)
@@ -325,13 +340,17 @@ class VLLMServer:
         return reply["result"]
 
     def close(self) -> None:
+        held = self.lock.acquire(timeout=5)  # a call in flight ends within its poll, or is cut off
         try:
-            if self.proc is not None:
+            if self.proc is not None and held:
                 self._wire.send(self.sock, {"op": "shutdown"})
                 self._wire.recv(self.sock)
             self.sock.close()
-        except OSError:
+        except (OSError, ConnectionError):
             pass
+        finally:
+            if held:
+                self.lock.release()
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=15)
