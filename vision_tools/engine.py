@@ -86,7 +86,8 @@ class EngineConfig:
         DEFAULT,
         "decoding backend (vision_tools.generation.GENERATORS): cached: one prefill per distinct "
         "prompt, KV cache kept across turns (memory: the caches of the batch_size conversations "
-        "running); hf: model.generate over every full context (the same greedy ids)",
+        "running); hf: model.generate over every full context (the same greedy ids); vllm: vLLM "
+        "(its own process and environment: mmpost vllm-setup; options under vllm)",
     )
     visual: VisualConfig = opt(factory=VisualConfig, help="pixel limits and the per-conversation budget")
 

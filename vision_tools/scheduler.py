@@ -90,7 +90,9 @@ def _set(fut: asyncio.Future, value) -> None:
 class Scheduler:
     def __init__(self, model, processor, tools, cfg: ServeConfig):
         self.model, self.processor, self.tools, self.cfg = model, processor, tools, cfg
-        self.generator = make_generator(cfg.engine.generator, model, processor, prefixes=cfg.prefix_cache)
+        self.generator = make_generator(
+            cfg.engine.generator, model, processor, prefixes=cfg.prefix_cache, options=cfg.vllm
+        )
         self.generator.cancelled = self._row_cancelled
         self.generator.pause = self._pause
         self.groups = 0  # groups stepped in the current round

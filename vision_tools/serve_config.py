@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from mm.config import opt
 from vision_tools.engine import EngineConfig
+from vision_tools.generation.vllm import VLLMConfig
 
 
 @dataclass
@@ -43,6 +44,11 @@ class ServeConfig:
     engine: EngineConfig = opt(
         factory=lambda: EngineConfig(generator="cached", cut_loops=True),
         help="generation defaults of every request (max_turns, max_turn_tokens: the bounds above)",
+    )
+    vllm: VLLMConfig = opt(
+        factory=VLLMConfig,
+        help="engine.generator vllm (`--engine vllm`): where vLLM runs and its limits; continuous "
+        "batching and paged KV come from vLLM",
     )
 
     def __post_init__(self):

@@ -281,6 +281,7 @@ def serve(model_name: str, host: str = "127.0.0.1", port: int = 8000, cfg: Serve
         server.run()
     finally:  # the worker stops within a decoding step once everything is cancelled
         app.state.scheduler.thread.join(timeout=cfg.shutdown_timeout)
+        app.state.scheduler.generator.close()  # vllm: its server process
         if server.signal is not None:  # skip the interpreter's teardown (seconds with torch loaded)
             sys.stdout.flush()
             sys.stderr.flush()

@@ -19,7 +19,7 @@ import torch
 
 from alignment.grpo.shared_prompt import shared_prompt_batch, worth_sharing
 from mm.collate import pad_batch
-from mm.encode import EncodedSample
+from mm.encode import IGNORE, EncodedSample
 
 
 @dataclass
@@ -30,6 +30,9 @@ class Sequence:
     prompt_length: int  # its first tokens are the prompt's (shared by its group)
     group: int  # the rollout batch's group (prompt) it was sampled for
     advantage: float  # group-relative
+    # each generated token's log-prob as the rollout engine computed it (Trajectory.logprobs; the
+    # engine asked for them: rollout.generator vllm or loss.tis_cap), else None
+    rollout_logp: list[float] | None = None
 
 
 def _model(**kw):
@@ -62,6 +65,8 @@ class GRPOBatch(Mapping):
     # (loss.mu > 1), the reference's (loss.beta > 0), the rollout's cached image features
     old_logp: torch.Tensor | None = None  # [B, L - 1]
     ref_logp: torch.Tensor | None = None  # [B, L - 1]
+    # the rollout engine's log-probs of the generated tokens (0 elsewhere; see Sequence)
+    rollout_logp: torch.Tensor | None = None  # [B, L - 1]
     image_embeds: torch.Tensor | None = None  # [image tokens, D]
     stand_in: bool | None = None  # the loop's STAND_IN: run with weight 0
 
@@ -107,4 +112,22 @@ def collate(seqs: list[Sequence], pad_id: int, share_prompt: bool, pair_cost: fl
         batch = shared_prompt_batch(samples, plens, groups, pad_id, merge)
     else:
         batch = pad_batch(samples, pad_id)
-    return GRPOBatch(**batch, advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32))
+    advantages = torch.tensor([s.advantage for s in seqs], dtype=torch.float32)
+    return GRPOBatch(**batch, advantages=advantages, rollout_logp=rollout_logprobs(seqs, batch["labels"]))
+
+
+def rollout_logprobs(seqs: list[Sequence], labels: torch.Tensor) -> torch.Tensor | None:
+    """[B, L - 1]: each sequence's rollout log-probs where its labelled (generated) tokens are
+    predicted, in the padded rows' layout of the trainer's log-probs; None unless every sequence
+    has them."""
+    if not seqs or any(s.rollout_logp is None for s in seqs):
+        return None
+    out = torch.zeros(labels.shape[0], labels.shape[1] - 1, dtype=torch.float32)
+    for row, s in enumerate(seqs):
+        where = torch.nonzero(labels[row, 1:] != IGNORE).flatten()
+        if len(where) != len(s.rollout_logp):
+            raise ValueError(
+                f"a rollout of {len(where)} generated tokens came with {len(s.rollout_logp)} log-probs"
+            )
+        out[row, where] = torch.tensor(s.rollout_logp, dtype=torch.float32)
+    return out

@@ -12,6 +12,7 @@ from mm.config import ConfigError, opt
 from mm.loading import ModelConfig
 from mm.plugins import is_ref, locate
 from mm.visual import VisualConfig
+from vision_tools.generation.vllm import VLLMConfig
 
 
 @dataclass
@@ -41,7 +42,7 @@ class RLDataConfig:
 @dataclass
 class RolloutConfig:
     num_generations: int = opt(8, "G: completions sampled per prompt")
-    temperature: float = opt(1.0, "sampling temperature")
+    temperature: float = opt(1.0, "sampling temperature (0: greedy)")
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int = opt(0, "top-k sampling (0: off)")
     max_completion_length: int = opt(512, "new tokens per turn")
@@ -61,7 +62,13 @@ class RolloutConfig:
         "cached",
         "decoding backend (vision_tools.generation.GENERATORS): cached: one prefill per prompt group, "
         "KV cache kept across tool turns; hf: model.generate over every full context (same greedy ids; "
-        "ZeRO-3 on several ranks always uses hf's loop)",
+        "ZeRO-3 on several ranks always uses hf's loop); vllm: vLLM (rollout.vllm), the policy's "
+        "weights pushed into it before every rollout that follows an update",
+    )
+    vllm: VLLMConfig = opt(
+        factory=VLLMConfig,
+        help="the vllm generator: placement (server: its own process and environment, colocate), "
+        "the vLLM environment's python, KV cache, devices (docs/rl.md)",
     )
     image_cache: bool = opt(
         True,
@@ -107,6 +114,12 @@ class GRPOLossConfig:
         "group", "divide by the group's std (GRPO), the batch's std, or not at all (Dr.GRPO)"
     )
     beta: float = opt(0.0, "KL coefficient to the frozen reference (k3); 0 = no reference model")
+    tis_cap: float = opt(
+        0.0,
+        "truncated importance sampling (TRL's vllm_importance_sampling_cap, verl's TIS): each "
+        "token's policy loss times min(exp(old log-prob - the rollout engine's log-prob), tis_cap), "
+        "correcting for the sampler not being the trainer (vllm; TRL and verl use 2); 0: off",
+    )
     mu: int = opt(
         1,
         "optimizer steps per rollout batch (old log-probs stored when > 1); an epoch scores each prompt once",
@@ -135,6 +148,8 @@ class GRPOLossConfig:
 
         if self.kind not in RL_LOSSES:
             raise ConfigError(f"loss.kind={self.kind!r}: use one of {', '.join(RL_LOSSES)}")
+        if self.tis_cap < 0:
+            raise ConfigError(f"loss.tis_cap must be >= 0 (0: off), got {self.tis_cap}")
 
 
 @dataclass

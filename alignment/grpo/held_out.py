@@ -28,15 +28,26 @@ class GRPOHeldOut(HeldOut):
         self.base_dir = os.path.dirname(os.path.abspath(path))
         self.n = min(len(self.records), limit) if limit else len(self.records)
         self.mb = cfg.data.micro_batch_size
-        greedy = dataclasses.replace(trainer.state.engine.cfg, do_sample=False, batch_size=self.mb)
-        generator = make_generator(
-            cfg.rollout.generator, trainer.model, trainer.processor, synced_gpus=trainer.state.sharded
+        greedy = dataclasses.replace(
+            trainer.state.engine.cfg, do_sample=False, batch_size=self.mb, logprobs=False
         )
+        self.trainer = trainer
+        generator = trainer.state.engine.generator  # vllm: the rollouts' engine (weights pushed first)
+        if not hasattr(generator, "update_weights"):
+            generator = make_generator(
+                cfg.rollout.generator, trainer.model, trainer.processor, synced_gpus=trainer.state.sharded
+            )
         self.engine = ToolEngine(trainer.model, trainer.processor, tools, greedy, generator)
 
     def batches(self):
+        gen = self.engine.generator
+        if hasattr(gen, "update_weights"):  # a rollout engine with its own copy: the policy's weights now
+            gen.wake()
+            self.trainer.sync_rollout_weights()
         for indices, weight in shard_plan(self.n, self.mb):
             yield {"indices": indices}, weight
+        if hasattr(gen, "update_weights"):
+            gen.sleep()
 
     def sums(self, module, batch: dict) -> dict:
         cfg, recs = self.cfg, [self.records[i] for i in batch["indices"]]

@@ -4,12 +4,15 @@ loop wants it: the loss summed over its units (``loss_unit_of``), their number a
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from alignment import units
 from alignment.grpo.batch import GRPOBatch
 from alignment.grpo.config import GRPOConfig
 from alignment.losses import loss_arguments, rl_loss
+from mm.config import ConfigError
 from mm.encode import IGNORE
 from mm.image_features import encoder_outputs
 from mm.loading import unwrap
@@ -59,18 +62,32 @@ class GRPOModule(torch.nn.Module):
             **lc.options,
         }
         self.hyper = loss_arguments(self.loss_fn, hyper)
+        self.tis_cap = lc.tis_cap
+        if self.tis_cap and "tis_weights" not in inspect.signature(self.loss_fn).parameters:
+            raise ConfigError(f"loss.tis_cap: the {lc.kind} loss takes no tis_weights (truncated IS weights)")
+        self.gap_max = 0.0  # the largest |rollout - trainer| log-prob gap since the trainer read it
 
     def forward(self, **fields):
         batch = GRPOBatch(**fields)
         logp, entropy = sequence_logprobs(unwrap(self.model), batch, batch.image_embeds)
+        # the policy that sampled, as the trainer computes it (mu = 1: the current one)
+        old = logp.detach() if batch.old_logp is None else batch.old_logp
+        mask = batch.labels[:, 1:] != IGNORE
+        extra, gap = {}, None
+        if batch.rollout_logp is not None:  # the rollout engine's own log-probs of the same tokens
+            diff = old.detach() - batch.rollout_logp.to(old.device)
+            gaps = diff.abs()[mask]
+            gap = float(gaps.mean()) if gaps.numel() else 0.0
+            self.gap_max = max(self.gap_max, float(gaps.max()) if gaps.numel() else 0.0)
+            if self.tis_cap:  # truncated importance sampling: min(pi_old / pi_rollout, cap)
+                extra["tis_weights"] = torch.clamp(torch.exp(diff), max=self.tis_cap)
         loss, m = self.loss_fn(
             logp=logp,
-            old_logp=logp.detach()
-            if batch.old_logp is None
-            else batch.old_logp,  # mu = 1: the current policy
+            old_logp=old,
             advantages=batch.advantages,
-            mask=batch.labels[:, 1:] != IGNORE,
+            mask=mask,
             ref_logp=batch.ref_logp,
+            **extra,
             **self.hyper,
         )
         n = loss_unit_of(self.cfg.loss.aggregation)({"labels": batch.labels})
@@ -80,4 +97,9 @@ class GRPOModule(torch.nn.Module):
             "kl": m["kl"] * n,
             "entropy": float(entropy) * n,
         }
+        if gap is not None:
+            stats["logp_gap"] = gap * n
+        if "tis_weights" in extra:
+            w = extra["tis_weights"][mask]
+            stats["tis_weight"] = (float(w.mean()) if w.numel() else 1.0) * n
         return loss * n, torch.tensor(n), stats

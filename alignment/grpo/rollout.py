@@ -186,7 +186,7 @@ class Rollouts:
         rows = [(j, t) for j, g in enumerate(chosen) for t in g.trajectories]
         rope = self.engine.encoder.rope
         seqs = [  # DAPO overlong filtering drops truncated completions (their rewards shaped the advantages)
-            Sequence(t.encoded(rope), t.prompt_length, j, float(a))
+            Sequence(t.encoded(rope), t.prompt_length, j, float(a), t.logprobs)
             for (j, t), a in zip(rows, adv)
             if not (cfg.loss.overlong_filter and t.finish_reason == "max_tokens")
         ]

@@ -69,6 +69,8 @@ class GRPOTrainer(Trainer):
         self.judge = cfg.judge.build()  # scores turns for virc_turn (the rule-based fallback by default)
         self.rollout_stats: dict = {}
         self._draw_key = "0"
+        self.sync_seconds: list[float] = []  # each push of the policy into the rollout engine
+        self._stale = True  # the rollout engine's weights are not the policy's (before the first push)
 
     @property
     def loss_unit(self):
@@ -102,7 +104,7 @@ class GRPOTrainer(Trainer):
         engine_cfg = EngineConfig(
             max_turns=r.max_turns,
             max_turn_tokens=r.max_completion_length,
-            do_sample=True,
+            do_sample=r.temperature > 0,  # temperature 0: greedy rollouts
             temperature=r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
@@ -112,6 +114,8 @@ class GRPOTrainer(Trainer):
             batch_size=planner.per_rank * r.num_generations,
             generator=r.generator,
             visual=cfg.data.visual,
+            # the rollout engine's own log-probs: the gap to the trainer's (rollout/logp_gap) and TIS
+            logprobs=r.generator == "vllm" or cfg.loss.tis_cap > 0,
         )
         # ZeRO-3 over several ranks: every rank must run the same forwards (the params are gathered
         # collectively in each), so generation steps, turns and calls are agreed between ranks
@@ -132,7 +136,7 @@ class GRPOTrainer(Trainer):
         text = model.config.get_text_config()
         st.pair_cost = 2 / (4 * text.hidden_size + 3 * text.intermediate_size)  # see worth_sharing
         generator = make_generator(
-            r.generator, model, processor, synced_gpus=st.sharded, features=st.features
+            r.generator, model, processor, synced_gpus=st.sharded, features=st.features, options=r.vllm
         )
         tools = cfg.rollout.toolset()  # None (rollout.tools false): the prompts as the data has them
         declare(records, tools)
@@ -170,6 +174,53 @@ class GRPOTrainer(Trainer):
     def build_module(self):
         return GRPOModule(self.model, self.cfg)
 
+    def print_summary(self, s: dict) -> None:
+        super().print_summary(s)
+        if self.sync_seconds:
+            t = sorted(self.sync_seconds)
+            print(f"  vLLM weight pushes: {len(t)}, median {t[len(t) // 2]:.3f} s, max {t[-1]:.3f} s")
+
+    def run(self) -> dict:
+        try:
+            return super().run()
+        finally:  # the vllm generator's server (and any other out-of-process engine) ends with the run
+            if getattr(self, "state", None) is not None and self.state.rollouts is not None:
+                self.state.engine.generator.close()
+
+    def train_step(self, engine, batches, device: str) -> dict:
+        """The loop's step; then the rollout engine's weights are stale, and the step's gap between
+        the rollout engine's log-probs and the trainer's moves to the rollout metrics."""
+        stats = super().train_step(engine, batches, device)
+        self._stale = True
+        if "m_logp_gap" in stats:
+            module = getattr(engine, "module", engine)
+            self.rollout_stats["rollout/logp_gap"] = stats.pop("m_logp_gap")
+            self.rollout_stats["rollout/logp_gap_max"] = module.gap_max  # this rank's
+            module.gap_max = 0.0
+        return stats
+
+    # -- the rollout engine's weights -------------------------------------------------------------
+
+    def sync_rollout_weights(self) -> dict | None:
+        """Push the policy's weights into a rollout engine that holds its own copy (vllm) when an
+        update happened since the last push (and before the first rollout): every rank takes part
+        (ZeRO-3 gathers), the time is printed once and logged (rollout/weight_sync_s)."""
+        gen = self.state.engine.generator
+        if not hasattr(gen, "update_weights") or not self._stale:
+            return None
+        timing = gen.update_weights(self.model)
+        self._stale = False
+        self.sync_seconds.append(timing["seconds"])
+        if dist.is_main() and len(self.sync_seconds) == 1:
+            print(
+                f"grpo: policy weights pushed into vLLM in {timing['seconds']:.3f} s "
+                f"({timing['bytes'] / 2**20:.1f} MiB; gather {timing['gather']:.3f} s, file "
+                f"{timing.get('write', 0):.3f} s, reload + cache resets {timing.get('load', 0):.3f} s); "
+                "logged as rollout/weight_sync_s",
+                flush=True,
+            )
+        return timing
+
     def held_out(self, path: str, limit: int, device: str) -> GRPOHeldOut:
         return GRPOHeldOut(self, path, limit)
 
@@ -202,8 +253,18 @@ class GRPOTrainer(Trainer):
                 yield from batches  # the same batches: scored once, before their first update
 
     def rollout(self, indices: list[int]) -> list[Sequence]:
-        """The sequences rollout batch ``indices`` trains on; sets ``rollout_stats``."""
+        """The sequences rollout batch ``indices`` trains on; sets ``rollout_stats``. A rollout
+        engine with its own weights (vllm) gets the policy's first; colocated, it is awake only
+        while it rolls out."""
+        gen = self.state.engine.generator
+        if hasattr(gen, "wake"):
+            gen.wake()
+        timing = self.sync_rollout_weights()
         seqs, self.rollout_stats = self.state.rollouts(indices, self._draw_key, str(self.model.device))
+        if hasattr(gen, "sleep"):
+            gen.sleep()
+        if timing is not None:
+            self.rollout_stats["rollout/weight_sync_s"] = timing["seconds"]
         return seqs
 
     def collate(self, seqs: list[Sequence]) -> GRPOBatch:

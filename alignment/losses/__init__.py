@@ -3,7 +3,8 @@ and its advantages; ``dpo``: DPO/IPO/hinge with an SFT term).
 
 :data:`RL_LOSSES` names the policy losses GRPO's ``loss.kind`` picks from. Each is called with
 keywords only: the tensors ``logp``, ``old_logp`` (``[B, T]``), ``advantages`` (``[B]``),
-``mask`` (``[B, T]``) and ``ref_logp`` (``[B, T]`` or None), plus those of the hyperparameters
+``mask`` (``[B, T]``) and ``ref_logp`` (``[B, T]`` or None; with ``loss.tis_cap`` also
+``tis_weights`` ``[B, T]``, which a loss must then take), plus those of the hyperparameters
 (``clip_low``, ``clip_high``, ``aggregation``, ``max_tokens``, ``beta`` and ``loss.options``)
 that its signature names; it returns ``(loss, metrics)`` with the metrics ``clip_fraction``,
 ``ratio_mean`` and ``kl``. A new loss is a module here plus one line in :data:`RL_LOSSES`
@@ -24,7 +25,7 @@ from mm.plugins import registered
 RL_LOSSES = {
     "grpo": "alignment.losses.grpo:grpo_loss",
 }
-TENSORS = ("logp", "old_logp", "advantages", "mask", "ref_logp")
+TENSORS = ("logp", "old_logp", "advantages", "mask", "ref_logp", "tis_weights")
 
 
 def rl_loss(kind: str) -> Callable:

@@ -47,10 +47,13 @@ def grpo_loss(
     max_tokens: int | None = None,
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
+    tis_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The clipped policy-gradient loss of GRPO and its variants, and detached metrics.
 
-    Per token: ``-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) + beta * k3``.
+    Per token: ``-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) * w + beta * k3``,
+    ``w`` the truncated importance weights ``tis_weights`` ([B, T], detached; 1 without them: see
+    ``loss.tis_cap``), which weigh the policy term only, as TRL applies its vLLM correction.
     ``aggregation``:
       * "token_mean": sum over all counted tokens of the batch / their number (DAPO);
       * "sequence_mean": mean over each sequence's tokens, then over sequences (GRPO);
@@ -63,6 +66,8 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
+    if tis_weights is not None:
+        per_token = per_token * tis_weights.to(per_token.dtype).detach()
     kl = None
     if beta and ref_logp is not None:
         kl = kl_k3(logp, ref_logp)

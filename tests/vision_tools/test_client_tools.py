@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import free_port, solid, start_server
+from tests.conftest import SERVED, free_port, serving, solid, start_server
 from tests.vision_tools.openai_schemas import conforms, stream_conforms
 
 openai = pytest.importorskip("openai", reason="the openai SDK is in the dev extra")
@@ -38,7 +38,7 @@ def data_url(img) -> str:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, serve_engine):
     """A tiny checkpoint that, greedy, replays CALL then ANSWER on the ViRC prompt."""
     import torch
 
@@ -48,7 +48,7 @@ def fitted(tmp_path_factory):
     from vision_tools.generation import ScriptedGenerator
 
     torch.manual_seed(0)
-    model, processor = load_model("tiny")
+    model, processor = load_model(SERVED[serve_engine])
     cfg = EngineConfig(max_turns=3, max_turn_tokens=128, max_resamples=0)
     prompt = build_prompt(solid(112, 84), QUESTION)
     script = ScriptedGenerator(processor, [[CALL, ANSWER]])
@@ -72,10 +72,10 @@ def fitted(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(fitted):
+def server(fitted, serve_engine):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", fitted, "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", *serving(serve_engine, fitted), "--port", str(port),
            "--max-turns", "3", "--max-turn-tokens", "128"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
     yield url

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import free_port, solid, start_server
+from tests.conftest import free_port, serving, solid, start_server
 from tests.vision_tools.openai_schemas import conforms, error_code
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
@@ -23,14 +23,14 @@ def data_url(img) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, serve_engine):
     images = tmp_path_factory.mktemp("served")
     solid(112, 84).save(images / "inside.png")
     secret = images.parent / "secret.png"
     solid(56, 56).save(secret)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", *serving(serve_engine), "--port", str(port),
            "--image-dir", str(images), "--max-turns", "4", "--max-turn-tokens", "64",
            "--max-image-mb", "0.25", "--batch-wait-ms", "50"]  # fmt: skip
     proc = start_server(cmd, url + "/health")
@@ -270,14 +270,14 @@ def test_the_sdk_examples_in_the_docs_work(server):
     assert namespace["reply"].object == "chat.completion"
 
 
-def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server):
+def test_chunked_rounds_let_a_short_request_pass_a_long_turn(server, serve_engine):
     """``--chunk-tokens``: a short request that arrives while a 600-token turn runs (a loop the
     tiny model writes, not cut here) is answered long before that turn ends (whole-turn rounds
     make it wait for the turn), and greedy answers are the ones the default server gives."""
     default_url, _ = server
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmpost", "serve", *serving(serve_engine), "--port", str(port),
            "--max-turns", "4", "--max-turn-tokens", "600", "--chunk-tokens", "4", "--batch-wait-ms", "0",
            "--no-engine.cut-loops"]  # fmt: skip
     proc = start_server(cmd, url + "/health")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, start_server
+from tests.conftest import free_port, serving, start_server
 from tests.vision_tools.openai_schemas import error_code
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
@@ -19,16 +19,17 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 LONG = {"messages": [{"role": "user", "content": "Count to a million."}], "max_tokens": 1024, "max_turns": 16}
 
 
-def launch(*flags: str):
+def launch(engine: str, *flags: str):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mmpost", "serve", "--model", "tiny", "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "mmpost", "serve", *serving(engine), "--port", str(port), *flags]
     return start_server(cmd, url + "/health"), url
 
 
 @pytest.fixture(scope="module")
-def server():
-    proc, url = launch("--max-body-mb", "1", "--max-batch", "1", "--max-queue", "1", "--request-timeout", "6")
+def server(serve_engine):
+    flags = ("--max-body-mb", "1", "--max-batch", "1", "--max-queue", "1", "--request-timeout", "6")
+    proc, url = launch(serve_engine, *flags)
     yield url
     proc.terminate()
     proc.wait(timeout=20)
@@ -139,8 +140,8 @@ def test_a_client_that_disconnects_stops_its_work(server, stream):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_a_busy_server_quickly(sig):
-    proc, url = launch("--max-batch", "2")
+def test_a_signal_stops_a_busy_server_quickly(sig, serve_engine):
+    proc, url = launch(serve_engine, "--max-batch", "2")
     replies = []
 
     def post():

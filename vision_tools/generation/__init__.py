@@ -5,6 +5,8 @@ them from a config name (``EngineConfig.generator``, ``RolloutConfig.generator``
 cached    ``CachedGenerator`` (the default everywhere): one prefill per distinct context, the KV
           cache kept across a conversation's turns, rounds of tokens for the server
 hf        ``HFGenerator``: ``model.generate`` over every full context (the same greedy ids)
+vllm      ``VLLMGenerator``: vLLM, in its own process (its own environment: ``mmpost vllm-setup``)
+          or in this one; token ids and images in, ids and log-probs out, weights pushed
 ========  ====================================================================================
 
 ``ScriptedGenerator`` replays fixed turns (tests, data building) and is built directly. A new
@@ -13,6 +15,8 @@ backend is a module here with a ``Generator`` subclass plus one line in :data:`G
 """
 
 from __future__ import annotations
+
+import inspect
 
 from mm.plugins import registered
 from vision_tools.generation.base import (
@@ -31,6 +35,7 @@ from vision_tools.generation.scripted import ScriptedGenerator
 GENERATORS = {
     "cached": "vision_tools.generation.cached:CachedGenerator",
     "hf": "vision_tools.generation.hf:HFGenerator",
+    "vllm": "vision_tools.generation.vllm:VLLMGenerator",
 }
 DEFAULT = "cached"
 
@@ -41,14 +46,24 @@ def generator_class(kind: str) -> type[Generator]:
 
 
 def make_generator(
-    kind: str, model, processor, *, synced_gpus: bool = False, features=None, prefixes: int = 0
+    kind: str,
+    model,
+    processor,
+    *,
+    synced_gpus: bool = False,
+    features=None,
+    prefixes: int = 0,
+    options=None,
 ) -> Generator:
     """The generator named by a config. ``synced_gpus``: every rank runs the same forwards (ZeRO-3
     over several ranks); ``features``: an image-feature cache (``mm.image_features``);
-    ``prefixes``: text prefixes kept across prompts (``cached``; for fixed weights)."""
-    return generator_class(kind)(
-        model, processor, synced_gpus=synced_gpus, features=features, prefixes=prefixes
-    )
+    ``prefixes``: text prefixes kept across prompts (``cached``; for fixed weights); ``options``:
+    the backend's own options (``vllm``: a ``VLLMConfig``), handed to backends that take them."""
+    cls = generator_class(kind)
+    kw = {"synced_gpus": synced_gpus, "features": features, "prefixes": prefixes}
+    if options is not None and "options" in inspect.signature(cls).parameters:
+        kw["options"] = options
+    return cls(model, processor, **kw)
 
 
 __all__ = [

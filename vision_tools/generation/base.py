@@ -110,6 +110,9 @@ class Generator:
     # whether ``Sampling.logprobs`` is honoured (the returned turns are TurnIds with logprobs)
     supports_logprobs: bool = False
 
+    def close(self) -> None:
+        """Release what the backend holds outside this process (vllm: its server); nothing here."""
+
     def agree(self, n: int) -> int:
         """How many generate calls (or rows) to make when this rank has ``n``: the largest over
         ranks when every rank must run the same forwards (ZeRO-3 over several ranks), else ``n``."""
