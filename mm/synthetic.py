@@ -51,9 +51,33 @@ def write_video(path: str, frames: list[np.ndarray], fps: float = 4.0) -> str:
     h, w = frames[0].shape[:2]
     codec = "VP80" if path.endswith(".webm") else "mp4v"
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, (w, h))
+    if not writer.isOpened() and not os.environ.get("MM_WRITE_VIDEO_CHILD"):
+        # seen in a long test process: OpenCV's libvpx encoder refuses to open (error -22) after
+        # other video code ran in the process; a fresh process writes the same file
+        return _write_video_elsewhere(path, frames, fps)
     for f in frames:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()
+    return path
+
+
+def _write_video_elsewhere(path: str, frames: list[np.ndarray], fps: float) -> str:
+    """:func:`write_video` in a fresh Python process."""
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MM_WRITE_VIDEO_CHILD": "1", "PYTHONPATH": root}
+    with tempfile.TemporaryDirectory() as tmp:
+        arr = os.path.join(tmp, "frames.npy")
+        np.save(arr, np.stack(frames))
+        code = "import sys, numpy as np; from mm.synthetic import write_video; "
+        code += "write_video(sys.argv[1], list(np.load(sys.argv[2])), float(sys.argv[3]))"
+        subprocess.run(
+            [sys.executable, "-c", code, path, arr, str(fps)], env=env, check=True, capture_output=True
+        )
+    if not os.path.exists(path):
+        raise OSError(f"{path}: OpenCV could not write this video (codec of {os.path.splitext(path)[1]})")
     return path
 
 

@@ -71,6 +71,7 @@ def traj(text: str, tokens: int = 4, finish: str = "answer"):
         generated_tokens=tokens,
         finish_reason=finish,
         prompt_length=3,
+        logprobs=None,  # the engine kept none (no vllm, no TIS)
         encoded=lambda rope=None, text=text, tokens=tokens: (text, tokens),  # what the batch would hold
     )
 
@@ -80,8 +81,10 @@ def rl_trainer(*overrides: str, trajectories=None):
     cfg = build_config(QS_GRPO, ["rollout.num_generations=4", *overrides])
     trainer = GRPOTrainer(cfg)
     records = read_rl_records(os.path.join(ROOT, cfg.data.train))
-    engine = SimpleNamespace(
-        run=lambda prompts, base_dir: trajectories(prompts), encoder=SimpleNamespace(rope=None)
+    engine = SimpleNamespace(  # a generator without weights of its own (no push)
+        run=lambda prompts, base_dir: trajectories(prompts),
+        encoder=SimpleNamespace(rope=None),
+        generator=None,
     )
     planner = PromptPlanner(len(records), cfg.data.prompts_per_step, 1, 0)
     rollouts = Rollouts(cfg, engine, records, ROOT, trainer.judge, Policy(1, 1))
