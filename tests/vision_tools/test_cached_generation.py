@@ -203,8 +203,8 @@ def test_sampled_engine_rollouts_are_scored_as_generated(family_model):
 
 
 def test_unknown_generator_is_named():
-    with pytest.raises(ValueError, match="generator='vllm'"):
-        make_generator("vllm", None, None)
+    with pytest.raises(ValueError, match="generator='sglang'"):
+        make_generator("sglang", None, None)
 
 
 def test_a_row_stopped_by_a_string_drops_the_padding_after_it(tiny):

@@ -309,7 +309,7 @@ def test_every_body_follows_openais_published_schema(client, server):
     assert e.value.param == "top_logprobs" and e.value.code == "unsupported_parameter"
 
 
-def test_logprobs_are_the_trainers_for_the_returned_tokens(client, local):
+def test_logprobs_are_the_trainers_for_the_returned_tokens(client, local, served):
     """``logprobs: true``: each returned token's log-prob equals the trainer's (one forward of the
     conversation, ``mm.logprobs``) for the same ids, 1e-4: a greedy run with tool turns (replayed
     here), and sampled choices (temperature 1.3, top-k 8: still the model's own distribution)."""
@@ -320,7 +320,7 @@ def test_logprobs_are_the_trainers_for_the_returned_tokens(client, local):
     from mm.rope import RopeSpec
     from vision_tools import EngineConfig, ToolEngine, system_prompt
 
-    model, processor = load_model("tiny")
+    model, processor = load_model(served)
     img, q = solid(112, 84), "How many shapes?"
     ask = [{"role": "user", "content": [image_part(img), {"type": "text", "text": q}]}]
     here = [user([img], f"Image 0: 112 x 84.\nQuestion: {q}{ASK}")]
