@@ -475,7 +475,8 @@ class VLLMGenerator(Generator):
         self._tmp = None
         shared = self.placement == "server" and self.world > 1 and not cfg.address
         folder = cfg.model_dir
-        if not folder and (self.rank == 0 or not shared):  # the model as vLLM first loads it
+        # the model as vLLM first loads it (a running server at an address has its own)
+        if not folder and not cfg.address and (self.rank == 0 or not shared):
             self._tmp = tempfile.mkdtemp(prefix="mmpost-vllm-model-")
             folder = export(model, processor, self._tmp, self.torch_dtype)
         if self.placement == "colocate":
